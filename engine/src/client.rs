@@ -1,0 +1,531 @@
+//! [`ClientSession`]: the browser side's state machine, without I/O.
+//!
+//! # Call order
+//! - Local edits: [`ClientSession::insert`] / [`ClientSession::delete`] /
+//!   [`ClientSession::replace`] apply at once (the editor shows them) and are collected until
+//!   [`ClientSession::flush`] (call it once per tick or animation frame) turns them into one op.
+//! - Connecting: [`ClientSession::connect`] returns the `?sv=` to put in the URL. Feed every
+//!   frame to [`ClientSession::handle_message`]. On close, call [`ClientSession::disconnect`].
+//! - After every call, drain [`ClientSession::poll_transmit`] (frames to send) and
+//!   [`ClientSession::poll_event`] (what the UI may want to know).
+//!
+//! Pending ops stay until acked. While offline they are merged into one update, so a long
+//! offline session replays as one message; on `sync` the session sends exactly what the
+//! server's state vector says it lacks (which covers every pending op) as one op, and the ack of
+//! that op retires everything.
+
+use std::collections::VecDeque;
+
+use crate::doc::{merge_updates, Document};
+use crate::error::{EngineError, Result};
+use crate::wire::{encode_b64, ClientMessage, Presence, ServerMessage};
+
+/// Where the session is in its connection lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStatus {
+    /// No socket; edits queue up.
+    Offline,
+    /// Socket open, waiting for the server's `sync`.
+    Connecting,
+    /// Synced; ops go out as they are flushed.
+    Online,
+}
+
+/// Things the UI may want to react to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// The first `sync` after connecting was applied.
+    Synced {
+        /// Room seq at the sync.
+        seq: u64,
+    },
+    /// A remote update was applied.
+    RemoteUpdate {
+        /// It changed the text (false for duplicates).
+        changed: bool,
+    },
+    /// An op is durable on the server.
+    Acked {
+        /// The op id.
+        id: String,
+        /// Room seq.
+        seq: u64,
+    },
+    /// Someone's presence.
+    Presence(Presence),
+    /// The server rejected something.
+    ServerError {
+        /// Stable code.
+        code: String,
+        /// Human-readable message.
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PendingOp {
+    id: String,
+    update: Vec<u8>,
+    /// Sent on the current connection (false: must go out on the next sync).
+    sent: bool,
+}
+
+/// One replica on the client side: a document, its pending ops and its connection state.
+pub struct ClientSession {
+    doc: Document,
+    session: String,
+    next_op: u64,
+    unflushed: Vec<Vec<u8>>,
+    pending: VecDeque<PendingOp>,
+    status: SessionStatus,
+    server_seq: u64,
+    outbox: VecDeque<ClientMessage>,
+    events: VecDeque<ClientEvent>,
+}
+
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("session", &self.session)
+            .field("status", &self.status)
+            .field("pending", &self.pending.len())
+            .field("unflushed", &self.unflushed.len())
+            .finish()
+    }
+}
+
+/// Magic and version of [`ClientSession::export_state`] bytes.
+const SAVED_MAGIC: &[u8; 4] = b"CCS1";
+
+impl ClientSession {
+    /// A new session. `client_id` must be unique per replica (the caller draws it at random);
+    /// `session` prefixes op ids (`{session}-{n}`), and must be unique per session too.
+    pub fn new(client_id: u64, session: impl Into<String>) -> Self {
+        ClientSession {
+            doc: Document::new(client_id),
+            session: session.into(),
+            next_op: 1,
+            unflushed: Vec::new(),
+            pending: VecDeque::new(),
+            status: SessionStatus::Offline,
+            server_seq: 0,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The document (read-only).
+    pub fn document(&self) -> &Document {
+        &self.doc
+    }
+
+    /// The current text.
+    pub fn text(&self) -> String {
+        self.doc.text()
+    }
+
+    /// Connection status.
+    pub fn status(&self) -> SessionStatus {
+        self.status
+    }
+
+    /// Ops not yet acked, counting unflushed edits as one.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len() + usize::from(!self.unflushed.is_empty())
+    }
+
+    /// The last room seq seen.
+    pub fn server_seq(&self) -> u64 {
+        self.server_seq
+    }
+
+    /// Inserts at a UTF-16 offset.
+    pub fn insert(&mut self, index: u32, text: &str) -> Result<()> {
+        self.replace(index, 0, text)
+    }
+
+    /// Deletes at a UTF-16 offset.
+    pub fn delete(&mut self, index: u32, len: u32) -> Result<()> {
+        self.replace(index, len, "")
+    }
+
+    /// Replaces a UTF-16 range; queued until the next [`ClientSession::flush`].
+    pub fn replace(&mut self, index: u32, len: u32, text: &str) -> Result<()> {
+        if len == 0 && text.is_empty() {
+            return Ok(());
+        }
+        let update = self.doc.replace(index, len, text)?;
+        self.unflushed.push(update);
+        Ok(())
+    }
+
+    /// Turns the edits since the last flush into one op. Online, it is queued for sending;
+    /// offline, it is merged into the unsent op so the queue stays one message long.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.unflushed.is_empty() {
+            return Ok(());
+        }
+        let update = if self.unflushed.len() == 1 {
+            self.unflushed.pop().unwrap_or_default()
+        } else {
+            let merged = merge_updates(&self.unflushed)?;
+            self.unflushed.clear();
+            merged
+        };
+        if self.status == SessionStatus::Online {
+            let op = self.new_op(update, true);
+            self.outbox.push_back(ClientMessage::Op {
+                id: Some(op.id.clone()),
+                update: op.update.clone(),
+            });
+            self.pending.push_back(op);
+        } else {
+            match self.pending.back_mut() {
+                Some(last) if !last.sent => {
+                    last.update = merge_updates(&[last.update.as_slice(), update.as_slice()])?;
+                }
+                _ => {
+                    let op = self.new_op(update, false);
+                    self.pending.push_back(op);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn new_op(&mut self, update: Vec<u8>, sent: bool) -> PendingOp {
+        let id = format!("{}-{}", self.session, self.next_op);
+        self.next_op += 1;
+        PendingOp { id, update, sent }
+    }
+
+    /// A socket is opening: returns this replica's state vector (v1, base64) for `?sv=`, so the
+    /// server's first `sync` carries only what this replica lacks.
+    pub fn connect(&mut self) -> String {
+        self.status = SessionStatus::Connecting;
+        self.outbox.clear();
+        encode_b64(&self.doc.state_vector())
+    }
+
+    /// The socket closed. Everything unacked stays pending and goes out after the next sync.
+    pub fn disconnect(&mut self) {
+        self.status = SessionStatus::Offline;
+        self.outbox.clear();
+        for op in &mut self.pending {
+            op.sent = false;
+        }
+    }
+
+    /// Feeds one frame from the server.
+    pub fn handle_message(&mut self, msg: ServerMessage) -> Result<()> {
+        match msg {
+            ServerMessage::Sync { state, sv, seq } => self.handle_sync(&state, sv.as_deref(), seq),
+            ServerMessage::Op { seq, update } => {
+                let applied = self.doc.apply_update(&update)?;
+                self.server_seq = self.server_seq.max(seq);
+                self.events.push_back(ClientEvent::RemoteUpdate {
+                    changed: applied.changed,
+                });
+                Ok(())
+            }
+            ServerMessage::Ack { id, seq } => {
+                self.server_seq = self.server_seq.max(seq);
+                if let Some(pos) = self.pending.iter().position(|op| op.id == id) {
+                    self.pending.remove(pos);
+                    self.events.push_back(ClientEvent::Acked { id, seq });
+                }
+                Ok(())
+            }
+            ServerMessage::Presence(p) => {
+                self.events.push_back(ClientEvent::Presence(p));
+                Ok(())
+            }
+            ServerMessage::Error { code, message } => {
+                if code == EngineError::MissingDependencies.code()
+                    && self.status == SessionStatus::Online
+                {
+                    // An earlier frame never arrived: resend everything pending, in order, as one.
+                    self.resend_pending(None)?;
+                }
+                self.events.push_back(ClientEvent::ServerError { code, message });
+                Ok(())
+            }
+        }
+    }
+
+    /// Parses and feeds one text frame; unknown message types are ignored.
+    pub fn handle_frame(&mut self, text: &str) -> Result<()> {
+        match ServerMessage::parse(text)? {
+            Some(msg) => self.handle_message(msg),
+            None => Ok(()),
+        }
+    }
+
+    fn handle_sync(&mut self, state: &[u8], server_sv: Option<&[u8]>, seq: u64) -> Result<()> {
+        self.doc.apply_update(state)?;
+        self.server_seq = seq;
+        self.status = SessionStatus::Online;
+        self.flush()?;
+        let server_lacks = match server_sv {
+            Some(sv) => self.server_lacks_inserts(sv)?,
+            None => false,
+        };
+        if !self.pending.is_empty() || server_lacks {
+            self.resend_pending(server_sv)?;
+        }
+        self.events.push_back(ClientEvent::Synced { seq });
+        Ok(())
+    }
+
+    /// Replaces every pending op by one op carrying what the server lacks: the diff against its
+    /// state vector when known, else the merge of the pending ops.
+    fn resend_pending(&mut self, server_sv: Option<&[u8]>) -> Result<()> {
+        let update = match server_sv {
+            Some(sv) => self.doc.encode_state_as_update(Some(sv))?,
+            None => {
+                let updates: Vec<&[u8]> = self.pending.iter().map(|op| op.update.as_slice()).collect();
+                if updates.is_empty() {
+                    return Ok(());
+                }
+                merge_updates(&updates)?
+            }
+        };
+        self.pending.clear();
+        let op = self.new_op(update, true);
+        self.outbox.push_back(ClientMessage::Op {
+            id: Some(op.id.clone()),
+            update: op.update.clone(),
+        });
+        self.pending.push_back(op);
+        Ok(())
+    }
+
+    fn server_lacks_inserts(&self, server_sv: &[u8]) -> Result<bool> {
+        let theirs = crate::doc::decode_state_vector(server_sv)?;
+        let ours = crate::doc::decode_state_vector(&self.doc.state_vector())?;
+        Ok(ours.iter().any(|(client, &clock)| clock > theirs.get(client)))
+    }
+
+    /// Next frame to send on the socket.
+    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
+        self.outbox.pop_front()
+    }
+
+    /// Next event for the UI.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// The document and the pending ops as bytes, for IndexedDB. Unflushed edits are flushed
+    /// into the pending queue first so nothing typed is left out.
+    pub fn export_state(&mut self) -> Result<Vec<u8>> {
+        self.flush()?;
+        let mut out = Vec::new();
+        out.extend_from_slice(SAVED_MAGIC);
+        put_bytes(&mut out, &self.doc.encode_state_as_update(None)?);
+        put_u64(&mut out, self.pending.len() as u64);
+        for op in &self.pending {
+            put_bytes(&mut out, op.id.as_bytes());
+            put_bytes(&mut out, &op.update);
+        }
+        Ok(out)
+    }
+
+    /// Restores a session saved with [`ClientSession::export_state`].
+    ///
+    /// `client_id` must be fresh: the saved state may be older than edits this replica made
+    /// after saving, and reusing its old id would mint ids that already mean something else.
+    pub fn import_state(client_id: u64, session: impl Into<String>, saved: &[u8]) -> Result<Self> {
+        let corrupt = |reason: &str| EngineError::CorruptSavedState {
+            reason: reason.to_owned(),
+        };
+        let mut r = Reader { buf: saved };
+        if r.take(4).ok_or_else(|| corrupt("too short"))? != SAVED_MAGIC {
+            return Err(corrupt("unknown format"));
+        }
+        let state = r.bytes().ok_or_else(|| corrupt("document truncated"))?;
+        let mut session = ClientSession::new(client_id, session);
+        session
+            .doc
+            .apply_update(state)
+            .map_err(|e| corrupt(&e.to_string()))?;
+        let count = r.u64().ok_or_else(|| corrupt("pending count truncated"))?;
+        for _ in 0..count {
+            let id = r.bytes().ok_or_else(|| corrupt("op id truncated"))?;
+            let id = std::str::from_utf8(id).map_err(|_| corrupt("op id is not UTF-8"))?;
+            let update = r.bytes().ok_or_else(|| corrupt("op truncated"))?;
+            session.pending.push_back(PendingOp {
+                id: id.to_owned(),
+                update: update.to_vec(),
+                sent: false,
+            });
+        }
+        if !r.buf.is_empty() {
+            return Err(corrupt("trailing bytes"));
+        }
+        Ok(session)
+    }
+}
+
+fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_u64(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.buf.len() {
+            return None;
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.take(1)?.first()?;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.u64()?).ok()?;
+        self.take(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::{ConnId, RoomEvent, RoomState};
+    use crate::CompactionPolicy;
+
+    /// Runs one client against one room over a perfect link until quiet.
+    fn pump(client: &mut ClientSession, room: &mut RoomState, conn: ConnId) {
+        loop {
+            let mut progressed = false;
+            while let Some(msg) = client.poll_transmit() {
+                progressed = true;
+                if let ClientMessage::Op { id, update } = msg {
+                    room.handle_op(conn, id, &update).unwrap();
+                }
+            }
+            if let Some(batch) = room.take_batch() {
+                progressed = true;
+                let first = room.seq() + 1;
+                let _ = batch;
+                room.handle_committed(first).unwrap();
+            }
+            while let Some(ev) = room.poll_event() {
+                if let RoomEvent::Ack { conn: c, id, seq } = ev {
+                    if c == conn {
+                        progressed = true;
+                        client.handle_message(ServerMessage::Ack { id, seq }).unwrap();
+                    }
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn connect(client: &mut ClientSession, room: &mut RoomState) {
+        let sv = client.connect();
+        let sv = crate::wire::decode_b64("sv", &sv).unwrap();
+        let sync = room.sync_for(Some(&sv)).unwrap();
+        client.handle_message(sync).unwrap();
+    }
+
+    #[test]
+    fn online_edits_are_acked_and_retired() {
+        let mut room = RoomState::new(CompactionPolicy::default(), 0);
+        let mut c = ClientSession::new(7, "c");
+        connect(&mut c, &mut room);
+        c.insert(0, "hello").unwrap();
+        c.insert(5, "!").unwrap();
+        assert_eq!(c.pending_count(), 1);
+        c.flush().unwrap();
+        pump(&mut c, &mut room, ConnId(1));
+        assert_eq!(c.pending_count(), 0);
+        assert_eq!(room.text(), "hello!");
+    }
+
+    #[test]
+    fn offline_queue_is_one_message() {
+        let mut room = RoomState::new(CompactionPolicy::default(), 0);
+        let mut c = ClientSession::new(7, "c");
+        for i in 0..1000u32 {
+            c.insert(i, "x").unwrap();
+            c.flush().unwrap();
+        }
+        assert_eq!(c.pending_count(), 1);
+        connect(&mut c, &mut room);
+        let mut sent = 0;
+        while let Some(ClientMessage::Op { id, update }) = c.poll_transmit() {
+            sent += 1;
+            room.handle_op(ConnId(1), id, &update).unwrap();
+        }
+        assert_eq!(sent, 1);
+        room.take_batch().unwrap();
+        room.handle_committed(1).unwrap();
+        while let Some(ev) = room.poll_event() {
+            if let RoomEvent::Ack { id, seq, .. } = ev {
+                c.handle_message(ServerMessage::Ack { id, seq }).unwrap();
+            }
+        }
+        assert_eq!(c.pending_count(), 0);
+        assert_eq!(room.text(), "x".repeat(1000));
+    }
+
+    #[test]
+    fn export_import_round_trip_keeps_pending() {
+        let mut c = ClientSession::new(7, "c");
+        c.insert(0, "offline 😀").unwrap();
+        let saved = c.export_state().unwrap();
+        let mut restored = ClientSession::import_state(8, "d", &saved).unwrap();
+        assert_eq!(restored.text(), "offline 😀");
+        assert_eq!(restored.pending_count(), 1);
+        let mut room = RoomState::new(CompactionPolicy::default(), 0);
+        connect(&mut restored, &mut room);
+        pump(&mut restored, &mut room, ConnId(1));
+        assert_eq!(room.text(), "offline 😀");
+        assert_eq!(restored.pending_count(), 0);
+    }
+
+    #[test]
+    fn corrupt_saved_state_is_an_error() {
+        let mut c = ClientSession::new(7, "c");
+        c.insert(0, "abc").unwrap();
+        let saved = c.export_state().unwrap();
+        for cut in 0..saved.len() {
+            assert!(ClientSession::import_state(8, "d", &saved[..cut]).is_err());
+        }
+        assert!(ClientSession::import_state(8, "d", b"XXXX").is_err());
+        let mut extra = saved.clone();
+        extra.push(0);
+        assert!(ClientSession::import_state(8, "d", &extra).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! Concord's sync engine: everything that can be decided without I/O.
+//!
+//! # Layout
+//! - [`doc`]: [`Document`], a yrs document with one `Y.Text` (`body`) edited at UTF-16 offsets.
+//! - [`wire`]: the JSON messages of the WebSocket protocol, base64, validation and size limits.
+//! - [`client`]: [`ClientSession`], the browser side's state machine: pending ops, acks, offline
+//!   queue and reconnection replay.
+//! - [`room`]: [`RoomState`], the server side's state machine for one room: validate, dedupe,
+//!   sequence, and the compaction fold.
+//! - [`error`]: [`EngineError`], the one error type, with stable wire codes.
+//!
+//! The engine never touches sockets, files, clocks or randomness: time and ids come in as
+//! arguments and decisions come out as values or events (the sans-IO style of `quinn-proto`).
+//! The server and the browser only move bytes.
+
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod doc;
+pub mod error;
+pub mod room;
+pub mod wire;
+
+pub use client::{ClientEvent, ClientSession, SessionStatus};
+pub use doc::{Applied, Document, BODY};
+pub use error::{EngineError, Result};
+pub use room::{CompactionPolicy, ConnId, RoomEvent, RoomState};
+pub use wire::{ClientMessage, Limits, ServerMessage};

@@ -1,0 +1,638 @@
+//! [`RoomState`]: the server's state machine for one room, without I/O.
+//!
+//! # Call order
+//! 1. [`RoomState::load`] with the stored snapshot and the ops after it.
+//! 2. For each client frame: [`RoomState::handle_op`] (or [`RoomState::sync_for`] when a
+//!    connection opens). Accepted updates are applied at once (so the next op dedupes against
+//!    them) and staged for the store.
+//! 3. [`RoomState::take_batch`] hands the staged updates to the store as one group commit; the
+//!    store assigns consecutive seqs inside its transaction and the caller reports back with
+//!    [`RoomState::handle_committed`] (or [`RoomState::handle_commit_failed`]).
+//! 4. Updates committed elsewhere (another instance, a catch-up read) come in through
+//!    [`RoomState::handle_remote`] in any order; gaps produce a [`RoomEvent::CatchUp`].
+//! 5. Drain [`RoomState::poll_event`] after every call: acks, broadcasts, catch-up requests.
+//!
+//! Acks are only ever emitted from `handle_committed`: an ack means durable. An op that adds
+//! nothing new is acked once everything already staged ahead of it is durable, because the
+//! content it duplicates may still be in flight.
+//!
+//! A hostile update that yrs can decode but not integrate (a panic inside yrs, or an update
+//! whose dependencies are missing) never leaves the room half-applied: the document is rebuilt
+//! from the last checkpoint plus every accepted update since, which the room keeps for exactly
+//! this purpose (and for compaction, which bounds it).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use yrs::updates::decoder::Decode;
+use yrs::{ReadTxn, StateVector, Transact};
+
+use crate::doc::{decode_update, Document};
+use crate::error::{EngineError, Result};
+use crate::wire::ServerMessage;
+
+/// The server's handle for one connection, so acks find their way back. Opaque to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What the room decided; the server carries these out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// Tell `conn` its op `id` is durable at `seq`.
+    Ack {
+        /// Connection that sent the op.
+        conn: ConnId,
+        /// The client's op id.
+        id: String,
+        /// Room seq at which the op (or the content it duplicates) is durable.
+        seq: u64,
+    },
+    /// Send this committed update to every local connection except `origin`.
+    Broadcast {
+        /// Room seq of the update.
+        seq: u64,
+        /// v2 update bytes.
+        update: Vec<u8>,
+        /// The local connection that sent it, if any (it already has it).
+        origin: Option<ConnId>,
+    },
+    /// Seqs after `after` are missing here: read ops with `seq > after` from the store and feed
+    /// them to [`RoomState::handle_remote`].
+    CatchUp {
+        /// The last seq this room has contiguously.
+        after: u64,
+    },
+}
+
+/// When to fold the op log into a new snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Compact after this many committed ops.
+    pub max_ops: u64,
+    /// Or after this long (ms) with at least one op.
+    pub max_age_ms: u64,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        CompactionPolicy {
+            max_ops: 200,
+            max_age_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Staged {
+    conn: ConnId,
+    id: Option<String>,
+    update: Vec<u8>,
+    /// Duplicates that arrived while this was staged: acked when this is durable.
+    dup_acks: Vec<(ConnId, String)>,
+}
+
+/// Committed updates seen out of order, waiting for the gap below them to fill.
+#[derive(Debug)]
+enum Ahead {
+    /// Committed by this room; already applied to the document.
+    Own,
+    /// Committed elsewhere; applied when its turn comes.
+    Remote(Vec<u8>),
+}
+
+/// How many recent op ids the room remembers for the fast duplicate path. Older duplicates are
+/// still caught by content ("adds nothing new"); this only saves a decode.
+const RECENT_IDS: usize = 4096;
+
+/// The state of one room.
+pub struct RoomState {
+    doc: Document,
+    /// Highest seq this room has contiguously.
+    seq: u64,
+    /// Full-state update at `checkpoint_seq`: where a rebuild starts.
+    checkpoint: Vec<u8>,
+    checkpoint_seq: u64,
+    /// Committed updates after the checkpoint, in seq order (rebuild and memory accounting).
+    tail: Vec<(u64, Vec<u8>)>,
+    staged: Vec<Staged>,
+    in_flight: Vec<Staged>,
+    ahead: BTreeMap<u64, Ahead>,
+    /// The `after` of the last catch-up asked for, so a gap is reported once.
+    catch_up_asked: Option<u64>,
+    recent_ids: HashMap<String, u64>,
+    recent_order: VecDeque<String>,
+    events: VecDeque<RoomEvent>,
+    policy: CompactionPolicy,
+    last_compaction_ms: u64,
+}
+
+impl std::fmt::Debug for RoomState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomState")
+            .field("seq", &self.seq)
+            .field("checkpoint_seq", &self.checkpoint_seq)
+            .field("tail", &self.tail.len())
+            .field("staged", &self.staged.len())
+            .field("in_flight", &self.in_flight.len())
+            .finish()
+    }
+}
+
+/// The room's own yrs client id. The room never edits, so it never mints ids with it.
+const ROOM_CLIENT_ID: u64 = 0;
+
+impl RoomState {
+    /// An empty room at seq 0.
+    pub fn new(policy: CompactionPolicy, now_ms: u64) -> Self {
+        let doc = Document::new(ROOM_CLIENT_ID);
+        let checkpoint = doc
+            .encode_state_as_update(None)
+            .unwrap_or_else(|_| yrs::Update::EMPTY_V2.to_vec());
+        RoomState {
+            doc,
+            seq: 0,
+            checkpoint,
+            checkpoint_seq: 0,
+            tail: Vec::new(),
+            staged: Vec::new(),
+            in_flight: Vec::new(),
+            ahead: BTreeMap::new(),
+            catch_up_asked: None,
+            recent_ids: HashMap::new(),
+            recent_order: VecDeque::new(),
+            events: VecDeque::new(),
+            policy,
+            last_compaction_ms: now_ms,
+        }
+    }
+
+    /// A room loaded from the store: `snapshot` (state at `snapshot_seq`, if any) and the ops
+    /// after it, which must be exactly `snapshot_seq + 1 ..` with no gap.
+    pub fn load<B: AsRef<[u8]>>(
+        snapshot: Option<&[u8]>,
+        snapshot_seq: u64,
+        ops: &[(u64, B)],
+        policy: CompactionPolicy,
+        now_ms: u64,
+    ) -> Result<Self> {
+        let mut room = RoomState::new(policy, now_ms);
+        if let Some(snapshot) = snapshot {
+            room.doc = Document::from_update(ROOM_CLIENT_ID, snapshot)?;
+            room.checkpoint = snapshot.to_vec();
+        }
+        room.seq = snapshot_seq;
+        room.checkpoint_seq = snapshot_seq;
+        let mut expected = snapshot_seq + 1;
+        for (seq, _) in ops {
+            if *seq != expected {
+                return Err(EngineError::SeqOutOfOrder {
+                    expected,
+                    got: *seq,
+                });
+            }
+            expected += 1;
+        }
+        let updates: Vec<&[u8]> = ops.iter().map(|(_, u)| u.as_ref()).collect();
+        room.doc.apply_updates(&updates)?;
+        room.tail = ops.iter().map(|(s, u)| (*s, u.as_ref().to_vec())).collect();
+        room.seq = expected - 1;
+        Ok(room)
+    }
+
+    /// The highest seq this room has contiguously.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The room's document (read-only).
+    pub fn document(&self) -> &Document {
+        &self.doc
+    }
+
+    /// The text of the room.
+    pub fn text(&self) -> String {
+        self.doc.text()
+    }
+
+    /// Full state of the room as one v2 update (includes staged, not-yet-durable updates).
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc
+            .encode_state_as_update(None)
+            .unwrap_or_else(|_| yrs::Update::EMPTY_V2.to_vec())
+    }
+
+    /// Ops accepted but not yet committed (staged or in flight).
+    pub fn uncommitted(&self) -> usize {
+        self.staged.len() + self.in_flight.len()
+    }
+
+    /// The first frame for a connection that sent `?sv=` (or nothing): what it lacks, the
+    /// room's state vector and seq.
+    pub fn sync_for(&self, client_sv: Option<&[u8]>) -> Result<ServerMessage> {
+        Ok(ServerMessage::Sync {
+            state: self.doc.encode_state_as_update(client_sv)?,
+            sv: Some(self.doc.state_vector()),
+            seq: self.seq,
+        })
+    }
+
+    /// A client's update (an `op`, or the update of a client `sync`).
+    ///
+    /// Returns an error, with the room unchanged, for bytes yrs cannot decode or integrate and
+    /// for updates that build on changes the room has not seen. A duplicate (by id, or because
+    /// it adds nothing new) is not staged; it is acked once what it duplicates is durable.
+    pub fn handle_op(&mut self, conn: ConnId, id: Option<String>, update: &[u8]) -> Result<()> {
+        if let Some(id) = &id {
+            if let Some(&seq) = self.recent_ids.get(id) {
+                self.events.push_back(RoomEvent::Ack {
+                    conn,
+                    id: id.clone(),
+                    seq,
+                });
+                return Ok(());
+            }
+            if let Some(s) = self
+                .staged
+                .iter_mut()
+                .chain(self.in_flight.iter_mut())
+                .find(|s| s.id.as_deref() == Some(id.as_str()))
+            {
+                s.dup_acks.push((conn, id.clone()));
+                return Ok(());
+            }
+        }
+
+        let decoded = decode_update(update)?;
+        if !self.dependencies_present(&decoded) {
+            return Err(EngineError::MissingDependencies);
+        }
+        let pending_before = self.doc.has_pending();
+        let applied = match self.doc.apply_decoded(decoded) {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.rebuild();
+                return Err(e);
+            }
+        };
+        if applied.pending && !pending_before {
+            self.rebuild();
+            return Err(EngineError::MissingDependencies);
+        }
+        if applied.changed {
+            self.staged.push(Staged {
+                conn,
+                id,
+                update: update.to_vec(),
+                dup_acks: Vec::new(),
+            });
+        } else if let Some(id) = id {
+            match self.staged.last_mut().or(self.in_flight.last_mut()) {
+                Some(last) => last.dup_acks.push((conn, id)),
+                None => self.events.push_back(RoomEvent::Ack {
+                    conn,
+                    id,
+                    seq: self.seq,
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every client's first new clock in `update` must follow what the room has; otherwise the
+    /// update was built on a frame the room never saw.
+    fn dependencies_present(&self, update: &yrs::Update) -> bool {
+        let lower = update.state_vector_lower();
+        let txn = self.doc.yrs().transact();
+        let have = txn.state_vector();
+        lower.iter().all(|(client, &clock)| clock <= have.get(client))
+    }
+
+    /// Takes the staged updates for one group commit, in order; `None` if nothing is staged or
+    /// a commit is already in flight (commits of one room are sequential).
+    pub fn take_batch(&mut self) -> Option<Vec<Vec<u8>>> {
+        if self.staged.is_empty() || !self.in_flight.is_empty() {
+            return None;
+        }
+        self.in_flight = std::mem::take(&mut self.staged);
+        Some(self.in_flight.iter().map(|s| s.update.clone()).collect())
+    }
+
+    /// The batch from [`RoomState::take_batch`] is committed with seqs `first_seq ..`.
+    pub fn handle_committed(&mut self, first_seq: u64) -> Result<()> {
+        if first_seq <= self.seq || self.ahead.contains_key(&first_seq) {
+            return Err(EngineError::SeqOutOfOrder {
+                expected: self.seq + 1,
+                got: first_seq,
+            });
+        }
+        let batch = std::mem::take(&mut self.in_flight);
+        for (offset, staged) in batch.into_iter().enumerate() {
+            let seq = first_seq + offset as u64;
+            let Staged {
+                conn,
+                id,
+                update,
+                dup_acks,
+            } = staged;
+            if let Some(id) = id {
+                self.remember_id(id.clone(), seq);
+                self.events.push_back(RoomEvent::Ack { conn, id, seq });
+            }
+            for (conn, id) in dup_acks {
+                self.events.push_back(RoomEvent::Ack { conn, id, seq });
+            }
+            self.events.push_back(RoomEvent::Broadcast {
+                seq,
+                update: update.clone(),
+                origin: Some(conn),
+            });
+            self.tail.push((seq, update));
+            self.ahead.insert(seq, Ahead::Own);
+        }
+        self.advance()
+    }
+
+    /// The batch from [`RoomState::take_batch`] could not be committed. Its updates are taken
+    /// out of the document again (nothing un-durable may linger to be acked later as a
+    /// duplicate); their senders still hold them as pending and resend after reconnecting.
+    /// Returns the connections that should be told (and closed so they resync).
+    pub fn handle_commit_failed(&mut self) -> Vec<ConnId> {
+        let failed = std::mem::take(&mut self.in_flight);
+        let mut conns: Vec<ConnId> = failed
+            .iter()
+            .flat_map(|s| std::iter::once(s.conn).chain(s.dup_acks.iter().map(|(c, _)| *c)))
+            .collect();
+        conns.sort();
+        conns.dedup();
+        self.rebuild();
+        conns
+    }
+
+    /// An update committed elsewhere at `seq` (another instance via the hub, or a catch-up read
+    /// from the store). Applied in seq order; duplicates are ignored; a gap asks for catch-up.
+    pub fn handle_remote(&mut self, seq: u64, update: &[u8]) -> Result<()> {
+        if seq <= self.seq || self.ahead.contains_key(&seq) {
+            return Ok(());
+        }
+        self.ahead.insert(seq, Ahead::Remote(update.to_vec()));
+        let result = self.advance();
+        if seq > self.seq && self.catch_up_asked != Some(self.seq) {
+            self.catch_up_asked = Some(self.seq);
+            self.events
+                .push_back(RoomEvent::CatchUp { after: self.seq });
+        }
+        result
+    }
+
+    /// Moves `seq` over every contiguous entry of `ahead`, applying remote ones.
+    fn advance(&mut self) -> Result<()> {
+        let mut first_err = None;
+        while let Some(entry) = self.ahead.remove(&(self.seq + 1)) {
+            self.seq += 1;
+            if let Ahead::Remote(update) = entry {
+                // Committed truth: apply even if part of it waits for a later seq.
+                if let Err(e) = self.doc.apply_update(&update) {
+                    // The store only holds updates a room accepted; if one does not apply, the
+                    // document is rebuilt without it and the error reported once.
+                    self.rebuild();
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+                self.events.push_back(RoomEvent::Broadcast {
+                    seq: self.seq,
+                    update: update.clone(),
+                    origin: None,
+                });
+                self.tail.push((self.seq, update));
+            }
+        }
+        if self.ahead.is_empty() {
+            self.catch_up_asked = None;
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn remember_id(&mut self, id: String, seq: u64) {
+        if self.recent_ids.insert(id.clone(), seq).is_none() {
+            self.recent_order.push_back(id);
+            if self.recent_order.len() > RECENT_IDS {
+                if let Some(old) = self.recent_order.pop_front() {
+                    self.recent_ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the document from the checkpoint and every update accepted since, dropping
+    /// whatever a failed apply may have left half-integrated.
+    fn rebuild(&mut self) {
+        let mut doc = Document::new(ROOM_CLIENT_ID);
+        let mut updates: Vec<&[u8]> = vec![&self.checkpoint];
+        updates.extend(self.tail.iter().map(|(_, u)| u.as_slice()));
+        updates.extend(self.in_flight.iter().map(|s| s.update.as_slice()));
+        updates.extend(self.staged.iter().map(|s| s.update.as_slice()));
+        for update in updates {
+            // Each of these was applied successfully before, so this cannot fail; if it ever
+            // did, skipping it keeps the room serving and the error is visible in its text.
+            let _ = doc.apply_update(update);
+        }
+        self.doc = doc;
+    }
+
+    /// True when the log since the last snapshot should be folded (`now_ms` is the caller's
+    /// clock).
+    pub fn compaction_due(&self, now_ms: u64) -> bool {
+        let ops = self.seq.saturating_sub(self.checkpoint_seq);
+        ops >= self.policy.max_ops
+            || (ops > 0 && now_ms.saturating_sub(self.last_compaction_ms) >= self.policy.max_age_ms)
+    }
+
+    /// The store folded ops up to `op_seq` into `snapshot`: it becomes the rebuild checkpoint
+    /// and the in-memory tail before it is dropped.
+    pub fn handle_compacted(&mut self, snapshot: Vec<u8>, op_seq: u64, now_ms: u64) {
+        self.last_compaction_ms = now_ms;
+        if op_seq < self.checkpoint_seq || op_seq > self.seq {
+            return;
+        }
+        self.checkpoint = snapshot;
+        self.checkpoint_seq = op_seq;
+        self.tail.retain(|(seq, _)| *seq > op_seq);
+    }
+
+    /// Next decision for the server to carry out.
+    pub fn poll_event(&mut self) -> Option<RoomEvent> {
+        self.events.pop_front()
+    }
+}
+
+/// The compaction fold: the state of `snapshot` plus `ops`, as one canonical full-state update.
+/// Pure, so the store can run it on the ops it read inside its transaction.
+pub fn fold<B: AsRef<[u8]>>(snapshot: Option<&[u8]>, ops: &[B]) -> Result<Vec<u8>> {
+    let mut doc = match snapshot {
+        Some(s) => Document::from_update(ROOM_CLIENT_ID, s)?,
+        None => Document::new(ROOM_CLIENT_ID),
+    };
+    doc.apply_updates(ops)?;
+    doc.encode_state_as_update(None)
+}
+
+/// True if `sv` (v1 bytes) decodes; a cheap check for the `?sv=` query before a room is touched.
+pub fn is_valid_state_vector(sv: &[u8]) -> bool {
+    std::panic::catch_unwind(|| StateVector::decode_v1(sv).is_ok()).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room() -> RoomState {
+        RoomState::new(CompactionPolicy::default(), 0)
+    }
+
+    fn drain(room: &mut RoomState) -> Vec<RoomEvent> {
+        std::iter::from_fn(|| room.poll_event()).collect()
+    }
+
+    #[test]
+    fn ack_only_after_commit() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let u = a.insert(0, "hi").unwrap();
+        r.handle_op(ConnId(1), Some("a-1".into()), &u).unwrap();
+        assert!(drain(&mut r).is_empty(), "nothing is acked before the commit");
+        assert_eq!(r.take_batch().unwrap(), vec![u.clone()]);
+        r.handle_committed(1).unwrap();
+        let events = drain(&mut r);
+        assert_eq!(
+            events[0],
+            RoomEvent::Ack {
+                conn: ConnId(1),
+                id: "a-1".into(),
+                seq: 1
+            }
+        );
+        assert!(matches!(events[1], RoomEvent::Broadcast { seq: 1, .. }));
+        assert_eq!(r.seq(), 1);
+    }
+
+    #[test]
+    fn duplicates_are_acked_but_not_logged() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let u = a.insert(0, "hi").unwrap();
+        r.handle_op(ConnId(1), Some("a-1".into()), &u).unwrap();
+        // Same content under another id while the first is still staged: acked with it.
+        r.handle_op(ConnId(2), Some("b-1".into()), &u).unwrap();
+        assert_eq!(r.take_batch().unwrap().len(), 1);
+        r.handle_committed(1).unwrap();
+        let acks: Vec<_> = drain(&mut r)
+            .into_iter()
+            .filter(|e| matches!(e, RoomEvent::Ack { .. }))
+            .collect();
+        assert_eq!(acks.len(), 2);
+        // Same id again: acked at once from memory.
+        r.handle_op(ConnId(1), Some("a-1".into()), &u).unwrap();
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomEvent::Ack {
+                conn: ConnId(1),
+                id: "a-1".into(),
+                seq: 1
+            }]
+        );
+        assert!(r.take_batch().is_none());
+    }
+
+    #[test]
+    fn missing_dependencies_change_nothing() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let _u1 = a.insert(0, "ab").unwrap();
+        let u2 = a.insert(2, "cd").unwrap();
+        let before = r.encode_state();
+        assert_eq!(
+            r.handle_op(ConnId(1), None, &u2),
+            Err(EngineError::MissingDependencies)
+        );
+        assert_eq!(r.encode_state(), before);
+        assert!(r.take_batch().is_none());
+    }
+
+    #[test]
+    fn remote_gaps_ask_for_catch_up_and_fill_in_order() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let u1 = a.insert(0, "ab").unwrap();
+        let u2 = a.insert(2, "cd").unwrap();
+        r.handle_remote(2, &u2).unwrap();
+        assert_eq!(drain(&mut r), vec![RoomEvent::CatchUp { after: 0 }]);
+        r.handle_remote(1, &u1).unwrap();
+        r.handle_remote(2, &u2).unwrap();
+        assert_eq!(r.seq(), 2);
+        assert_eq!(r.text(), "abcd");
+        let seqs: Vec<u64> = drain(&mut r)
+            .into_iter()
+            .map(|e| match e {
+                RoomEvent::Broadcast { seq, .. } => seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2]);
+    }
+
+    #[test]
+    fn commit_failure_takes_the_batch_back_out() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let u = a.insert(0, "lost").unwrap();
+        r.handle_op(ConnId(3), Some("a-1".into()), &u).unwrap();
+        r.take_batch().unwrap();
+        assert_eq!(r.handle_commit_failed(), vec![ConnId(3)]);
+        assert_eq!(r.text(), "");
+        // The resend is new again and gets staged.
+        r.handle_op(ConnId(3), Some("a-1".into()), &u).unwrap();
+        assert_eq!(r.take_batch().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn load_and_fold_agree() {
+        let mut a = Document::new(1);
+        let ops: Vec<(u64, Vec<u8>)> = (0..10)
+            .map(|i| (i + 1, a.insert(i as u32, "x").unwrap()))
+            .collect();
+        let r = RoomState::load::<Vec<u8>>(None, 0, &ops, CompactionPolicy::default(), 0).unwrap();
+        assert_eq!(r.text(), "xxxxxxxxxx");
+        let updates: Vec<&[u8]> = ops[..5].iter().map(|(_, u)| u.as_slice()).collect();
+        let snap = fold(None, &updates).unwrap();
+        let r2 = RoomState::load(Some(&snap), 5, &ops[5..], CompactionPolicy::default(), 0).unwrap();
+        assert_eq!(r2.encode_state(), r.encode_state());
+        assert_eq!(r2.seq(), 10);
+        let gap = RoomState::load(Some(&snap), 5, &ops[6..], CompactionPolicy::default(), 0);
+        assert!(matches!(gap, Err(EngineError::SeqOutOfOrder { .. })));
+    }
+
+    #[test]
+    fn compaction_policy() {
+        let mut r = RoomState::new(
+            CompactionPolicy {
+                max_ops: 3,
+                max_age_ms: 1000,
+            },
+            0,
+        );
+        assert!(!r.compaction_due(10_000), "nothing to compact");
+        let mut a = Document::new(1);
+        for i in 0..3u64 {
+            let u = a.insert(0, "x").unwrap();
+            r.handle_remote(i + 1, &u).unwrap();
+            if i < 2 {
+                assert!(!r.compaction_due(10) && r.compaction_due(1000));
+            }
+        }
+        assert!(r.compaction_due(10));
+        r.handle_compacted(r.encode_state(), 3, 10);
+        assert!(!r.compaction_due(2000));
+    }
+}
