@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# `npm start`: build what is needed and run the server on embedded defaults.
+# `npm start`: build what is needed and run the server on embedded defaults
+# (SQLite in ./data, in-memory fan-out, port 8080). Environment variables override
+# (PORT, DATABASE_URL, REDIS_URL, ...: see server/src/config.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-if [ ! -d server ]; then
-  echo "The server (issue 5) has not landed yet; 'npm test' runs the engine suites." >&2
-  exit 1
-fi
+step "building the server (release)"
+cargo build --release -p concord-server --bin concord
+step "starting concord"
+exec target/release/concord

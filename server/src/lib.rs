@@ -1,0 +1,97 @@
+//! Concord's sync server.
+//!
+//! # Layout
+//! - [`config`]: settings from the environment, with embedded defaults.
+//! - [`routes`]: HTTP routes: `/healthz`, `/` (the demo), `/pkg/*`, `/rooms/{id}/ws`.
+//! - [`connection`]: one WebSocket: reader, bounded writer queue, heartbeats.
+//! - [`rooms`]: the registry: lazy load, one task per room, idle unload.
+//! - [`room`]: a room's task: owns the engine's `RoomState`, commits, acks, broadcasts.
+//! - [`store`]: the `Store` trait, SQLite and Postgres, and group commit.
+//! - [`error`]: the crate's error type, `ServerError`.
+//!
+//! The engine decides (what a frame means, whether an update is new, what to ack and
+//! broadcast, when to compact); this crate only moves bytes between sockets, tasks and the
+//! database.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod room;
+pub mod rooms;
+pub mod routes;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use error::{Result, ServerError};
+
+/// Runs the server on `listener` until `shutdown` resolves, then drains: stops accepting,
+/// lets rooms finish their in-flight commits and ack them, closes sockets with 1001 and writes
+/// final snapshots.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let config = Arc::new(config);
+    let store = store::connect(&config.database_url).await?;
+    let tracker = TaskTracker::new();
+    let commit_tracker = TaskTracker::new();
+    let committer = store::committer::Committer::start(store.clone(), &commit_tracker);
+    let token = CancellationToken::new();
+    let rooms = rooms::Rooms::new(rooms::RoomContext {
+        store: store.clone(),
+        committer,
+        config: config.clone(),
+        shutdown: token.clone(),
+        tracker: tracker.clone(),
+    });
+    let state = routes::AppState {
+        rooms,
+        config: config.clone(),
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "concord listening on http://{addr} (store: {}, hub: {})",
+        store.describe(),
+        if config.redis_url.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    );
+
+    let signal = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining rooms and connections");
+        signal.cancel();
+    });
+    let app = routes::router(state);
+    let stopped = token.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stopped.cancelled().await })
+        .await?;
+
+    // Rooms finish their commits, ack, close their members and snapshot.
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace elapsed with rooms still draining");
+    }
+    commit_tracker.close();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The room registry: lazy load on first join, one task per room, unload when idle.
+//!
+//! The map is behind a std `Mutex` (held only to look up or swap a handle, never across an
+//! await), as in mini-redis' `db.rs`. A room task that is unloading removes itself under the
+//! same lock, and only when its queue is empty; a join that still raced it gets `RoomClosing`
+//! and comes back here for a fresh task.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use concord_engine::ConnId;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::error::{Result, ServerError};
+use crate::room::{Member, RoomCmd, RoomTask};
+use crate::store::committer::Committer;
+use crate::store::Store;
+
+/// What every room task shares.
+#[derive(Clone)]
+pub struct RoomContext {
+    /// Durable storage.
+    pub store: Arc<dyn Store>,
+    /// Group commit.
+    pub committer: Committer,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Room tasks are tracked so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+#[derive(Clone)]
+struct Handle {
+    tx: mpsc::Sender<RoomCmd>,
+    generation: u64,
+}
+
+/// A joined room, for sending it frames.
+#[derive(Clone, Debug)]
+pub struct RoomLink {
+    /// The room's command queue.
+    pub tx: mpsc::Sender<RoomCmd>,
+}
+
+/// All loaded rooms of this instance.
+pub struct Rooms {
+    map: Mutex<HashMap<String, Handle>>,
+    next_generation: AtomicU64,
+    ctx: RoomContext,
+}
+
+impl Rooms {
+    /// An empty registry.
+    pub fn new(ctx: RoomContext) -> Arc<Rooms> {
+        Arc::new(Rooms {
+            map: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+            ctx,
+        })
+    }
+
+    pub(crate) fn ctx(&self) -> &RoomContext {
+        &self.ctx
+    }
+
+    /// Number of rooms loaded now.
+    pub fn loaded(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Joins `conn` to `room` (loading it if needed). The room sends the `sync` frame to the
+    /// member's queue before this returns.
+    pub async fn join(
+        self: &Arc<Self>,
+        room: &str,
+        conn: ConnId,
+        sv: Option<Vec<u8>>,
+        member: Member,
+    ) -> Result<RoomLink> {
+        for _ in 0..8 {
+            if self.ctx.shutdown.is_cancelled() {
+                return Err(ServerError::RoomClosing);
+            }
+            let handle = self.handle(room);
+            let (reply, rx) = oneshot::channel();
+            let cmd = RoomCmd::Join {
+                conn,
+                sv: sv.clone(),
+                member: member.clone(),
+                reply,
+            };
+            if handle.tx.send(cmd).await.is_err() {
+                self.unregister(room, handle.generation);
+                continue;
+            }
+            match rx.await {
+                Ok(Ok(())) => return Ok(RoomLink { tx: handle.tx }),
+                Ok(Err(ServerError::RoomClosing)) | Err(_) => {
+                    self.unregister(room, handle.generation);
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        Err(ServerError::Unavailable)
+    }
+
+    fn handle(self: &Arc<Self>, room: &str) -> Handle {
+        let mut map = match self.map.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(h) = map.get(room) {
+            if !h.tx.is_closed() {
+                return h.clone();
+            }
+        }
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.ctx.config.room_queue);
+        let handle = Handle { tx, generation };
+        map.insert(room.to_owned(), handle.clone());
+        let task = RoomTask {
+            id: room.to_owned(),
+            generation,
+            rooms: self.clone(),
+            rx,
+        };
+        self.ctx.tracker.spawn(task.run());
+        handle
+    }
+
+    /// Removes the room's entry if it is still this generation.
+    pub(crate) fn unregister(&self, room: &str, generation: u64) {
+        let mut map = match self.map.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.get(room).map(|h| h.generation) == Some(generation) {
+            map.remove(room);
+        }
+    }
+
+    /// Unregisters an idle room, but only if nothing is queued for it: checked under the map
+    /// lock, so no new join can get this handle afterwards.
+    pub(crate) fn unregister_if_idle(
+        &self,
+        room: &str,
+        generation: u64,
+        rx: &mpsc::Receiver<RoomCmd>,
+    ) -> bool {
+        let mut map = match self.map.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !rx.is_empty() || map.get(room).map(|h| h.generation) != Some(generation) {
+            return false;
+        }
+        map.remove(room);
+        true
+    }
+}

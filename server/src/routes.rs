@@ -1,0 +1,85 @@
+//! HTTP routes: health, the demo page and its static files, and the WebSocket endpoint.
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use concord_engine::wire::{decode_b64, validate_room_id};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::config::Config;
+use crate::rooms::Rooms;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Loaded rooms.
+    pub rooms: Arc<Rooms>,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// One permit per open WebSocket.
+    pub connections: Arc<Semaphore>,
+}
+
+/// The router of the whole server.
+pub fn router(state: AppState) -> Router {
+    let web = state.config.web_dir.clone();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/rooms/{id}/ws", get(ws))
+        .route_service("/", ServeFile::new(web.join("demo.html")))
+        .route_service("/demo.html", ServeFile::new(web.join("demo.html")))
+        .nest_service("/pkg", ServeDir::new(web.join("pkg")))
+        .nest_service("/src", ServeDir::new(web.join("src")))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    sv: Option<String>,
+}
+
+fn bad_request(message: &'static str) -> Response {
+    (StatusCode::BAD_REQUEST, message).into_response()
+}
+
+async fn ws(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<WsQuery>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if validate_room_id(&id).is_err() {
+        return bad_request("bad room id: use 1-128 characters of A-Z a-z 0-9 _ - .");
+    }
+    let sv = match query.sv.as_deref().filter(|s| !s.is_empty()) {
+        // A '+' that was not percent-encoded arrives as a space.
+        Some(b64) => match decode_b64("sv", &b64.replace(' ', "+")) {
+            Ok(sv) if concord_engine::room::is_valid_state_vector(&sv) => Some(sv),
+            _ => return bad_request("bad sv: expected a base64 state vector"),
+        },
+        None => None,
+    };
+    let Ok(upgrade) = upgrade else {
+        return bad_request("expected a WebSocket upgrade");
+    };
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    };
+    let max = state.config.limits.max_frame_bytes;
+    upgrade
+        // Frames up to twice the limit are read and answered with an error frame; beyond that
+        // the socket is closed (1009) without buffering them.
+        .max_message_size(max.saturating_mul(2))
+        .max_frame_size(max.saturating_mul(2))
+        .on_upgrade(move |socket| async move {
+            crate::connection::serve(socket, id, sv, state).await;
+            drop(permit);
+        })
+}

@@ -1,0 +1,179 @@
+//! Postgres, for production and for several instances sharing rooms.
+//!
+//! Each room's writers serialize on a transaction-scoped advisory lock keyed by the room id, so
+//! "read the last seq, insert the next ones" is atomic across instances and seq order is
+//! commit order. A group commit takes its rooms' locks in sorted order, so two instances
+//! committing overlapping sets of rooms cannot deadlock.
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use std::str::FromStr;
+
+use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store};
+use crate::error::Result;
+
+/// Postgres-backed store.
+pub struct PgStore {
+    pool: PgPool,
+    describe: String,
+}
+
+const LOCK_ROOM: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7217))";
+
+impl PgStore {
+    /// Connects to `url` and migrates the database.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let describe = format!(
+            "postgres {}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("")
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../db/migrations/postgres")
+            .run(&pool)
+            .await?;
+        Ok(PgStore { pool, describe })
+    }
+
+    async fn read_room(
+        tx: &mut sqlx::PgConnection,
+        room: &str,
+    ) -> Result<(Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>)> {
+        let snapshot = sqlx::query("SELECT state, op_seq FROM snapshots WHERE room_id = $1")
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (snapshot, snapshot_seq) = match snapshot {
+            Some(row) => (
+                Some(row.try_get::<Vec<u8>, _>(0)?),
+                row.try_get::<i64, _>(1)?,
+            ),
+            None => (None, 0),
+        };
+        let ops =
+            sqlx::query("SELECT seq, op FROM ops WHERE room_id = $1 AND seq > $2 ORDER BY seq")
+                .bind(room)
+                .bind(snapshot_seq)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok((snapshot, snapshot_seq, ops))
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn parallel_commits(&self) -> usize {
+        4
+    }
+
+    async fn load(&self, room: &str) -> Result<Loaded> {
+        // One consistent snapshot of both tables: a concurrent compaction must not be seen
+        // half-done (new snapshot missing, old ops already deleted).
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let (snapshot, snapshot_seq, ops) = Self::read_room(&mut tx, room).await?;
+        tx.commit().await?;
+        Ok(Loaded {
+            snapshot,
+            snapshot_seq: seq_from_db(snapshot_seq),
+            ops: ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect(),
+        })
+    }
+
+    async fn ops_after(&self, room: &str, after: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(
+            sqlx::query("SELECT seq, op FROM ops WHERE room_id = $1 AND seq > $2 ORDER BY seq")
+                .bind(room)
+                .bind(seq_to_db(after))
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|row| Ok((seq_from_db(row.try_get(0)?), row.try_get(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?,
+        )
+    }
+
+    async fn append(&self, batch: &[Append]) -> Result<Vec<u64>> {
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|&a, &b| batch[a].room.cmp(&batch[b].room));
+        let mut tx = self.pool.begin().await?;
+        let mut firsts = vec![0u64; batch.len()];
+        let mut rooms = Vec::new();
+        let mut seqs = Vec::new();
+        let mut updates: Vec<&[u8]> = Vec::new();
+        for i in order {
+            let append = &batch[i];
+            sqlx::query(LOCK_ROOM)
+                .bind(&append.room)
+                .execute(&mut *tx)
+                .await?;
+            let last: i64 = sqlx::query_scalar(
+                "SELECT GREATEST((SELECT MAX(seq) FROM ops WHERE room_id = $1), \
+                                 (SELECT op_seq FROM snapshots WHERE room_id = $1), 0)",
+            )
+            .bind(&append.room)
+            .fetch_one(&mut *tx)
+            .await?;
+            firsts[i] = seq_from_db(last + 1);
+            for (k, update) in append.updates.iter().enumerate() {
+                rooms.push(append.room.as_str());
+                seqs.push(last + 1 + k as i64);
+                updates.push(update.as_slice());
+            }
+        }
+        sqlx::query(
+            "INSERT INTO ops (room_id, seq, op) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[])",
+        )
+        .bind(&rooms)
+        .bind(&seqs)
+        .bind(&updates)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(firsts)
+    }
+
+    async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
+        let (snapshot, _, ops) = Self::read_room(&mut tx, room).await?;
+        let Some(&(op_seq, _)) = ops.last() else {
+            return Ok(None);
+        };
+        let state =
+            fold_blocking(room, snapshot, ops.into_iter().map(|(_, u)| u).collect()).await?;
+        sqlx::query(
+            "INSERT INTO snapshots (room_id, state, op_seq, updated_at) VALUES ($1, $2, $3, now()) \
+             ON CONFLICT (room_id) DO UPDATE SET state = EXCLUDED.state, \
+               op_seq = EXCLUDED.op_seq, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(room)
+        .bind(state.as_slice())
+        .bind(op_seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM ops WHERE room_id = $1 AND seq <= $2")
+            .bind(room)
+            .bind(op_seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some((state, seq_from_db(op_seq))))
+    }
+}

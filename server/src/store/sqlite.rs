@@ -1,0 +1,172 @@
+//! The embedded default: one SQLite file in WAL mode.
+//!
+//! `synchronous = FULL` because an ack promises the op survives a crash, power loss included;
+//! group commit keeps that to one fsync per batch rather than per op. Write transactions use
+//! `BEGIN IMMEDIATE` so a read-then-write transaction takes the write lock up front instead of
+//! failing with `SQLITE_BUSY` when it tries to upgrade.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store};
+use crate::error::Result;
+
+/// SQLite-backed store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: String,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed, with its directory) the database at `url` and migrates it.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let path = options.get_filename().display().to_string();
+        if let Some(dir) = options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../db/migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool, path })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.path)
+    }
+
+    fn parallel_commits(&self) -> usize {
+        1
+    }
+
+    async fn load(&self, room: &str) -> Result<Loaded> {
+        let mut tx = self.pool.begin().await?;
+        let snapshot = sqlx::query("SELECT state, op_seq FROM snapshots WHERE room_id = ?")
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (snapshot, snapshot_seq) = match snapshot {
+            Some(row) => (
+                Some(row.try_get::<Vec<u8>, _>(0)?),
+                row.try_get::<i64, _>(1)?,
+            ),
+            None => (None, 0),
+        };
+        let ops = sqlx::query("SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq")
+            .bind(room)
+            .bind(snapshot_seq)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|row| Ok((seq_from_db(row.try_get(0)?), row.try_get(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        tx.commit().await?;
+        Ok(Loaded {
+            snapshot,
+            snapshot_seq: seq_from_db(snapshot_seq),
+            ops,
+        })
+    }
+
+    async fn ops_after(&self, room: &str, after: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(
+            sqlx::query("SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq")
+                .bind(room)
+                .bind(seq_to_db(after))
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|row| Ok((seq_from_db(row.try_get(0)?), row.try_get(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?,
+        )
+    }
+
+    async fn append(&self, batch: &[Append]) -> Result<Vec<u64>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut firsts = Vec::with_capacity(batch.len());
+        for append in batch {
+            let last: i64 = sqlx::query_scalar(
+                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM ops WHERE room_id = ?1), 0), \
+                            COALESCE((SELECT op_seq FROM snapshots WHERE room_id = ?1), 0))",
+            )
+            .bind(&append.room)
+            .fetch_one(&mut *tx)
+            .await?;
+            let first = last + 1;
+            for (i, update) in append.updates.iter().enumerate() {
+                sqlx::query("INSERT INTO ops (room_id, seq, op) VALUES (?, ?, ?)")
+                    .bind(&append.room)
+                    .bind(first + i as i64)
+                    .bind(update.as_slice())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            firsts.push(seq_from_db(first));
+        }
+        tx.commit().await?;
+        Ok(firsts)
+    }
+
+    async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let snapshot = sqlx::query("SELECT state, op_seq FROM snapshots WHERE room_id = ?")
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (snapshot, snapshot_seq) = match snapshot {
+            Some(row) => (
+                Some(row.try_get::<Vec<u8>, _>(0)?),
+                row.try_get::<i64, _>(1)?,
+            ),
+            None => (None, 0),
+        };
+        let rows =
+            sqlx::query("SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq")
+                .bind(room)
+                .bind(snapshot_seq)
+                .fetch_all(&mut *tx)
+                .await?;
+        let Some(last) = rows.last() else {
+            return Ok(None);
+        };
+        let op_seq: i64 = last.try_get(0)?;
+        let ops = rows
+            .iter()
+            .map(|row| row.try_get::<Vec<u8>, _>(1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let state = fold_blocking(room, snapshot, ops).await?;
+        sqlx::query(
+            "INSERT INTO snapshots (room_id, state, op_seq, updated_at) \
+             VALUES (?1, ?2, ?3, CAST(strftime('%s','now') AS INTEGER)) \
+             ON CONFLICT(room_id) DO UPDATE SET state = excluded.state, \
+               op_seq = excluded.op_seq, updated_at = excluded.updated_at",
+        )
+        .bind(room)
+        .bind(state.as_slice())
+        .bind(op_seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM ops WHERE room_id = ? AND seq <= ?")
+            .bind(room)
+            .bind(op_seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some((state, seq_from_db(op_seq))))
+    }
+}

@@ -1,0 +1,47 @@
+//! Integration tests of the `concord` server: real sockets, real databases. The same suite runs
+//! against SQLite and against the local Postgres (`CONCORD_TEST_PG`, default
+//! `postgres://postgres@127.0.0.1:5432/test`); with `CI=true` a missing Postgres fails the run.
+
+mod bad_input;
+mod suite;
+mod support;
+
+/// Instantiates each suite function once per store.
+macro_rules! for_each_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::suite::$name(crate::support::Backend::Sqlite).await
+                }
+            )*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bad_input_changes_nothing() {
+                crate::bad_input::bad_input_changes_nothing(crate::support::Backend::Sqlite).await
+            }
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::suite::$name(crate::support::Backend::Postgres).await
+                }
+            )*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bad_input_changes_nothing() {
+                crate::bad_input::bad_input_changes_nothing(crate::support::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+for_each_store!(
+    concurrent_typing_at_one_spot_converges,
+    offline_edits_replay_on_reconnect,
+    restart_keeps_every_room,
+    crash_keeps_every_acked_op,
+    compaction_bounds_the_log,
+    presence_is_relayed_and_left_on_close,
+    routes_and_upgrade_errors,
+);

@@ -1,0 +1,324 @@
+//! The store-independent suite (see `main.rs` for how it is instantiated per store).
+
+use std::time::Duration;
+
+use concord_engine::Document;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+async fn start(backend: Backend) -> Option<(TestServer, String)> {
+    let db = database(backend).await?;
+    Some((TestServer::start(test_config(&db)).await, db))
+}
+
+pub async fn concurrent_typing_at_one_spot_converges(backend: Backend) {
+    let Some((server, _db)) = start(backend).await else {
+        return;
+    };
+    let room = unique("same-spot");
+    let mut a = TestClient::new(&server.ws_base(), &room, 1);
+    let mut b = TestClient::new(&server.ws_base(), &room, 2);
+    a.connect().await;
+    b.connect().await;
+    // Both type at offset 0 without seeing each other first, several rounds.
+    for round in 0..20 {
+        a.session.insert(0, &format!("a{round} ")).unwrap();
+        b.session.insert(0, &format!("b{round} ")).unwrap();
+        a.send_pending().await;
+        b.send_pending().await;
+    }
+    converge(&mut [&mut a, &mut b]).await;
+    let text = a.text();
+    // "a0 ".."a9 " are 3 characters, "a10 ".."a19 " are 4: 70 per client.
+    assert_eq!(text.len(), 140, "{text}");
+    for round in 0..20 {
+        assert!(text.contains(&format!("a{round} ")) && text.contains(&format!("b{round} ")));
+    }
+    // A third client joining late gets exactly the same bytes.
+    let mut c = TestClient::new(&server.ws_base(), &room, 3);
+    c.connect().await;
+    assert_eq!(c.state(), a.state());
+    server.stop().await;
+}
+
+pub async fn offline_edits_replay_on_reconnect(backend: Backend) {
+    let Some((server, _db)) = start(backend).await else {
+        return;
+    };
+    let room = unique("offline");
+    let mut a = TestClient::new(&server.ws_base(), &room, 11);
+    let mut b = TestClient::new(&server.ws_base(), &room, 12);
+    a.connect().await;
+    b.connect().await;
+    a.session.insert(0, "shared start. ").unwrap();
+    converge(&mut [&mut a, &mut b]).await;
+
+    a.disconnect();
+    for i in 0..500u32 {
+        let len = a.session.document().len();
+        a.session.insert(len, &format!("{}", i % 10)).unwrap();
+        if i % 7 == 0 {
+            a.session.flush().unwrap();
+        }
+    }
+    a.session.delete(0, 7).unwrap();
+    // Meanwhile b keeps typing online.
+    b.session.insert(0, "b-online ").unwrap();
+    b.pump_until(|c| c.session.pending_count() == 0).await;
+    a.session.flush().unwrap();
+    assert_eq!(
+        a.session.pending_count(),
+        1,
+        "the offline queue is one merged op"
+    );
+
+    a.connect().await;
+    converge(&mut [&mut a, &mut b]).await;
+    assert!(a.text().starts_with("b-online "), "{}", a.text());
+    assert!(a.text().contains("start. 0123456789"));
+    server.stop().await;
+}
+
+pub async fn restart_keeps_every_room(backend: Backend) {
+    let Some((server, db)) = start(backend).await else {
+        return;
+    };
+    let rooms: Vec<String> = (0..3).map(|_| unique("restart")).collect();
+    let mut states = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let mut c = TestClient::new(&server.ws_base(), room, 100 + i as u64);
+        c.connect().await;
+        for k in 0..(50 * (i + 1)) {
+            c.session.insert(0, &format!("{k};")).unwrap();
+            if k % 5 == 0 {
+                c.send_pending().await;
+            }
+        }
+        c.pump_until(|c| c.session.pending_count() == 0).await;
+        states.push(c.state());
+    }
+    server.stop().await;
+
+    let server = TestServer::start(test_config(&db)).await;
+    for (i, room) in rooms.iter().enumerate() {
+        let mut fresh = TestClient::new(&server.ws_base(), room, 200 + i as u64);
+        fresh.connect().await;
+        assert_eq!(
+            fresh.state(),
+            states[i],
+            "room {room} byte-equal after restart"
+        );
+    }
+    server.stop().await;
+}
+
+pub async fn crash_keeps_every_acked_op(backend: Backend) {
+    let Some(db) = database(backend).await else {
+        return;
+    };
+    let server = ChildServer::start(&db, free_port()).await;
+    let rooms: Vec<String> = (0..4).map(|_| unique("crash")).collect();
+    let mut clients: Vec<TestClient> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| TestClient::new(&server.ws_base(), r, 300 + i as u64))
+        .collect();
+    for c in clients.iter_mut() {
+        c.connect().await;
+    }
+    // Type and keep ops in flight; kill -9 once plenty have been acked.
+    let mut typed = 0u32;
+    loop {
+        for c in clients.iter_mut() {
+            let len = c.session.document().len();
+            c.session.insert(len, "x").unwrap();
+            c.pump_for(Duration::from_millis(1)).await;
+        }
+        typed += 1;
+        let acked: usize = clients.iter().map(|c| c.acked.len()).sum();
+        if acked >= 200 || typed > 5_000 {
+            break;
+        }
+    }
+    let in_flight: usize = clients.iter().map(|c| c.session.pending_count()).sum();
+    server.kill9();
+    let acked: usize = clients.iter().map(|c| c.acked.len()).sum();
+    assert!(acked >= 200, "only {acked} acks before the crash");
+    eprintln!("crash: {acked} acked ops, {in_flight} in flight at kill -9");
+
+    let server = ChildServer::start(&db, free_port()).await;
+    for (i, c) in clients.iter().enumerate() {
+        let mut fresh = TestClient::new(&server.ws_base(), &c.room, 400 + i as u64);
+        fresh.connect().await;
+        let mut doc = Document::from_update(1, &fresh.state()).unwrap();
+        for (id, update) in &c.sent {
+            if c.acked.contains(id) {
+                let applied = doc.apply_update(update).unwrap();
+                assert!(!applied.changed, "acked op {id} lost in the crash");
+            }
+        }
+    }
+    // And the clients themselves reconnect, replay what was in flight, and converge.
+    let base = server.ws_base();
+    for c in clients.iter_mut() {
+        c.disconnect();
+        c.set_base(&base);
+        c.connect().await;
+        c.pump_until(|c| c.session.pending_count() == 0).await;
+        let mut fresh = TestClient::new(&base, &c.room, 500);
+        fresh.connect().await;
+        assert_eq!(fresh.state(), c.state());
+    }
+}
+
+pub async fn compaction_bounds_the_log(backend: Backend) {
+    let Some(db) = database(backend).await else {
+        return;
+    };
+    let server = TestServer::start(test_config(&db)).await;
+    let room = unique("compact");
+    let mut c = TestClient::new(&server.ws_base(), &room, 600);
+    c.connect().await;
+    for k in 0..3_000u32 {
+        let len = c.session.document().len();
+        c.session.insert(len, &format!("{}", k % 10)).unwrap();
+        if k % 3 == 0 {
+            c.send_pending().await;
+            c.pump_for(Duration::from_millis(0)).await;
+        }
+    }
+    c.pump_until(|c| c.session.pending_count() == 0).await;
+    let expected = c.state();
+
+    // Compaction runs every 200 ops or 5 s: wait for the log to be folded.
+    let store = concord_server::store::connect(&db).await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let loaded = store.load(&room).await.unwrap();
+        if loaded.snapshot.is_some() && loaded.ops.len() < 200 {
+            let total = count_ops(&db, &room).await;
+            assert!(total < 200, "{total} op rows left after compaction");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "log never compacted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+
+    let server = TestServer::start(test_config(&db)).await;
+    let mut fresh = TestClient::new(&server.ws_base(), &room, 601);
+    fresh.connect().await;
+    assert_eq!(
+        fresh.state(),
+        expected,
+        "reload after compaction is byte-equal"
+    );
+    assert_eq!(
+        count_ops(&db, &room).await,
+        0,
+        "shutdown leaves a snapshot, no tail"
+    );
+    server.stop().await;
+}
+
+async fn count_ops(db: &str, room: &str) -> i64 {
+    if db.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(db).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM ops WHERE room_id = ?")
+            .bind(room)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(db).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM ops WHERE room_id = $1")
+            .bind(room)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    }
+}
+
+pub async fn presence_is_relayed_and_left_on_close(backend: Backend) {
+    let Some((server, _db)) = start(backend).await else {
+        return;
+    };
+    let room = unique("presence");
+    let url = format!("{}/rooms/{room}/ws", server.ws_base());
+    let (mut a, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (mut b, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    for ws in [&mut a, &mut b] {
+        let first = next_text(ws).await;
+        assert!(first.starts_with(r#"{"t":"sync""#), "{first}");
+    }
+    a.send(Message::Text(
+        r##"{"t":"presence","user":"ana","cursor":3,"color":"#2DD4BF"}"##.into(),
+    ))
+    .await
+    .unwrap();
+    let seen = next_text(&mut b).await;
+    assert_eq!(
+        seen,
+        r##"{"t":"presence","user":"ana","cursor":3,"color":"#2DD4BF"}"##
+    );
+    a.close(None).await.unwrap();
+    let left = next_text(&mut b).await;
+    assert_eq!(
+        left,
+        r##"{"t":"presence","user":"ana","color":"#2DD4BF","left":true}"##
+    );
+    server.stop().await;
+}
+
+pub async fn routes_and_upgrade_errors(backend: Backend) {
+    let Some((server, _db)) = start(backend).await else {
+        return;
+    };
+    assert_eq!(http_get_status(server.addr, "/healthz").await.unwrap(), 200);
+    assert_eq!(http_get_status(server.addr, "/").await.unwrap(), 200);
+    assert_eq!(
+        http_get_status(server.addr, "/rooms/demo/ws")
+            .await
+            .unwrap(),
+        400,
+        "not an upgrade"
+    );
+    assert_eq!(
+        http_get_status(server.addr, "/rooms/a%20b/ws")
+            .await
+            .unwrap(),
+        400,
+        "bad room id"
+    );
+    let long = "x".repeat(200);
+    assert_eq!(
+        http_get_status(server.addr, &format!("/rooms/{long}/ws"))
+            .await
+            .unwrap(),
+        400
+    );
+    let bad_sv = format!("ws://{}/rooms/ok/ws?sv=%FF%FF", server.addr);
+    assert!(
+        tokio_tungstenite::connect_async(bad_sv).await.is_err(),
+        "bad sv is refused"
+    );
+    server.stop().await;
+}
+
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let frame = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(t) = frame {
+            return t.to_string();
+        }
+    }
+}
