@@ -1,1 +1,424 @@
-fn main() {}
+//! `concord-load`: N WebSocket clients over M rooms at a given edit rate, against one or more
+//! running `concord` instances (loopback only).
+//!
+//! Each client types one character per tick at a random offset and flushes it as one op, so
+//! every edit is an acked op. It reports durable-ack latency (send -> ack), fan-out latency
+//! (send -> another client receives the op with that seq, across instances too), acked ops/s,
+//! the server's RSS (`--server-pid`, repeatable), and the number of lost or duplicated edits,
+//! counted from a fresh read of every room after the run: each client types only its own
+//! marker character, so a room's final text must hold exactly as many of each marker as that
+//! client had acked.
+//!
+//! Load clients do not apply other clients' updates (that would measure the load generator,
+//! not the server); they read the op's seq and move on.
+//!
+//! ```text
+//! concord-load --url ws://127.0.0.1:8080 --clients 1000 --rooms 100 --rate 20 --secs 30
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use concord_engine::{ClientMessage, ClientSession, ServerMessage};
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Clone)]
+struct Args {
+    urls: Vec<String>,
+    clients: usize,
+    rooms: usize,
+    rate: f64,
+    secs: u64,
+    server_pids: Vec<u32>,
+    prefix: String,
+    seed: u64,
+    json: bool,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: concord-load [--url ws://127.0.0.1:8080]... [--clients 1000] [--rooms 100] \
+         [--rate 10 (edits/s per client)] [--secs 30] [--server-pid PID]... [--prefix load] \
+         [--seed 1] [--json]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        urls: Vec::new(),
+        clients: 1000,
+        rooms: 100,
+        rate: 10.0,
+        secs: 30,
+        server_pids: Vec::new(),
+        prefix: format!("load{}", std::process::id()),
+        seed: 1,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--url" => args.urls.push(value()),
+            "--clients" => args.clients = value().parse().unwrap_or_else(|_| usage()),
+            "--rooms" => args.rooms = value().parse().unwrap_or_else(|_| usage()),
+            "--rate" => args.rate = value().parse().unwrap_or_else(|_| usage()),
+            "--secs" => args.secs = value().parse().unwrap_or_else(|_| usage()),
+            "--server-pid" => args
+                .server_pids
+                .push(value().parse().unwrap_or_else(|_| usage())),
+            "--prefix" => args.prefix = value(),
+            "--seed" => args.seed = value().parse().unwrap_or_else(|_| usage()),
+            "--json" => args.json = true,
+            _ => usage(),
+        }
+    }
+    if args.urls.is_empty() {
+        args.urls.push("ws://127.0.0.1:8080".to_owned());
+    }
+    if args.clients == 0 || args.rooms == 0 || args.rate <= 0.0 {
+        usage();
+    }
+    args
+}
+
+/// What one client measured.
+#[derive(Default)]
+struct ClientReport {
+    sent: u64,
+    acked: u64,
+    ack_latency_us: Vec<u64>,
+    /// (seq, when received) of other clients' ops.
+    received: Vec<(u64, Instant)>,
+    errors: u64,
+    unacked_at_end: u64,
+}
+
+/// Per room: when the op that got each seq was sent.
+type SentBySeq = Arc<Mutex<HashMap<u64, Instant>>>;
+
+fn marker(index_in_room: usize) -> char {
+    // Distinct printable characters per client of a room (CJK block: plenty, one UTF-16 unit).
+    char::from_u32(0x4E00 + index_in_room as u32).unwrap_or('?')
+}
+
+fn room_url(base: &str, room: &str, sv: Option<&str>) -> String {
+    match sv {
+        Some(sv) => format!(
+            "{base}/rooms/{room}/ws?sv={}",
+            sv.replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        ),
+        None => format!("{base}/rooms/{room}/ws"),
+    }
+}
+
+/// Reads `"seq":N` from an op frame without a full parse (the server's field order is fixed).
+fn op_seq(frame: &str) -> Option<u64> {
+    let rest = frame.strip_prefix(r#"{"t":"op","seq":"#)?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_client(
+    index: usize,
+    url: String,
+    room: String,
+    marker: char,
+    rate: f64,
+    start: Instant,
+    end: Instant,
+    sent_by_seq: SentBySeq,
+    seed: u64,
+) -> ClientReport {
+    let mut report = ClientReport::default();
+    let mut rng =
+        SmallRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut session = ClientSession::new(rng.gen_range(1..(1u64 << 53)), format!("l{index}"));
+    let sv = session.connect();
+    let ws = match tokio_tungstenite::connect_async(room_url(&url, &room, Some(&sv))).await {
+        Ok((ws, _)) => ws,
+        Err(e) => {
+            eprintln!("client {index}: connect failed: {e}");
+            report.errors += 1;
+            return report;
+        }
+    };
+    let (mut sink, mut stream) = ws.split();
+    let mut in_flight: HashMap<String, Instant> = HashMap::new();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    // Spread the clients' ticks over one period.
+    let phase = Duration::from_secs_f64(rng.gen_range(0.0..period.as_secs_f64()));
+    let mut ticker = tokio::time::interval_at((start + phase).into(), period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let drain_deadline = end + Duration::from_secs(15);
+    let mut synced = false;
+    loop {
+        let now = Instant::now();
+        if now >= end && in_flight.is_empty() {
+            break;
+        }
+        if now >= drain_deadline {
+            break;
+        }
+        tokio::select! {
+            _ = ticker.tick(), if synced && Instant::now() < end => {
+                let len = session.document().len();
+                let at = if len == 0 { 0 } else { rng.gen_range(0..=len) };
+                if session.insert(at, &marker.to_string()).is_err() || session.flush().is_err() {
+                    report.errors += 1;
+                    continue;
+                }
+                while let Some(msg) = session.poll_transmit() {
+                    if let ClientMessage::Op { id: Some(id), .. } = &msg {
+                        in_flight.insert(id.clone(), Instant::now());
+                        report.sent += 1;
+                    }
+                    if sink.send(Message::Text(msg.to_json().into())).await.is_err() {
+                        report.errors += 1;
+                        return report;
+                    }
+                }
+            }
+            frame = tokio::time::timeout_at(drain_deadline.into(), stream.next()) => {
+                let frame = match frame {
+                    Ok(Some(Ok(Message::Text(text)))) => text,
+                    Ok(Some(Ok(_))) => continue,
+                    _ => break,
+                };
+                let at = Instant::now();
+                if let Some(seq) = op_seq(frame.as_str()) {
+                    report.received.push((seq, at));
+                    continue;
+                }
+                match ServerMessage::parse(frame.as_str()) {
+                    Ok(Some(ServerMessage::Ack { id, seq })) => {
+                        if let Some(sent) = in_flight.remove(&id) {
+                            report.acked += 1;
+                            report.ack_latency_us.push(at.duration_since(sent).as_micros() as u64);
+                            if let Ok(mut map) = sent_by_seq.lock() {
+                                map.insert(seq, sent);
+                            }
+                        }
+                        let _ = session.handle_message(ServerMessage::Ack { id, seq });
+                    }
+                    Ok(Some(msg @ ServerMessage::Sync { .. })) => {
+                        let _ = session.handle_message(msg);
+                        synced = true;
+                    }
+                    Ok(Some(ServerMessage::Error { code, message })) => {
+                        eprintln!("client {index}: server error {code}: {message}");
+                        report.errors += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    report.unacked_at_end = in_flight.len() as u64;
+    let _ = sink.close().await;
+    report
+}
+
+/// The room's text as the server has it now (a fresh connection's first sync).
+async fn fetch_text(url: &str, room: &str) -> Option<String> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(room_url(url, room, None))
+        .await
+        .ok()?;
+    while let Some(Ok(frame)) = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .ok()?
+    {
+        if let Message::Text(text) = frame {
+            if let Ok(Some(ServerMessage::Sync { state, .. })) = ServerMessage::parse(text.as_str())
+            {
+                let doc = concord_engine::Document::from_update(1, &state).ok()?;
+                let _ = ws.close(None).await;
+                return Some(doc.text());
+            }
+        }
+    }
+    None
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn fmt_ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    let rooms: Vec<String> = (0..args.rooms)
+        .map(|r| format!("{}-{r}", args.prefix))
+        .collect();
+    let sent_by_seq: Vec<SentBySeq> = (0..args.rooms).map(|_| SentBySeq::default()).collect();
+    // Connections ramp up for a moment before typing starts.
+    let ramp = Duration::from_millis((args.clients as u64 * 3).clamp(500, 10_000));
+    let start = Instant::now() + ramp;
+    let end = start + Duration::from_secs(args.secs);
+    let mut tasks = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let room_index = i % args.rooms;
+        let url = args.urls[(i / args.rooms) % args.urls.len()].clone();
+        tasks.push(tokio::spawn(run_client(
+            i,
+            url,
+            rooms[room_index].clone(),
+            marker(i / args.rooms),
+            args.rate,
+            start,
+            end,
+            sent_by_seq[room_index].clone(),
+            args.seed,
+        )));
+    }
+    // Sample the servers' RSS while the clients run.
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let pids = args.server_pids.clone();
+        let stop = stop_sampling.clone();
+        tokio::spawn(async move {
+            let mut peak = vec![0u64; pids.len()];
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                for (i, pid) in pids.iter().enumerate() {
+                    peak[i] = peak[i].max(rss_kib(*pid).unwrap_or(0));
+                }
+            }
+            peak
+        })
+    };
+    let mut reports = Vec::with_capacity(args.clients);
+    for task in tasks {
+        reports.push(task.await.unwrap_or_default());
+    }
+    stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_rss = sampler.await.unwrap_or_default();
+
+    let sent_maps: Vec<HashMap<u64, Instant>> = sent_by_seq
+        .iter()
+        .map(|m| m.lock().map(|m| m.clone()).unwrap_or_default())
+        .collect();
+    let mut ack_lat: Vec<u64> = Vec::new();
+    let mut fanout: Vec<u64> = Vec::new();
+    let (mut sent, mut acked, mut errors, mut unacked) = (0u64, 0u64, 0u64, 0u64);
+    for (i, r) in reports.iter().enumerate() {
+        sent += r.sent;
+        acked += r.acked;
+        errors += r.errors;
+        unacked += r.unacked_at_end;
+        ack_lat.extend_from_slice(&r.ack_latency_us);
+        let sent_at = &sent_maps[i % args.rooms];
+        for (seq, at) in &r.received {
+            if let Some(sent) = sent_at.get(seq) {
+                fanout.push(at.saturating_duration_since(*sent).as_micros() as u64);
+            }
+        }
+    }
+    ack_lat.sort_unstable();
+    fanout.sort_unstable();
+
+    // Every acked edit must be in its room exactly once.
+    let (mut lost, mut duplicated, mut unreadable) = (0u64, 0u64, 0u64);
+    for (r, room) in rooms.iter().enumerate() {
+        let Some(text) = fetch_text(&args.urls[0], room).await else {
+            unreadable += 1;
+            continue;
+        };
+        let mut counts: HashMap<char, u64> = HashMap::new();
+        for c in text.chars() {
+            *counts.entry(c).or_default() += 1;
+        }
+        for (i, report) in reports
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % args.rooms == r)
+        {
+            let present = counts.get(&marker(i / args.rooms)).copied().unwrap_or(0);
+            lost += report.acked.saturating_sub(present);
+            duplicated += present.saturating_sub(report.sent);
+        }
+    }
+
+    let secs = args.secs as f64;
+    let acked_per_sec = acked as f64 / secs;
+    let rss: Vec<String> = peak_rss
+        .iter()
+        .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "clients": args.clients, "rooms": args.rooms, "instances": args.urls.len(),
+                "rate_per_client": args.rate, "secs": args.secs,
+                "sent": sent, "acked": acked, "acked_per_sec": acked_per_sec,
+                "ack_p50_us": percentile(&ack_lat, 50.0), "ack_p99_us": percentile(&ack_lat, 99.0),
+                "ack_max_us": ack_lat.last().copied().unwrap_or(0),
+                "fanout_p50_us": percentile(&fanout, 50.0), "fanout_p99_us": percentile(&fanout, 99.0),
+                "fanout_max_us": fanout.last().copied().unwrap_or(0), "fanout_samples": fanout.len(),
+                "server_peak_rss_kib": peak_rss, "lost": lost, "duplicated": duplicated,
+                "errors": errors, "unacked_at_end": unacked, "unreadable_rooms": unreadable,
+            })
+        );
+    } else {
+        println!(
+            "clients {} over {} rooms on {} instance(s), {} edits/s each, {} s",
+            args.clients,
+            args.rooms,
+            args.urls.len(),
+            args.rate,
+            args.secs
+        );
+        println!("ops sent {sent}, acked {acked} ({acked_per_sec:.0} acked ops/s)");
+        println!(
+            "durable ack latency  p50 {}  p99 {}  max {}",
+            fmt_ms(percentile(&ack_lat, 50.0)),
+            fmt_ms(percentile(&ack_lat, 99.0)),
+            fmt_ms(ack_lat.last().copied().unwrap_or(0))
+        );
+        println!(
+            "fan-out latency      p50 {}  p99 {}  max {}  ({} deliveries)",
+            fmt_ms(percentile(&fanout, 50.0)),
+            fmt_ms(percentile(&fanout, 99.0)),
+            fmt_ms(fanout.last().copied().unwrap_or(0)),
+            fanout.len()
+        );
+        println!(
+            "server peak RSS      {}",
+            if rss.is_empty() {
+                "(pass --server-pid)".to_owned()
+            } else {
+                rss.join(", ")
+            }
+        );
+        println!("lost edits {lost}, duplicated edits {duplicated}, errors {errors}, unacked at end {unacked}, unreadable rooms {unreadable}");
+    }
+    if lost > 0 || duplicated > 0 || unreadable > 0 {
+        std::process::exit(1);
+    }
+}
