@@ -7,6 +7,7 @@
 //! - [`rooms`]: the registry: lazy load, one task per room, idle unload.
 //! - [`room`]: a room's task: owns the engine's `RoomState`, commits, acks, broadcasts.
 //! - [`store`]: the `Store` trait, SQLite and Postgres, and group commit.
+//! - [`hub`]: the `Hub` trait: in-memory (one instance) or Redis fan-out and presence.
 //! - [`error`]: the crate's error type, `ServerError`.
 //!
 //! The engine decides (what a frame means, whether an update is new, what to ack and
@@ -18,6 +19,7 @@
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod hub;
 pub mod room;
 pub mod rooms;
 pub mod routes;
@@ -44,12 +46,14 @@ pub async fn run(
 ) -> Result<()> {
     let config = Arc::new(config);
     let store = store::connect(&config.database_url).await?;
+    let hub = hub::connect(config.redis_url.as_deref()).await?;
     let tracker = TaskTracker::new();
     let commit_tracker = TaskTracker::new();
     let committer = store::committer::Committer::start(store.clone(), &commit_tracker);
     let token = CancellationToken::new();
     let rooms = rooms::Rooms::new(rooms::RoomContext {
         store: store.clone(),
+        hub: hub.clone(),
         committer,
         config: config.clone(),
         shutdown: token.clone(),

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Result, ServerError};
+use crate::hub::{Hub, HubEvent};
 use crate::rooms::Rooms;
 use crate::store::Loaded;
 
@@ -105,6 +106,11 @@ struct MemberState {
     presence: Option<Presence>,
 }
 
+/// A presence entry lives this long unless refreshed (a vanished instance's users expire).
+const PRESENCE_TTL_MS: u64 = 30_000;
+/// Local presences are re-announced this often, well inside the TTL.
+const PRESENCE_HEARTBEAT_MS: u64 = 10_000;
+
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A compaction in flight: the new snapshot and its op seq, if there was anything to fold.
 type Compaction = Option<BoxFut<Result<Option<(Vec<u8>, u64)>>>>;
@@ -143,6 +149,9 @@ pub(crate) struct RoomTask {
 impl RoomTask {
     pub(crate) async fn run(mut self) {
         let ctx = self.rooms.ctx().clone();
+        // Subscribe before reading the store, so nothing committed elsewhere falls between.
+        let mut sub = ctx.hub.subscribe(&self.id).await;
+        let mut hub_open = true;
         let loaded = match ctx.store.load(&self.id).await {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -163,7 +172,15 @@ impl RoomTask {
             state,
             members: HashMap::new(),
             closing: false,
+            hub: ctx.hub.clone(),
+            remote_presence: HashMap::new(),
         };
+        for p in ctx.hub.live_presence(&self.id).await {
+            room.remote_presence
+                .insert(p.user.clone(), (p, now_ms() + PRESENCE_TTL_MS));
+        }
+        let mut resync = false;
+        let mut last_heartbeat = now_ms();
 
         let mut commit: Option<BoxFut<Result<u64>>> = None;
         let mut compaction: Compaction = None;
@@ -209,6 +226,16 @@ impl RoomTask {
                         Err(e) => tracing::warn!(room = %room.id, error = %e, "catch-up failed"),
                     }
                 }
+                event = sub.rx.recv(), if hub_open => match event {
+                    Some(HubEvent::Update { seq, update }) => {
+                        if let Err(e) = room.state.handle_remote(seq, &update) {
+                            tracing::error!(room = %room.id, seq, error = %e, "update from the hub rejected");
+                        }
+                    }
+                    Some(HubEvent::Presence(p)) => room.remote_presence_event(p),
+                    Some(HubEvent::Resync) => resync = true,
+                    None => hub_open = false,
+                },
                 cmd = self.rx.recv(), if !rx_done => match cmd {
                     Some(cmd) => {
                         room.handle(cmd);
@@ -229,6 +256,11 @@ impl RoomTask {
                 },
                 _ = tick.tick() => {
                     let now = now_ms();
+                    room.expire_remote_presence(now);
+                    if now.saturating_sub(last_heartbeat) >= PRESENCE_HEARTBEAT_MS {
+                        last_heartbeat = now;
+                        room.announce_local_presence();
+                    }
                     if compaction.is_none() && room.state.compaction_due(now) {
                         let store = ctx.store.clone();
                         let id = room.id.clone();
@@ -256,7 +288,14 @@ impl RoomTask {
                     commit = Some(Box::pin(async move { committer.commit(id, batch).await }));
                 }
             }
-            room.dispatch_events(&mut catch_up, &ctx.store);
+            resync |= room.dispatch_events();
+            if resync && catch_up.is_none() {
+                resync = false;
+                let store = ctx.store.clone();
+                let id = room.id.clone();
+                let after = room.state.seq();
+                catch_up = Some(Box::pin(async move { store.ops_after(&id, after).await }));
+            }
             if rx_done && commit.is_none() && room.state.uncommitted() == 0 {
                 break;
             }
@@ -320,6 +359,9 @@ struct Room {
     members: HashMap<ConnId, MemberState>,
     /// Unloading or shutting down: joins are sent back to the registry.
     closing: bool,
+    hub: Arc<dyn Hub>,
+    /// Presences of clients on other instances, with their expiry (monotonic ms).
+    remote_presence: HashMap<String, (Presence, u64)>,
 }
 
 impl Room {
@@ -350,12 +392,12 @@ impl Room {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                for other in self.members.values() {
-                    if let Some(p) = &other.presence {
-                        let _ = member
-                            .out
-                            .try_send(Outbound::Text(text(&ServerMessage::Presence(p.clone()))));
-                    }
+                let local = self.members.values().filter_map(|m| m.presence.as_ref());
+                let remote = self.remote_presence.values().map(|(p, _)| p);
+                for p in local.chain(remote) {
+                    let _ = member
+                        .out
+                        .try_send(Outbound::Text(text(&ServerMessage::Presence(p.clone()))));
                 }
                 self.members.insert(
                     conn,
@@ -374,6 +416,7 @@ impl Room {
                     ClientMessage::Op { id, update } => self.client_update(conn, id, &update),
                     ClientMessage::Sync { update } => self.client_update(conn, None, &update),
                     ClientMessage::Presence(p) => {
+                        self.hub.publish_presence(&self.id, &p, PRESENCE_TTL_MS);
                         let frame = text(&ServerMessage::Presence(p.clone()));
                         if let Some(m) = self.members.get_mut(&conn) {
                             m.presence = Some(p);
@@ -387,6 +430,7 @@ impl Room {
                     if let Some(mut p) = m.presence {
                         p.left = true;
                         p.cursor = None;
+                        self.hub.publish_presence(&self.id, &p, PRESENCE_TTL_MS);
                         self.send_all(text(&ServerMessage::Presence(p)), None);
                     }
                 }
@@ -424,11 +468,9 @@ impl Room {
         }
     }
 
-    fn dispatch_events(
-        &mut self,
-        catch_up: &mut CatchUp,
-        store: &Arc<dyn crate::store::Store>,
-    ) {
+    /// Carries out the engine's events; returns true if the room must catch up from the store.
+    fn dispatch_events(&mut self) -> bool {
+        let mut catch_up = false;
         while let Some(event) = self.state.poll_event() {
             match event {
                 RoomEvent::Ack { conn, id, seq } => {
@@ -439,19 +481,53 @@ impl Room {
                     update,
                     origin,
                 } => {
+                    if origin.is_some() {
+                        // Committed here: other instances learn it from the hub.
+                        self.hub.publish_update(&self.id, seq, &update);
+                    }
                     if self.members.len() > usize::from(origin.is_some()) {
                         let frame = text(&ServerMessage::Op { seq, update });
                         self.send_all(frame, origin);
                     }
                 }
-                RoomEvent::CatchUp { after } => {
-                    if catch_up.is_none() {
-                        let store = store.clone();
-                        let id = self.id.clone();
-                        *catch_up =
-                            Some(Box::pin(async move { store.ops_after(&id, after).await }));
-                    }
-                }
+                RoomEvent::CatchUp { .. } => catch_up = true,
+            }
+        }
+        catch_up
+    }
+
+    fn remote_presence_event(&mut self, p: Presence) {
+        let frame = text(&ServerMessage::Presence(p.clone()));
+        if p.left {
+            self.remote_presence.remove(&p.user);
+        } else {
+            self.remote_presence
+                .insert(p.user.clone(), (p, now_ms() + PRESENCE_TTL_MS));
+        }
+        self.send_all(frame, None);
+    }
+
+    /// Users of a vanished instance stop being refreshed: tell local members they left.
+    fn expire_remote_presence(&mut self, now: u64) {
+        let expired: Vec<String> = self
+            .remote_presence
+            .iter()
+            .filter(|(_, (_, expiry))| *expiry <= now)
+            .map(|(user, _)| user.clone())
+            .collect();
+        for user in expired {
+            if let Some((mut p, _)) = self.remote_presence.remove(&user) {
+                p.left = true;
+                p.cursor = None;
+                self.send_all(text(&ServerMessage::Presence(p)), None);
+            }
+        }
+    }
+
+    fn announce_local_presence(&self) {
+        for m in self.members.values() {
+            if let Some(p) = &m.presence {
+                self.hub.publish_presence(&self.id, p, PRESENCE_TTL_MS);
             }
         }
     }

@@ -25,6 +25,8 @@ use crate::store::Store;
 pub struct RoomContext {
     /// Durable storage.
     pub store: Arc<dyn Store>,
+    /// Fan-out across instances.
+    pub hub: Arc<dyn crate::hub::Hub>,
     /// Group commit.
     pub committer: Committer,
     /// Settings.

@@ -3,6 +3,7 @@
 //! `postgres://postgres@127.0.0.1:5432/test`); with `CI=true` a missing Postgres fails the run.
 
 mod bad_input;
+mod scale_out;
 mod suite;
 mod support;
 

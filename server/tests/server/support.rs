@@ -171,7 +171,15 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub async fn start(database_url: &str, port: u16) -> ChildServer {
-        let child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        Self::start_with(database_url, None, port).await
+    }
+
+    pub async fn start_with(database_url: &str, redis_url: Option<&str>, port: u16) -> ChildServer {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
+        if let Some(redis) = redis_url {
+            command.env("REDIS_URL", redis);
+        }
+        let child = command
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
             .env("DATABASE_URL", database_url)
@@ -383,5 +391,85 @@ pub async fn converge(clients: &mut [&mut TestClient]) {
                 .map(|c| c.session.pending_count())
                 .collect::<Vec<_>>()
         );
+    }
+}
+
+/// The shared Redis for tests that do not kill it: `CONCORD_TEST_REDIS` or the local one.
+pub fn redis_url() -> String {
+    std::env::var("CONCORD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Whether Postgres and the shared Redis are reachable; in CI their absence fails the test.
+pub async fn scale_out_services() -> Option<(String, String)> {
+    let pg = database(Backend::Postgres).await?;
+    let redis = redis_url();
+    let reachable = tokio::time::timeout(
+        Duration::from_secs(2),
+        TcpStream::connect(redis.trim_start_matches("redis://")),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if !reachable {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("Redis at {redis} is required in CI");
+        }
+        eprintln!("SKIPPED: Redis at {redis} unavailable");
+        return None;
+    }
+    Some((pg, redis))
+}
+
+/// A `redis-server` of the test's own, on a free port, so the test can kill and restart it.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    pub async fn start() -> OwnRedis {
+        let mut redis = OwnRedis {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for the scale-out tests");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

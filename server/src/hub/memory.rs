@@ -1,0 +1,33 @@
+//! One instance: every client is local, so there is nothing to fan out and presence lives in
+//! the room task.
+
+use async_trait::async_trait;
+use concord_engine::wire::Presence;
+use tokio::sync::mpsc;
+
+use super::{Hub, Subscription};
+
+/// The hub of a single instance.
+pub struct MemoryHub;
+
+#[async_trait]
+impl Hub for MemoryHub {
+    fn describe(&self) -> String {
+        "memory".to_owned()
+    }
+
+    async fn subscribe(&self, _room: &str) -> Subscription {
+        // A receiver whose sender is dropped at once: it ends immediately and the room stops
+        // polling it.
+        let (_tx, rx) = mpsc::channel(1);
+        Subscription::new(rx, None)
+    }
+
+    fn publish_update(&self, _room: &str, _seq: u64, _update: &[u8]) {}
+
+    fn publish_presence(&self, _room: &str, _presence: &Presence, _ttl_ms: u64) {}
+
+    async fn live_presence(&self, _room: &str) -> Vec<Presence> {
+        Vec::new()
+    }
+}

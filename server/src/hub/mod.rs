@@ -1,0 +1,75 @@
+//! Fan-out across instances: the `Hub` trait, an in-memory hub (one instance: nothing to fan
+//! out) and a Redis hub (`REDIS_URL`).
+//!
+//! A hub only ever carries hints. Every committed update is in the store with its seq, so an
+//! instance that misses a message (pub/sub drops it, Redis restarts, a subscription is late)
+//! finds the gap by seq or is told to [`HubEvent::Resync`], and reads the missing ops from the
+//! store. Publishing never blocks a room: it is queued, and dropped if Redis is down.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use concord_engine::wire::Presence;
+use tokio::sync::mpsc;
+
+/// Something another instance did in a room.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubEvent {
+    /// An update another instance committed at `seq`.
+    Update {
+        /// Room seq.
+        seq: u64,
+        /// v2 update bytes.
+        update: Vec<u8>,
+    },
+    /// A presence frame from a client on another instance.
+    Presence(Presence),
+    /// Messages may have been missed (subscription just became active, or the hub
+    /// reconnected): catch up from the store.
+    Resync,
+}
+
+/// A room's subscription; dropping it unsubscribes.
+pub struct Subscription {
+    /// Events from other instances.
+    pub rx: mpsc::Receiver<HubEvent>,
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl Subscription {
+    /// A subscription over `rx`; `guard` is dropped (unsubscribing) with it.
+    pub fn new(rx: mpsc::Receiver<HubEvent>, guard: Option<Box<dyn Send + Sync>>) -> Self {
+        Subscription { rx, _guard: guard }
+    }
+}
+
+/// How instances tell each other about rooms.
+#[async_trait]
+pub trait Hub: Send + Sync + 'static {
+    /// For the startup log.
+    fn describe(&self) -> String;
+
+    /// Starts receiving the room's events from other instances.
+    async fn subscribe(&self, room: &str) -> Subscription;
+
+    /// Tells other instances about an update this instance committed. Best effort.
+    fn publish_update(&self, room: &str, seq: u64, update: &[u8]);
+
+    /// Relays a presence frame of a local client to other instances and records it in the
+    /// room's presence set (expiring `ttl_ms` from now unless refreshed). Best effort.
+    fn publish_presence(&self, room: &str, presence: &Presence, ttl_ms: u64);
+
+    /// Presences currently live in the room on any instance (for a newcomer).
+    async fn live_presence(&self, room: &str) -> Vec<Presence>;
+}
+
+/// Opens the hub named by `REDIS_URL`, or the in-memory one.
+pub async fn connect(redis_url: Option<&str>) -> crate::error::Result<Arc<dyn Hub>> {
+    match redis_url {
+        Some(url) => Ok(Arc::new(redis::RedisHub::connect(url).await?)),
+        None => Ok(Arc::new(memory::MemoryHub)),
+    }
+}
