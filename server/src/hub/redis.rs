@@ -146,7 +146,9 @@ impl RedisHub {
 
     fn enqueue(&self, cmd: PubCmd) {
         if self.publish.try_send(cmd).is_err() {
-            tracing::debug!("redis publish queue full; other instances will catch up from the store");
+            tracing::debug!(
+                "redis publish queue full; other instances will catch up from the store"
+            );
         }
     }
 }
@@ -195,8 +197,10 @@ impl Hub for RedisHub {
             update: None,
             presence: Some(presence.clone()),
         };
-        let (Ok(payload), Ok(state)) = (serde_json::to_string(&wire), serde_json::to_string(presence))
-        else {
+        let (Ok(payload), Ok(state)) = (
+            serde_json::to_string(&wire),
+            serde_json::to_string(presence),
+        ) else {
             return;
         };
         self.enqueue(PubCmd::Presence {
@@ -246,11 +250,13 @@ async fn publisher_task(mut conn: ConnectionManager, mut rx: mpsc::Receiver<PubC
     let mut failing = false;
     while let Some(cmd) = rx.recv().await {
         let result: redis::RedisResult<()> = match cmd {
-            PubCmd::Update { room, payload } => redis::cmd("PUBLISH")
-                .arg(channel(&room))
-                .arg(payload)
-                .query_async(&mut conn)
-                .await,
+            PubCmd::Update { room, payload } => {
+                redis::cmd("PUBLISH")
+                    .arg(channel(&room))
+                    .arg(payload)
+                    .query_async(&mut conn)
+                    .await
+            }
             PubCmd::Presence {
                 room,
                 user,
@@ -262,12 +268,19 @@ async fn publisher_task(mut conn: ConnectionManager, mut rx: mpsc::Receiver<PubC
                 let (set, states) = (presence_key(&room), state_key(&room));
                 let now = unix_ms();
                 let mut pipe = redis::pipe();
-                pipe.cmd("PUBLISH").arg(channel(&room)).arg(payload).ignore();
+                pipe.cmd("PUBLISH")
+                    .arg(channel(&room))
+                    .arg(payload)
+                    .ignore();
                 if left {
                     pipe.cmd("ZREM").arg(&set).arg(&user).ignore();
                     pipe.cmd("HDEL").arg(&states).arg(&user).ignore();
                 } else {
-                    pipe.cmd("ZADD").arg(&set).arg(expiry_ms).arg(&user).ignore();
+                    pipe.cmd("ZADD")
+                        .arg(&set)
+                        .arg(expiry_ms)
+                        .arg(&user)
+                        .ignore();
                     pipe.cmd("HSET").arg(&states).arg(&user).arg(state).ignore();
                 }
                 // Sweep entries of vanished instances, and let an abandoned room's keys expire.
@@ -361,7 +374,10 @@ async fn subscriber_task(
             continue;
         }
         if connected_before {
-            tracing::info!(rooms = subs.len(), "redis subscriber reconnected; rooms catch up from the store");
+            tracing::info!(
+                rooms = subs.len(),
+                "redis subscriber reconnected; rooms catch up from the store"
+            );
         }
         connected_before = true;
         backoff = Duration::from_millis(100);
