@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `npm test`: every suite that exists, fail-fast, from the repository root.
+# `npm test`: every suite, fail-fast, from the repository root. Installs what the suites need
+# (wasm toolchain, Chromium, npm packages) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -10,7 +11,18 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step "engine tests (release: the property and trace suites are CPU-heavy)"
+step "cargo tests (release: the property, trace and load-bearing suites are CPU-heavy)"
+# Engine property/trace/bad-input suites, and the server suite against SQLite and the local
+# Postgres and Redis (with CI=true a missing service fails instead of skipping).
 cargo test --workspace --release
+
+bash scripts/build-wasm.sh
+bash scripts/ensure-npm.sh
+
+for suite in scripts/test-wasm.sh scripts/test-web.sh; do
+  if [ -f "$suite" ]; then
+    bash "$suite"
+  fi
+done
 
 step "all suites passed"
