@@ -24,15 +24,32 @@ CARGO_PROFILE_RELEASE_STRIP=debuginfo \
   wasm-pack --log-level warn build engine-wasm --release --target web --out-dir ../web/pkg --no-pack
 rm -f web/pkg/.gitignore
 
-# wasm-opt shrinks the module further when a binaryen that understands it is installed.
+# wasm-opt shrinks the module further when a binaryen that understands it is installed. The
+# result must still load: Debian's binaryen 108 rewrites the module's two tables so that the
+# `__wbindgen_externrefs` export points at the funcref table, and the glue then throws
+# "WebAssembly.Table.set(): Argument 1 is invalid" in initSync/init (Node and Chromium alike).
+# So the optimised module is instantiated with the generated glue before it replaces the original.
+smoke_test() {
+  node --input-type=module -e '
+    import fs from "node:fs";
+    import { pathToFileURL } from "node:url";
+    const [glue, wasm] = process.argv.slice(1);
+    const m = await import(pathToFileURL(glue).href);
+    m.initSync({ module: fs.readFileSync(wasm) });
+    const d = new m.Document(1);
+    d.insert(0, "ok");
+    if (d.text() !== "ok") throw new Error("smoke test: wrong text");
+  ' "$PWD/web/pkg/concord_wasm.js" "$1" >/dev/null 2>&1
+}
 if command -v wasm-opt >/dev/null 2>&1; then
+  opt_version=$(wasm-opt --version 2>/dev/null | awk '{print $3}')
   if wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
        --enable-mutable-globals --enable-reference-types --enable-multivalue \
-       "$out" -o "$out.opt" 2>/dev/null; then
+       "$out" -o "$out.opt" 2>/dev/null && smoke_test "$out.opt"; then
     mv "$out.opt" "$out"
   else
     rm -f "$out.opt"
-    echo "note: wasm-opt $(wasm-opt --version 2>/dev/null | awk '{print $3}') could not optimise the module; shipping it as built"
+    echo "note: wasm-opt $opt_version could not optimise the module into one that loads; shipping it as built"
   fi
 fi
 raw=$(wc -c < "$out")

@@ -43,7 +43,8 @@ pub fn status(status: SessionStatus) -> &'static str {
     }
 }
 
-/// A session event as a plain JS object: `{type: 'synced', seq}`, `{type: 'remote', changed}`,
+/// A session event as a plain JS object: `{type: 'synced', seq}`,
+/// `{type: 'remote', changed, changes: [{index, delete, insert}]}`,
 /// `{type: 'acked', id, seq}`, `{type: 'presence', presence}`, `{type: 'error', code, message}`.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -53,6 +54,7 @@ enum JsEvent<'a> {
     },
     Remote {
         changed: bool,
+        changes: &'a [concord_engine::TextChange],
     },
     Acked {
         id: &'a str,
@@ -71,7 +73,10 @@ enum JsEvent<'a> {
 pub fn event(ev: &ClientEvent) -> crate::Result<JsValue> {
     let js = match ev {
         ClientEvent::Synced { seq } => JsEvent::Synced { seq: *seq },
-        ClientEvent::RemoteUpdate { changed } => JsEvent::Remote { changed: *changed },
+        ClientEvent::RemoteUpdate { changed, changes } => JsEvent::Remote {
+            changed: *changed,
+            changes,
+        },
         ClientEvent::Acked { id, seq } => JsEvent::Acked { id, seq: *seq },
         ClientEvent::Presence(p) => JsEvent::Presence { presence: p },
         ClientEvent::ServerError { code, message } => JsEvent::Error { code, message },

@@ -95,6 +95,23 @@ impl Document {
             pending: applied.pending,
         })
     }
+
+    /// Applies several v2 updates at once (merged, then integrated in one transaction: yrs pays
+    /// per transaction, so a queue of incoming updates is much cheaper this way); returns
+    /// `{changed, pending}`. Nothing is applied if one of them does not decode.
+    ///
+    /// ```js
+    /// doc.applyUpdates(queued); // e.g. every update received since the last animation frame
+    /// ```
+    #[wasm_bindgen(js_name = applyUpdates)]
+    pub fn apply_updates(&mut self, updates: Vec<js_sys::Uint8Array>) -> Result<JsValue> {
+        let updates: Vec<Vec<u8>> = updates.iter().map(|u| u.to_vec()).collect();
+        let applied = self.inner.apply_updates(&updates).map_err(error)?;
+        to_js(&Applied {
+            changed: applied.changed,
+            pending: applied.pending,
+        })
+    }
 }
 
 #[derive(serde::Serialize)]

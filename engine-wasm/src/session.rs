@@ -29,9 +29,9 @@ impl ClientSession {
     /// prefix for op ids.
     #[wasm_bindgen(constructor)]
     pub fn new(client_id_value: f64, session: &str) -> Result<ClientSession> {
-        Ok(ClientSession {
-            inner: concord_engine::ClientSession::new(client_id(client_id_value)?, session),
-        })
+        let mut inner = concord_engine::ClientSession::new(client_id(client_id_value)?, session);
+        inner.track_changes();
+        Ok(ClientSession { inner })
     }
 
     /// Restores a session saved with `exportState` (e.g. from IndexedDB). `clientId` must be
@@ -42,14 +42,21 @@ impl ClientSession {
         session: &str,
         saved: &[u8],
     ) -> Result<ClientSession> {
-        Ok(ClientSession {
-            inner: concord_engine::ClientSession::import_state(
-                client_id(client_id_value)?,
-                session,
-                saved,
-            )
-            .map_err(error)?,
-        })
+        let mut inner = concord_engine::ClientSession::import_state(
+            client_id(client_id_value)?,
+            session,
+            saved,
+        )
+        .map_err(error)?;
+        inner.track_changes();
+        Ok(ClientSession { inner })
+    }
+
+    /// Folds another saved session (another tab's record of the same room) into this one: its
+    /// text is merged in and its unsent edits are resent after the next sync.
+    #[wasm_bindgen(js_name = mergeSaved)]
+    pub fn merge_saved(&mut self, saved: &[u8]) -> Result<()> {
+        self.inner.merge_saved(saved).map_err(error)
     }
 
     /// The document and pending ops as bytes, for IndexedDB.
@@ -130,6 +137,16 @@ impl ClientSession {
             Some(ev) => event(&ev),
             None => Ok(JsValue::UNDEFINED),
         }
+    }
+
+    /// Sets this client's presence: `{user, cursor?, color?, name?}`. Sent when online and
+    /// again after every reconnect.
+    #[wasm_bindgen(js_name = setPresence)]
+    pub fn set_presence(&mut self, presence: JsValue) -> Result<()> {
+        let presence = serde_wasm_bindgen::from_value(presence)
+            .map_err(|e| crate::convert::coded("bad_presence", &e.to_string()))?;
+        self.inner.set_presence(presence);
+        Ok(())
     }
 
     /// The state vector (v1).

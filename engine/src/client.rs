@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 
+use crate::changes::TextChange;
 use crate::doc::{merge_updates, Document};
 use crate::error::{EngineError, Result};
 use crate::wire::{encode_b64, ClientMessage, Presence, ServerMessage};
@@ -43,6 +44,8 @@ pub enum ClientEvent {
     RemoteUpdate {
         /// It changed the text (false for duplicates).
         changed: bool,
+        /// What it did to the text, when tracking ([`ClientSession::track_changes`]).
+        changes: Vec<TextChange>,
     },
     /// An op is durable on the server.
     Acked {
@@ -66,8 +69,67 @@ pub enum ClientEvent {
 struct PendingOp {
     id: String,
     update: Vec<u8>,
+    /// Offline flushes appended to this unsent op and not yet folded into `update`, kept as a
+    /// counter in base [`MERGE_FAN_IN`]: `(flushes covered, their merged update)`, counts never
+    /// increasing; [`MERGE_FAN_IN`] runs of equal count are merged into one. Each flush is thus
+    /// re-merged O(log n) times, instead of the whole op being re-merged on every flush (which
+    /// made a long offline session quadratic). Folded into `update` before `update` is read.
+    parts: Vec<(u64, Vec<u8>)>,
     /// Sent on the current connection (false: must go out on the next sync).
     sent: bool,
+}
+
+/// Most updates merged by one yrs merge. yrs' merge re-sorts all of its inputs for every block
+/// it writes, so it is quadratic in the number of inputs; many updates are merged as a tree.
+const MERGE_FAN_IN: usize = 16;
+
+/// Merges updates as a tree of merges of at most [`MERGE_FAN_IN`] inputs each.
+fn merge_tree<B: AsRef<[u8]>>(updates: &[B]) -> Result<Vec<u8>> {
+    match updates {
+        [one] => Ok(one.as_ref().to_vec()),
+        few if few.len() <= MERGE_FAN_IN => merge_updates(few),
+        many => {
+            let level = many
+                .chunks(MERGE_FAN_IN)
+                .map(merge_tree)
+                .collect::<Result<Vec<_>>>()?;
+            merge_tree(&level)
+        }
+    }
+}
+
+impl PendingOp {
+    /// Adds an offline flush to this unsent op.
+    fn append(&mut self, update: Vec<u8>) -> Result<()> {
+        self.parts.push((1, update));
+        while let Some(first) = self.parts.len().checked_sub(MERGE_FAN_IN) {
+            let count = self.parts[first].0;
+            if self.parts[first..].iter().any(|(c, _)| *c != count) {
+                break;
+            }
+            let runs: Vec<&[u8]> = self.parts[first..]
+                .iter()
+                .map(|(_, u)| u.as_slice())
+                .collect();
+            let merged = merge_updates(&runs)?;
+            self.parts.truncate(first);
+            self.parts.push((count * MERGE_FAN_IN as u64, merged));
+        }
+        Ok(())
+    }
+
+    /// Folds `parts` into `update`.
+    fn settle(&mut self) -> Result<()> {
+        if self.parts.is_empty() {
+            return Ok(());
+        }
+        let mut all: Vec<&[u8]> = Vec::with_capacity(self.parts.len() + 1);
+        all.push(&self.update);
+        all.extend(self.parts.iter().map(|(_, part)| part.as_slice()));
+        self.update = merge_tree(&all)?;
+        self.parts.clear();
+        Ok(())
+    }
 }
 
 /// One replica on the client side: a document, its pending ops and its connection state.
@@ -81,6 +143,7 @@ pub struct ClientSession {
     server_seq: u64,
     outbox: VecDeque<ClientMessage>,
     events: VecDeque<ClientEvent>,
+    presence: Option<Presence>,
 }
 
 impl std::fmt::Debug for ClientSession {
@@ -111,7 +174,24 @@ impl ClientSession {
             server_seq: 0,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            presence: None,
         }
+    }
+
+    /// Reports, with every [`ClientEvent::RemoteUpdate`], the ranges of text it changed, so an
+    /// editor binding can patch its view instead of replacing all of it.
+    pub fn track_changes(&mut self) {
+        self.doc.track_changes();
+    }
+
+    /// Sets this client's presence (cursor, name, color). Sent now when online, and again after
+    /// every reconnect; never stored in the document.
+    pub fn set_presence(&mut self, presence: Presence) {
+        if self.status == SessionStatus::Online {
+            self.outbox
+                .push_back(ClientMessage::Presence(presence.clone()));
+        }
+        self.presence = Some(presence);
     }
 
     /// The document (read-only).
@@ -165,13 +245,8 @@ impl ClientSession {
         if self.unflushed.is_empty() {
             return Ok(());
         }
-        let update = if self.unflushed.len() == 1 {
-            self.unflushed.pop().unwrap_or_default()
-        } else {
-            let merged = merge_updates(&self.unflushed)?;
-            self.unflushed.clear();
-            merged
-        };
+        let update = merge_tree(&self.unflushed)?;
+        self.unflushed.clear();
         if self.status == SessionStatus::Online {
             let op = self.new_op(update, true);
             self.outbox.push_back(ClientMessage::Op {
@@ -181,9 +256,7 @@ impl ClientSession {
             self.pending.push_back(op);
         } else {
             match self.pending.back_mut() {
-                Some(last) if !last.sent => {
-                    last.update = merge_updates(&[last.update.as_slice(), update.as_slice()])?;
-                }
+                Some(last) if !last.sent => last.append(update)?,
                 _ => {
                     let op = self.new_op(update, false);
                     self.pending.push_back(op);
@@ -196,7 +269,12 @@ impl ClientSession {
     fn new_op(&mut self, update: Vec<u8>, sent: bool) -> PendingOp {
         let id = format!("{}-{}", self.session, self.next_op);
         self.next_op += 1;
-        PendingOp { id, update, sent }
+        PendingOp {
+            id,
+            update,
+            parts: Vec::new(),
+            sent,
+        }
     }
 
     /// A socket is opening: returns this replica's state vector (v1, base64) for `?sv=`, so the
@@ -225,6 +303,7 @@ impl ClientSession {
                 self.server_seq = self.server_seq.max(seq);
                 self.events.push_back(ClientEvent::RemoteUpdate {
                     changed: applied.changed,
+                    changes: self.doc.take_changes(),
                 });
                 Ok(())
             }
@@ -247,7 +326,8 @@ impl ClientSession {
                     // An earlier frame never arrived: resend everything pending, in order, as one.
                     self.resend_pending(None)?;
                 }
-                self.events.push_back(ClientEvent::ServerError { code, message });
+                self.events
+                    .push_back(ClientEvent::ServerError { code, message });
                 Ok(())
             }
         }
@@ -262,7 +342,18 @@ impl ClientSession {
     }
 
     fn handle_sync(&mut self, state: &[u8], server_sv: Option<&[u8]>, seq: u64) -> Result<()> {
-        self.doc.apply_update(state)?;
+        // Checked first: a `sync` with a state vector that does not decode is rejected whole,
+        // not applied and then reported as an error.
+        if let Some(sv) = server_sv {
+            crate::doc::decode_state_vector(sv)?;
+        }
+        let applied = self.doc.apply_update(state)?;
+        if applied.changed {
+            self.events.push_back(ClientEvent::RemoteUpdate {
+                changed: true,
+                changes: self.doc.take_changes(),
+            });
+        }
         self.server_seq = seq;
         self.status = SessionStatus::Online;
         self.flush()?;
@@ -273,23 +364,37 @@ impl ClientSession {
         if !self.pending.is_empty() || server_lacks {
             self.resend_pending(server_sv)?;
         }
+        if let Some(p) = &self.presence {
+            self.outbox.push_back(ClientMessage::Presence(p.clone()));
+        }
         self.events.push_back(ClientEvent::Synced { seq });
         Ok(())
     }
 
-    /// Replaces every pending op by one op carrying what the server lacks: the diff against its
-    /// state vector when known, else the merge of the pending ops.
+    /// Replaces every pending op by one op carrying the merge of the pending ops and, when the
+    /// server's state vector is known, the diff against it (what else it lacks).
+    ///
+    /// The diff alone is not enough: the server's state vector counts ops it has accepted but
+    /// not made durable yet, and a group commit can still fail. A pending op it counted would
+    /// be left out, the ack of the resend would retire it, and a failed commit would lose it.
     fn resend_pending(&mut self, server_sv: Option<&[u8]>) -> Result<()> {
-        let update = match server_sv {
-            Some(sv) => self.doc.encode_state_as_update(Some(sv))?,
-            None => {
-                let updates: Vec<&[u8]> = self.pending.iter().map(|op| op.update.as_slice()).collect();
-                if updates.is_empty() {
-                    return Ok(());
-                }
-                merge_updates(&updates)?
-            }
+        for op in &mut self.pending {
+            op.settle()?;
+        }
+        let diff = match server_sv {
+            Some(sv) => Some(self.doc.encode_state_as_update(Some(sv))?),
+            None => None,
         };
+        let updates: Vec<&[u8]> = self
+            .pending
+            .iter()
+            .map(|op| op.update.as_slice())
+            .chain(diff.as_deref())
+            .collect();
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let update = merge_tree(&updates)?;
         self.pending.clear();
         let op = self.new_op(update, true);
         self.outbox.push_back(ClientMessage::Op {
@@ -303,7 +408,9 @@ impl ClientSession {
     fn server_lacks_inserts(&self, server_sv: &[u8]) -> Result<bool> {
         let theirs = crate::doc::decode_state_vector(server_sv)?;
         let ours = crate::doc::decode_state_vector(&self.doc.state_vector())?;
-        Ok(ours.iter().any(|(client, &clock)| clock > theirs.get(client)))
+        Ok(ours
+            .iter()
+            .any(|(client, &clock)| clock > theirs.get(client)))
     }
 
     /// Next frame to send on the socket.
@@ -324,7 +431,8 @@ impl ClientSession {
         out.extend_from_slice(SAVED_MAGIC);
         put_bytes(&mut out, &self.doc.encode_state_as_update(None)?);
         put_u64(&mut out, self.pending.len() as u64);
-        for op in &self.pending {
+        for op in &mut self.pending {
+            op.settle()?;
             put_bytes(&mut out, op.id.as_bytes());
             put_bytes(&mut out, &op.update);
         }
@@ -354,9 +462,14 @@ impl ClientSession {
             let id = r.bytes().ok_or_else(|| corrupt("op id truncated"))?;
             let id = std::str::from_utf8(id).map_err(|_| corrupt("op id is not UTF-8"))?;
             let update = r.bytes().ok_or_else(|| corrupt("op truncated"))?;
+            // Pending ops are merged and resent later; one that does not decode would make
+            // every later export and resend fail, so it is refused here, with the whole state.
+            crate::doc::state_vector_of_update(update)
+                .map_err(|e| corrupt(&format!("pending op: {e}")))?;
             session.pending.push_back(PendingOp {
                 id: id.to_owned(),
                 update: update.to_vec(),
+                parts: Vec::new(),
                 sent: false,
             });
         }
@@ -364,6 +477,28 @@ impl ClientSession {
             return Err(corrupt("trailing bytes"));
         }
         Ok(session)
+    }
+
+    /// Folds another saved session (e.g. a second tab's IndexedDB record of the same room) into
+    /// this one: its document is merged in (reported as a remote change when tracking) and its
+    /// unacked ops join this session's pending queue, so they are resent after the next sync,
+    /// deletions included. Nothing changes if `saved` does not decode.
+    pub fn merge_saved(&mut self, saved: &[u8]) -> Result<()> {
+        // The other session is only read, never edited: its client id is never used.
+        let other = ClientSession::import_state(self.doc.client_id(), "merged", saved)?;
+        let state = other.doc.encode_state_as_update(None)?;
+        let applied = self.doc.apply_update(&state)?;
+        if applied.changed {
+            self.events.push_back(ClientEvent::RemoteUpdate {
+                changed: true,
+                changes: self.doc.take_changes(),
+            });
+        }
+        for mut op in other.pending {
+            op.sent = false;
+            self.pending.push_back(op);
+        }
+        Ok(())
     }
 }
 
@@ -419,6 +554,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doc::Document;
     use crate::room::{ConnId, RoomEvent, RoomState};
     use crate::CompactionPolicy;
 
@@ -442,7 +578,9 @@ mod tests {
                 if let RoomEvent::Ack { conn: c, id, seq } = ev {
                     if c == conn {
                         progressed = true;
-                        client.handle_message(ServerMessage::Ack { id, seq }).unwrap();
+                        client
+                            .handle_message(ServerMessage::Ack { id, seq })
+                            .unwrap();
                     }
                 }
             }
@@ -501,6 +639,92 @@ mod tests {
     }
 
     #[test]
+    fn a_resend_carries_ops_the_server_has_not_made_durable() {
+        let mut room = RoomState::new(CompactionPolicy::default(), 0);
+        let mut c = ClientSession::new(7, "c");
+        connect(&mut c, &mut room);
+        c.insert(0, "hello").unwrap();
+        c.flush().unwrap();
+        while let Some(ClientMessage::Op { id, update }) = c.poll_transmit() {
+            room.handle_op(ConnId(1), id, &update).unwrap();
+        }
+        room.take_batch().unwrap(); // the commit is in flight
+        c.disconnect();
+        connect(&mut c, &mut room); // the room's state vector counts "hello"
+        let Some(ClientMessage::Op { update, .. }) = c.poll_transmit() else {
+            panic!("the pending op is resent");
+        };
+        let resent = Document::from_update(9, &update).unwrap();
+        assert_eq!(
+            resent.text(),
+            "hello",
+            "the resend must carry what its ack retires"
+        );
+        // The commit fails; the resend brings the text back and its ack is then true.
+        room.handle_commit_failed();
+        room.handle_op(ConnId(2), Some("c-2".into()), &update)
+            .unwrap();
+        assert_eq!(room.text(), "hello");
+    }
+
+    #[test]
+    fn a_sync_with_a_bad_state_vector_changes_nothing() {
+        let mut a = Document::new(1);
+        let state = a.insert(0, "from the server").unwrap();
+        let mut c = ClientSession::new(7, "c");
+        c.connect();
+        let sync = ServerMessage::Sync {
+            state,
+            sv: Some(vec![0xff; 12]),
+            seq: 3,
+        };
+        assert!(c.handle_message(sync).is_err());
+        assert_eq!(c.text(), "");
+        assert_eq!(c.status(), SessionStatus::Connecting);
+        assert_eq!(c.server_seq(), 0);
+    }
+
+    #[test]
+    fn a_reload_shows_what_the_session_showed() {
+        // Peers 1 and 2 build on each other; this session gets their edits out of order, so
+        // some of them wait for others (pending) while it types.
+        let mut a = Document::new(1);
+        let mut b = Document::new(2);
+        let base = a.insert(0, "x").unwrap();
+        let a1 = a.insert(1, "y").unwrap();
+        b.apply_update(&base).unwrap();
+        b.apply_update(&a1).unwrap();
+        let b0 = b.insert(1, "z").unwrap(); // waits for 1's "y"
+        a.apply_update(&b0).unwrap();
+        let a2 = a.insert(1, "w").unwrap(); // waits for 1's "y" and 2's "z"
+        let mut c = ClientSession::new(7, "c");
+        for (seq, update) in [(1, base), (3, b0), (4, a2)] {
+            c.handle_message(ServerMessage::Op { seq, update }).unwrap();
+        }
+        c.insert(0, "me ").unwrap();
+        assert_eq!(c.text(), "me x");
+        assert!(c.document().has_pending());
+        let saved = c.export_state().unwrap();
+        let mut restored = ClientSession::import_state(8, "d", &saved).unwrap();
+        assert_eq!(restored.text(), "me x", "a reload shows the same text");
+        assert!(
+            !restored.document().has_pending(),
+            "what waited is not saved"
+        );
+        // The next sync brings what waited and what it waited for.
+        restored.connect();
+        let state = a
+            .encode_state_as_update(Some(&restored.document().state_vector()))
+            .unwrap();
+        let sv = Some(a.state_vector());
+        restored
+            .handle_message(ServerMessage::Sync { state, sv, seq: 5 })
+            .unwrap();
+        assert_eq!(restored.text(), format!("me {}", a.text()));
+        let _ = a1;
+    }
+
+    #[test]
     fn export_import_round_trip_keeps_pending() {
         let mut c = ClientSession::new(7, "c");
         c.insert(0, "offline 😀").unwrap();
@@ -516,6 +740,22 @@ mod tests {
     }
 
     #[test]
+    fn saved_state_with_a_pending_op_that_does_not_decode_is_corrupt() {
+        let mut c = ClientSession::new(7, "c");
+        c.insert(0, "abc").unwrap();
+        let mut saved = Vec::new();
+        saved.extend_from_slice(SAVED_MAGIC);
+        put_bytes(&mut saved, &c.doc.encode_state_as_update(None).unwrap());
+        put_u64(&mut saved, 1);
+        put_bytes(&mut saved, b"c-1");
+        put_bytes(&mut saved, b"\x00\x01\x02garbage");
+        assert!(matches!(
+            ClientSession::import_state(8, "d", &saved),
+            Err(EngineError::CorruptSavedState { .. })
+        ));
+    }
+
+    #[test]
     fn corrupt_saved_state_is_an_error() {
         let mut c = ClientSession::new(7, "c");
         c.insert(0, "abc").unwrap();
@@ -527,5 +767,140 @@ mod tests {
         let mut extra = saved.clone();
         extra.push(0);
         assert!(ClientSession::import_state(8, "d", &extra).is_err());
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    #[test]
+    fn remote_updates_report_the_ranges_they_changed() {
+        let mut a = ClientSession::new(1, "a");
+        let mut b = ClientSession::new(2, "b");
+        b.track_changes();
+        let hello = a.doc.insert(0, "hello world").unwrap();
+        b.handle_message(ServerMessage::Op {
+            seq: 1,
+            update: hello,
+        })
+        .unwrap();
+        let edit = a.doc.replace(6, 5, "😀 there").unwrap();
+        b.handle_message(ServerMessage::Op {
+            seq: 2,
+            update: edit,
+        })
+        .unwrap();
+        // Local edits are not echoed back as changes.
+        b.insert(0, ">").unwrap();
+        let events: Vec<ClientEvent> = std::iter::from_fn(|| b.poll_event()).collect();
+        let changes: Vec<Vec<TextChange>> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                ClientEvent::RemoteUpdate { changes, .. } => Some(changes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            vec![
+                vec![TextChange {
+                    index: 0,
+                    delete: 0,
+                    insert: "hello world".into()
+                }],
+                vec![TextChange {
+                    index: 6,
+                    delete: 5,
+                    insert: "😀 there".into()
+                }],
+            ]
+        );
+        assert_eq!(b.text(), ">hello 😀 there");
+    }
+
+    #[test]
+    fn presence_goes_out_when_online_and_after_every_sync() {
+        let mut c = ClientSession::new(1, "c");
+        let p = Presence {
+            user: "u".into(),
+            cursor: Some(serde_json::json!(3)),
+            color: None,
+            name: None,
+            left: false,
+        };
+        c.set_presence(p.clone());
+        assert!(c.poll_transmit().is_none(), "offline: nothing sent yet");
+        c.connect();
+        let room = crate::RoomState::new(crate::CompactionPolicy::default(), 0);
+        c.handle_message(room.sync_for(None).unwrap()).unwrap();
+        assert_eq!(c.poll_transmit(), Some(ClientMessage::Presence(p)));
+    }
+}
+
+#[cfg(test)]
+mod merge_saved_tests {
+    use super::*;
+    use crate::room::{ConnId, RoomEvent, RoomState};
+    use crate::CompactionPolicy;
+
+    /// Two tabs of one room saved offline edits, one of them only a deletion. Merged into one
+    /// session, both reach the room after a sync.
+    #[test]
+    fn merged_tabs_resend_their_edits_including_pure_deletions() {
+        let mut room = RoomState::new(CompactionPolicy::default(), 0);
+        let mut seed = ClientSession::new(1, "seed");
+        let sv = seed.connect();
+        let sv = crate::wire::decode_b64("sv", &sv).unwrap();
+        seed.handle_message(room.sync_for(Some(&sv)).unwrap())
+            .unwrap();
+        seed.insert(0, "hello world").unwrap();
+        seed.flush().unwrap();
+        while let Some(ClientMessage::Op { id, update }) = seed.poll_transmit() {
+            room.handle_op(ConnId(1), id, &update).unwrap();
+        }
+        room.take_batch().unwrap();
+        room.handle_committed(1).unwrap();
+        while room.poll_event().is_some() {}
+        let base = seed.export_state().unwrap();
+
+        let mut tab_a = ClientSession::import_state(2, "a", &base).unwrap();
+        tab_a.insert(11, "!").unwrap();
+        let saved_a = tab_a.export_state().unwrap();
+        let mut tab_b = ClientSession::import_state(3, "b", &base).unwrap();
+        tab_b.delete(0, 6).unwrap();
+        let saved_b = tab_b.export_state().unwrap();
+
+        let mut merged = ClientSession::import_state(4, "m", &saved_a).unwrap();
+        merged.track_changes();
+        merged.merge_saved(&saved_b).unwrap();
+        assert_eq!(merged.text(), "world!");
+        assert!(matches!(
+            merged.poll_event(),
+            Some(ClientEvent::RemoteUpdate { changed: true, .. })
+        ));
+        assert!(merged.merge_saved(b"garbage").is_err());
+
+        let sv = merged.connect();
+        let sv = crate::wire::decode_b64("sv", &sv).unwrap();
+        merged
+            .handle_message(room.sync_for(Some(&sv)).unwrap())
+            .unwrap();
+        while let Some(msg) = merged.poll_transmit() {
+            if let ClientMessage::Op { id, update } = msg {
+                room.handle_op(ConnId(2), id, &update).unwrap();
+            }
+        }
+        room.take_batch().unwrap();
+        room.handle_committed(room.seq() + 1).unwrap();
+        while let Some(ev) = room.poll_event() {
+            if let RoomEvent::Ack { id, seq, .. } = ev {
+                merged
+                    .handle_message(ServerMessage::Ack { id, seq })
+                    .unwrap();
+            }
+        }
+        assert_eq!(room.text(), "world!");
+        assert_eq!(merged.pending_count(), 0);
     }
 }

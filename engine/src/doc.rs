@@ -10,14 +10,22 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use yrs::block::ClientID;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::block::ClientID;
 use yrs::{
-    Doc, GetString, OffsetKind, Options, ReadTxn, StateVector, Text, TextRef, Transact, Update,
+    Doc, GetString, Observable, OffsetKind, Options, ReadTxn, StateVector, Text, TextRef, Transact,
+    Update,
 };
 
+use crate::changes::{self, ChangeLog, TextChange, LOCAL_ORIGIN};
 use crate::error::{EngineError, Result};
+
+/// Key of the observer that records remote changes.
+const CHANGES_OBSERVER: &str = "concord-changes";
+
+mod bounds;
+mod yjs_order;
 
 /// The name of the shared text inside every Concord document (Yjs: `doc.getText('body')`).
 pub const BODY: &str = "body";
@@ -39,6 +47,12 @@ pub struct Applied {
 pub struct Document {
     doc: Doc,
     body: TextRef,
+    /// Remote changes recorded since the last [`Document::take_changes`], when tracking.
+    changes: Option<ChangeLog>,
+    /// Updates that arrived ahead of earlier changes of one of their clients, kept here
+    /// instead of in yrs (see [`Document::apply_decoded`]) and retried after every change.
+    /// v2 bytes: a decoded `Update` is not `Send`, and a room lives in a server task.
+    held: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Document {
@@ -63,7 +77,12 @@ impl Document {
         };
         let doc = Doc::with_options(options);
         let body = doc.get_or_insert_text(BODY);
-        Document { doc, body }
+        Document {
+            doc,
+            body,
+            changes: None,
+            held: Vec::new(),
+        }
     }
 
     /// A document loaded from a full-state update (a snapshot).
@@ -108,14 +127,14 @@ impl Document {
     /// Replaces `len` UTF-16 units at `index` with `text` in one transaction; returns its v2
     /// update (empty-update bytes when nothing changed).
     pub fn replace(&mut self, index: u32, len: u32, text: &str) -> Result<Vec<u8>> {
-        let mut txn = self.doc.transact_mut();
+        let mut txn = self.doc.transact_mut_with(LOCAL_ORIGIN);
         self.edit_in(&mut txn, index, len, text)?;
         Ok(txn.encode_update_v2())
     }
 
     /// Applies an edit without encoding it: for callers that encode many edits at once later.
     pub fn replace_silent(&mut self, index: u32, len: u32, text: &str) -> Result<()> {
-        let mut txn = self.doc.transact_mut();
+        let mut txn = self.doc.transact_mut_with(LOCAL_ORIGIN);
         self.edit_in(&mut txn, index, len, text)
     }
 
@@ -147,29 +166,84 @@ impl Document {
         Ok(())
     }
 
-    /// This document's state vector, v1-encoded (the encoding Yjs uses for state vectors).
+    /// This document's state vector, v1-encoded (the encoding Yjs uses for state vectors), with
+    /// clients in Yjs's order, so the bytes are the ones Yjs writes.
     pub fn state_vector(&self) -> Vec<u8> {
-        self.doc.transact().state_vector().encode_v1()
+        yjs_order::state_vector(&self.doc.transact().state_vector())
     }
 
     /// Everything this document has that a peer with state vector `sv` (v1 bytes) lacks, as one
     /// v2 update. `None` means the whole document.
+    ///
+    /// Only what is integrated: not what yrs holds pending (unlike Yjs's
+    /// `encodeStateAsUpdate`). A replica must not pass on changes it does not have itself: a
+    /// pending deletion of text it never received makes the room refuse the whole update as
+    /// `missing_dependencies`, and when several clients each forward such a deletion of what
+    /// only another has, every resend is refused forever (found by the lossy-network tests).
+    /// And a saved state that includes a pending update holds back every later block of its
+    /// client when loaded, so a reload would hide text it showed. What is pending came from a
+    /// peer that has it.
     pub fn encode_state_as_update(&self, sv: Option<&[u8]>) -> Result<Vec<u8>> {
         let sv = match sv {
             Some(bytes) => decode_state_vector(bytes)?,
             None => StateVector::default(),
         };
-        Ok(self.doc.transact().encode_state_as_update_v2(&sv))
+        let txn = self.doc.transact();
+        let update = txn.encode_diff_v2(&sv);
+        // Delete-set clients in Yjs's order, so the bytes are the ones Yjs writes.
+        Ok(yjs_order::yjs_order(update, &txn.snapshot().delete_set))
+    }
+
+    /// The whole document including what is pending, for the compaction fold: a committed
+    /// update that waits for another must survive into the snapshot.
+    ///
+    /// Encoded as v1 and converted: yrs 0.28.1's v2 encoder writes the length of a skip (a gap
+    /// in a pending update) into the length column while its decoder reads it from the main
+    /// stream, and yrs unwraps its own re-decode of that, which panics. In v1 both are one
+    /// stream, and `Update::encode_v2` uses the correct skip encoder. Without gaps the bytes
+    /// are the same as a direct v2 encoding.
+    pub(crate) fn encode_state_with_pending(&self) -> Result<Vec<u8>> {
+        let state =
+            self.encode_via_v1(|txn| txn.encode_state_as_update_v1(&StateVector::default()))?;
+        if self.held.is_empty() {
+            return Ok(state);
+        }
+        let mut all = vec![state];
+        all.extend(self.held.iter().cloned());
+        merge_updates(&all)
+    }
+
+    /// Encodes with `encode` (v1) and converts to v2 (see
+    /// [`Document::encode_state_with_pending`]).
+    fn encode_via_v1(
+        &self,
+        encode: impl FnOnce(&yrs::Transaction<'_>) -> Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let v1 = guarded(|| encode(&self.doc.transact()))
+            .map_err(|reason| EngineError::InvalidUpdate { reason })?;
+        let update = guarded(|| Update::decode_v1(&v1))
+            .map_err(|reason| EngineError::InvalidUpdate { reason })?
+            .map_err(|e| EngineError::InvalidUpdate {
+                reason: e.to_string(),
+            })?;
+        // Delete-set clients in Yjs's order, so the bytes are the ones Yjs writes.
+        Ok(yjs_order::yjs_order(
+            update.encode_v2(),
+            update.delete_set(),
+        ))
     }
 
     /// Applies a v2 update (from a peer, the server or a snapshot).
     ///
     /// The bytes are fully decoded before the document is touched, so undecodable input changes
-    /// nothing. If yrs panics while integrating a decodable but hostile update, the error is
-    /// returned and the document must be treated as poisoned: [`crate::RoomState`] rebuilds
-    /// from its checkpoint in that case.
+    /// nothing. Nesting is bounded but the number of blocks is not, because a document's own
+    /// state can be denser than any one update (see [`decode_update`], which bounds both and is
+    /// what [`crate::RoomState::handle_op`] uses for bytes from clients). If yrs panics while
+    /// integrating a decodable but hostile update, the error is returned and the document must
+    /// be treated as poisoned: [`crate::RoomState`] rebuilds from its checkpoint in that case.
     pub fn apply_update(&mut self, update: &[u8]) -> Result<Applied> {
-        let decoded = decode_update(update)?;
+        check_bounds(update, bounds::Source::Accepted)?;
+        let decoded = decode_unchecked(update)?;
         self.apply_decoded(decoded)
     }
 
@@ -186,19 +260,131 @@ impl Document {
         }
     }
 
+    /// Applies a decoded update (see [`Document::apply_update`]).
+    ///
+    /// An update with blocks ahead of this document's clock for their client (earlier blocks of
+    /// that client missing, before it or inside it) is held here, not given to yrs: yrs 0.28.1
+    /// would integrate those blocks at once over a "skip", and a document with skips encodes
+    /// its state wrongly in v2 (the skip's length goes to the wrong column), sends diffs that
+    /// stop at the gap, and can leave blocks pending forever after their dependency arrived
+    /// (all found by the convergence and lossy-network tests). Held updates are retried after
+    /// every change, and with what yrs holds pending when none fits alone.
     pub(crate) fn apply_decoded(&mut self, update: Update) -> Result<Applied> {
+        let mut applied = if self.follows(&update) {
+            self.integrate(update)?
+        } else {
+            self.held.push(update.encode_v2());
+            Applied::default()
+        };
+        applied.changed |= self.retry_held();
+        applied.pending = self.has_pending();
+        Ok(applied)
+    }
+
+    /// Integrates every held update that now follows, and all of them merged with what yrs
+    /// holds pending once none does alone: together they may leave no gap (a held update can
+    /// carry what a pending one waits for, while it waits for that one's blocks itself).
+    /// Returns whether anything changed.
+    fn retry_held(&mut self) -> bool {
+        let mut changed = false;
+        while !self.held.is_empty() {
+            let mut ready = Vec::new();
+            for bytes in std::mem::take(&mut self.held) {
+                match decode_unchecked(&bytes) {
+                    Ok(update) if self.follows(&update) => ready.push(update),
+                    Ok(_) => self.held.push(bytes),
+                    Err(_) => {}
+                }
+            }
+            if !ready.is_empty() {
+                for update in ready {
+                    // A held update that fails now would have failed on arrival too.
+                    if let Ok(applied) = self.integrate(update) {
+                        changed |= applied.changed;
+                    }
+                }
+                continue;
+            }
+            let mut encoded = self.held.clone();
+            if let Some(pending) = self.doc.transact().store().pending_update() {
+                encoded.push(pending.update.encode_v2());
+            }
+            if encoded.len() < 2 {
+                break;
+            }
+            match merge_updates(&encoded).and_then(|m| decode_unchecked(&m)) {
+                Ok(merged) if self.follows(&merged) => {
+                    self.held.clear();
+                    if let Ok(applied) = self.integrate(merged) {
+                        changed |= applied.changed;
+                    }
+                }
+                _ => break,
+            }
+        }
+        changed
+    }
+
+    /// True when every block of `update` continues what this document has of its client.
+    fn follows(&self, update: &Update) -> bool {
+        let local = self.doc.transact().state_vector();
+        update.insertions(true).iter().all(|(client, ranges)| {
+            let mut clock = local.get(client);
+            ranges.iter().all(|range| {
+                let next = range.start <= clock;
+                clock = clock.max(range.end);
+                next
+            })
+        })
+    }
+
+    fn integrate(&mut self, update: Update) -> Result<Applied> {
+        self.integrate_recording(update, false)
+            .map(|(applied, _)| applied)
+    }
+
+    /// Applies `update` like [`Document::apply_decoded`] and also returns the v2 update of
+    /// exactly what it integrated: the part of `update` this document did not have.
+    ///
+    /// That is what a room must log and broadcast, not the bytes it received. An update can
+    /// repeat items the room has with other content (a forged or corrupted resend); applied,
+    /// the repeats are ignored as known, but logged as received they could win when the log is
+    /// merged (`RoomState::load`, the compaction fold, a client merging its queue), and the
+    /// room would come back from a restart with a document nobody saw (found by the bad-input
+    /// tests). An update that does not follow (see [`Document::apply_decoded`]) is held and
+    /// integrates nothing.
+    pub(crate) fn apply_decoded_recording(&mut self, update: Update) -> Result<(Applied, Vec<u8>)> {
+        if !self.follows(&update) {
+            self.held.push(update.encode_v2());
+            let pending = Applied {
+                changed: false,
+                pending: true,
+            };
+            return Ok((pending, Update::EMPTY_V2.to_vec()));
+        }
+        self.integrate_recording(update, true)
+    }
+
+    fn integrate_recording(&mut self, update: Update, record: bool) -> Result<(Applied, Vec<u8>)> {
         let doc = &self.doc;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
             let result = txn.apply_update(update);
             let changed = txn.has_changes();
+            let integrated = if record && result.is_ok() {
+                txn.encode_update_v2()
+            } else {
+                Vec::new()
+            };
             let store = txn.store();
             let pending = store.pending_update().is_some() || store.pending_ds().is_some();
-            (result, changed, pending)
+            (result, changed, pending, integrated)
         }));
         match outcome {
-            Ok((Ok(()), changed, pending)) => Ok(Applied { changed, pending }),
-            Ok((Err(e), _, _)) => Err(EngineError::InvalidUpdate {
+            Ok((Ok(()), changed, pending, integrated)) => {
+                Ok((Applied { changed, pending }, integrated))
+            }
+            Ok((Err(e), _, _, _)) => Err(EngineError::InvalidUpdate {
                 reason: e.to_string(),
             }),
             Err(panic) => Err(EngineError::InvalidUpdate {
@@ -207,11 +393,36 @@ impl Document {
         }
     }
 
+    /// Starts recording what remote updates do to the text, as [`TextChange`]s to collect with
+    /// [`Document::take_changes`]. Local edits are not recorded (their caller made them).
+    pub fn track_changes(&mut self) {
+        if self.changes.is_some() {
+            return;
+        }
+        let log = ChangeLog::default();
+        let sink = log.clone();
+        self.body.observe(CHANGES_OBSERVER, move |txn, event| {
+            changes::record(&sink, txn, event)
+        });
+        self.changes = Some(log);
+    }
+
+    /// The remote changes recorded since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<TextChange> {
+        match &self.changes {
+            Some(log) => log
+                .lock()
+                .map(|mut l| std::mem::take(&mut *l))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
     /// True when yrs holds changes it could not integrate yet (waiting for missing updates).
     pub fn has_pending(&self) -> bool {
         let txn = self.doc.transact();
         let store = txn.store();
-        store.pending_update().is_some() || store.pending_ds().is_some()
+        store.pending_update().is_some() || store.pending_ds().is_some() || !self.held.is_empty()
     }
 
     /// Borrow of the underlying yrs document, for observers and advanced callers.
@@ -229,8 +440,16 @@ pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector> {
         })
 }
 
-/// Decodes a v2 update without panicking on hostile input.
+/// Decodes a v2 update from an untrusted sender without panicking, and without letting forged
+/// counts or nesting in it cost unbounded memory, time or stack: it may declare at most
+/// `max(2^20, bytes.len())` blocks, nest values at most 64 deep and create no nested shared
+/// type or sub-document (see `doc/bounds.rs`).
 pub fn decode_update(bytes: &[u8]) -> Result<Update> {
+    check_bounds(bytes, bounds::Source::Untrusted)?;
+    decode_unchecked(bytes)
+}
+
+fn decode_unchecked(bytes: &[u8]) -> Result<Update> {
     guarded(|| Update::decode_v2(bytes))
         .map_err(|reason| EngineError::InvalidUpdate { reason })?
         .map_err(|e| EngineError::InvalidUpdate {
@@ -241,6 +460,9 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update> {
 /// Merges v2 updates into one (no document needed), guarding yrs against hostile input.
 pub fn merge_updates<B: AsRef<[u8]>>(updates: &[B]) -> Result<Vec<u8>> {
     let slices: Vec<&[u8]> = updates.iter().map(|u| u.as_ref()).collect();
+    for slice in &slices {
+        check_bounds(slice, bounds::Source::Accepted)?;
+    }
     guarded(|| yrs::merge_updates_v2(slices))
         .map_err(|reason| EngineError::InvalidUpdate { reason })?
         .map_err(|e| EngineError::InvalidUpdate {
@@ -250,11 +472,20 @@ pub fn merge_updates<B: AsRef<[u8]>>(updates: &[B]) -> Result<Vec<u8>> {
 
 /// The state vector (v1 bytes) an update would bring a document to, read from the update alone.
 pub fn state_vector_of_update(update: &[u8]) -> Result<Vec<u8>> {
+    check_bounds(update, bounds::Source::Accepted)?;
     guarded(|| yrs::encode_state_vector_from_update_v2(update))
         .map_err(|reason| EngineError::InvalidUpdate { reason })?
         .map_err(|e| EngineError::InvalidUpdate {
             reason: e.to_string(),
         })
+}
+
+/// Rejects v2 bytes whose decoding or integration yrs could not survive (out of memory, or a
+/// stack overflow, which aborts the process: `catch_unwind` cannot stop it). See `doc/bounds.rs`.
+fn check_bounds(bytes: &[u8], source: bounds::Source) -> Result<()> {
+    guarded(|| bounds::check(bytes, source))
+        .map_err(|reason| EngineError::InvalidUpdate { reason })?
+        .map_err(|reason| EngineError::InvalidUpdate { reason })
 }
 
 /// Runs `f`, turning a panic into its message.
@@ -314,9 +545,15 @@ mod tests {
         let u = a.insert(0, "hello").unwrap();
         let mut b = Document::new(2);
         assert!(b.apply_update(&u).unwrap().changed);
-        assert!(!b.apply_update(&u).unwrap().changed, "a duplicate adds nothing");
+        assert!(
+            !b.apply_update(&u).unwrap().changed,
+            "a duplicate adds nothing"
+        );
         let d = a.delete(0, 1).unwrap();
-        assert!(b.apply_update(&d).unwrap().changed, "a delete-only update changes the text");
+        assert!(
+            b.apply_update(&d).unwrap().changed,
+            "a delete-only update changes the text"
+        );
         assert!(!b.apply_update(&d).unwrap().changed);
         assert_eq!(b.text(), "ello");
     }
@@ -348,9 +585,97 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut doc = Document::new(1);
-        for bytes in [&b""[..], b"\x00", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", b"hello"] {
+        for bytes in [
+            &b""[..],
+            b"\x00",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+            b"hello",
+        ] {
             assert!(doc.apply_update(bytes).is_err() || doc.is_empty());
         }
         assert!(decode_state_vector(b"\xff\xff\xff").is_err());
+    }
+
+    /// Client 1 and client 2 build on each other: 1 types "x" then "y", 2 puts "z" between
+    /// them, 1 puts "w" before "z".
+    fn interleaved() -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+        let mut a = Document::new(1);
+        let mut c = Document::new(2);
+        let base = a.insert(0, "x").unwrap();
+        let a1 = a.insert(1, "y").unwrap(); // 1#1, right of x
+        c.apply_update(&base).unwrap();
+        c.apply_update(&a1).unwrap();
+        let c0 = c.insert(1, "z").unwrap(); // 2#0, between x and 1#1
+        a.apply_update(&c0).unwrap();
+        let a2 = a.insert(1, "w").unwrap(); // 1#2, between x and 2#0
+        assert_eq!(a.text(), "xwzy");
+        (base, a1, c0, a2)
+    }
+
+    #[test]
+    fn updates_that_arrive_in_any_order_all_integrate() {
+        let (base, a1, c0, a2) = interleaved();
+        let mut d = Document::new(3);
+        d.apply_update(&base).unwrap();
+        assert!(d.apply_update(&a2).unwrap().pending, "1#2 comes before 1#1");
+        assert!(d.apply_update(&c0).unwrap().pending, "2#0 waits for 1#1");
+        let last = d.apply_update(&a1).unwrap();
+        assert!(last.changed && !last.pending && !d.has_pending());
+        assert_eq!(d.text(), "xwzy");
+    }
+
+    #[test]
+    fn an_update_ahead_of_its_client_waits_instead_of_leaving_a_gap() {
+        let (base, a1, c0, a2) = interleaved();
+        let mut a = Document::from_update(1, &base).unwrap();
+        for u in [&a1, &c0, &a2] {
+            a.apply_update(u).unwrap();
+        }
+        let a3 = a.insert(0, "<").unwrap(); // 1#3, placed by "x" alone
+        let mut d = Document::from_update(3, &base).unwrap();
+        // yrs alone would show "<x" at once over a gap where 1#1 and 1#2 belong; documents with
+        // such gaps encode states that do not decode, and diffs that stop at the gap.
+        let held = d.apply_update(&a3).unwrap();
+        assert!(held.pending && !held.changed);
+        assert_eq!(d.text(), "x");
+        let state = d.encode_state_as_update(None).unwrap();
+        assert_eq!(Document::from_update(4, &state).unwrap().text(), "x");
+        // 1#1 and 1#3 merged: a gap inside, so all of it waits too.
+        let merged = merge_updates(&[&a1, &a3]).unwrap();
+        assert!(d.apply_update(&merged).unwrap().pending);
+        assert_eq!(d.text(), "x");
+        assert!(d.apply_update(&c0).unwrap().pending);
+        // 1#2 fills the gap: what waits goes in together.
+        let last = d.apply_update(&a2).unwrap();
+        assert!(last.changed && !last.pending && !d.has_pending());
+        assert_eq!(d.text(), a.text());
+    }
+
+    #[test]
+    fn documents_can_move_between_threads() {
+        // A room lives in a server task: nothing a document holds (held updates included) may
+        // make it `!Send`.
+        fn send<T: Send>() {}
+        send::<Document>();
+        send::<crate::RoomState>();
+        send::<crate::ClientSession>();
+    }
+
+    #[test]
+    fn the_state_with_pending_keeps_what_waits() {
+        let (base, a1, c0, a2) = interleaved();
+        let mut d = Document::from_update(3, &base).unwrap();
+        d.apply_update(&a1).unwrap();
+        d.apply_update(&a2).unwrap(); // waits for 2#0
+        assert!(d.has_pending());
+        // The state is what the document shows; the fold's state keeps what waits.
+        let shown = d.encode_state_as_update(None).unwrap();
+        assert!(!Document::from_update(4, &shown).unwrap().has_pending());
+        let full = d.encode_state_with_pending().unwrap();
+        let mut e = Document::from_update(5, &full).unwrap();
+        assert!(e.has_pending());
+        e.apply_update(&c0).unwrap();
+        assert!(!e.has_pending());
+        assert_eq!(e.text(), "xwzy");
     }
 }

@@ -7,6 +7,7 @@
 //!   queue and reconnection replay.
 //! - [`room`]: [`RoomState`], the server side's state machine for one room: validate, dedupe,
 //!   sequence, and the compaction fold.
+//! - [`changes`]: [`TextChange`], what a remote update did to the text, for editor bindings.
 //! - [`error`]: [`EngineError`], the one error type, with stable wire codes.
 //!
 //! The engine never touches sockets, files, clocks or randomness: time and ids come in as
@@ -15,12 +16,14 @@
 
 #![warn(missing_docs)]
 
+pub mod changes;
 pub mod client;
 pub mod doc;
 pub mod error;
 pub mod room;
 pub mod wire;
 
+pub use changes::TextChange;
 pub use client::{ClientEvent, ClientSession, SessionStatus};
 pub use doc::{Applied, Document, BODY};
 pub use error::{EngineError, Result};

@@ -266,7 +266,7 @@ impl RoomState {
             return Err(EngineError::MissingDependencies);
         }
         let pending_before = self.doc.has_pending();
-        let applied = match self.doc.apply_decoded(decoded) {
+        let (applied, integrated) = match self.doc.apply_decoded_recording(decoded) {
             Ok(applied) => applied,
             Err(e) => {
                 self.rebuild();
@@ -278,10 +278,12 @@ impl RoomState {
             return Err(EngineError::MissingDependencies);
         }
         if applied.changed {
+            // What the document integrated, not the bytes received: see
+            // `Document::apply_decoded_recording`.
             self.staged.push(Staged {
                 conn,
                 id,
-                update: update.to_vec(),
+                update: integrated,
                 dup_acks: Vec::new(),
             });
         } else if let Some(id) = id {
@@ -303,7 +305,9 @@ impl RoomState {
         let lower = update.state_vector_lower();
         let txn = self.doc.yrs().transact();
         let have = txn.state_vector();
-        lower.iter().all(|(client, &clock)| clock <= have.get(client))
+        lower
+            .iter()
+            .all(|(client, &clock)| clock <= have.get(client))
     }
 
     /// Takes the staged updates for one group commit, in order; `None` if nothing is staged or
@@ -317,8 +321,13 @@ impl RoomState {
     }
 
     /// The batch from [`RoomState::take_batch`] is committed with seqs `first_seq ..`.
+    ///
+    /// With several instances, a catch-up read can return this room's own ops before the
+    /// commit reply does (another instance's later seq revealed a gap). Those seqs are already
+    /// applied and counted; they are still acked and announced here with their sender, because
+    /// only this call knows who sent them.
     pub fn handle_committed(&mut self, first_seq: u64) -> Result<()> {
-        if first_seq <= self.seq || self.ahead.contains_key(&first_seq) {
+        if self.in_flight.is_empty() || first_seq == 0 {
             return Err(EngineError::SeqOutOfOrder {
                 expected: self.seq + 1,
                 got: first_seq,
@@ -345,8 +354,12 @@ impl RoomState {
                 update: update.clone(),
                 origin: Some(conn),
             });
-            self.tail.push((seq, update));
-            self.ahead.insert(seq, Ahead::Own);
+            if seq > self.seq {
+                // Replaces a catch-up's copy of this same op if one came first (not applied
+                // yet, not in the tail); the update itself is already in the document.
+                self.ahead.insert(seq, Ahead::Own);
+                self.tail.push((seq, update));
+            }
         }
         self.advance()
     }
@@ -354,17 +367,55 @@ impl RoomState {
     /// The batch from [`RoomState::take_batch`] could not be committed. Its updates are taken
     /// out of the document again (nothing un-durable may linger to be acked later as a
     /// duplicate); their senders still hold them as pending and resend after reconnecting.
-    /// Returns the connections that should be told (and closed so they resync).
+    /// Staged updates that built on the failed batch go too: committed without it they would be
+    /// acked while they cannot integrate. So do the duplicates waiting for a staged update's
+    /// commit: what they duplicate may have been in the failed batch. Returns the connections
+    /// that should be told (and closed so they resync).
     pub fn handle_commit_failed(&mut self) -> Vec<ConnId> {
-        let failed = std::mem::take(&mut self.in_flight);
+        let mut failed = std::mem::take(&mut self.in_flight);
+        failed.extend(self.rebuild_dropping_dangling());
+        let unconfirmed: Vec<ConnId> = self
+            .staged
+            .iter_mut()
+            .flat_map(|s| std::mem::take(&mut s.dup_acks))
+            .map(|(conn, _)| conn)
+            .collect();
         let mut conns: Vec<ConnId> = failed
             .iter()
             .flat_map(|s| std::iter::once(s.conn).chain(s.dup_acks.iter().map(|(c, _)| *c)))
+            .chain(unconfirmed)
             .collect();
         conns.sort();
         conns.dedup();
-        self.rebuild();
         conns
+    }
+
+    /// [`RoomState::rebuild`], dropping (and returning) every staged update that no longer
+    /// integrates: one that leaves the document waiting for changes it was built on. The
+    /// document is rebuilt once per dropped update; this only runs after a failed commit.
+    fn rebuild_dropping_dangling(&mut self) -> Vec<Staged> {
+        let mut dropped = Vec::new();
+        'rebuild: loop {
+            let mut doc = Document::new(ROOM_CLIENT_ID);
+            let base = std::iter::once(self.checkpoint.as_slice())
+                .chain(self.tail.iter().map(|(_, u)| u.as_slice()))
+                .chain(self.in_flight.iter().map(|s| s.update.as_slice()));
+            for update in base {
+                let _ = doc.apply_update(update);
+            }
+            // Pending already in the committed state (from `handle_remote`) says nothing about
+            // the staged updates.
+            let base_pending = doc.has_pending();
+            for k in 0..self.staged.len() {
+                let _ = doc.apply_update(&self.staged[k].update);
+                if doc.has_pending() && !base_pending {
+                    dropped.push(self.staged.remove(k));
+                    continue 'rebuild;
+                }
+            }
+            self.doc = doc;
+            return dropped;
+        }
     }
 
     /// An update committed elsewhere at `seq` (another instance via the hub, or a catch-up read
@@ -475,7 +526,7 @@ pub fn fold<B: AsRef<[u8]>>(snapshot: Option<&[u8]>, ops: &[B]) -> Result<Vec<u8
         None => Document::new(ROOM_CLIENT_ID),
     };
     doc.apply_updates(ops)?;
-    doc.encode_state_as_update(None)
+    doc.encode_state_with_pending()
 }
 
 /// True if `sv` (v1 bytes) decodes; a cheap check for the `?sv=` query before a room is touched.
@@ -501,7 +552,10 @@ mod tests {
         let mut a = Document::new(1);
         let u = a.insert(0, "hi").unwrap();
         r.handle_op(ConnId(1), Some("a-1".into()), &u).unwrap();
-        assert!(drain(&mut r).is_empty(), "nothing is acked before the commit");
+        assert!(
+            drain(&mut r).is_empty(),
+            "nothing is acked before the commit"
+        );
         assert_eq!(r.take_batch().unwrap(), vec![u.clone()]);
         r.handle_committed(1).unwrap();
         let events = drain(&mut r);
@@ -597,6 +651,90 @@ mod tests {
     }
 
     #[test]
+    fn commit_failure_drops_ops_built_on_the_batch() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let u1 = a.insert(0, "ab").unwrap();
+        let u2 = a.insert(2, "cd").unwrap(); // builds on u1
+        r.handle_op(ConnId(1), Some("a-1".into()), &u1).unwrap();
+        r.take_batch().unwrap();
+        r.handle_op(ConnId(1), Some("a-2".into()), &u2).unwrap();
+        assert_eq!(r.handle_commit_failed(), vec![ConnId(1)]);
+        assert_eq!(r.text(), "");
+        assert!(!r.document().has_pending());
+        assert!(
+            r.take_batch().is_none(),
+            "a-2 cannot be committed without a-1"
+        );
+        assert!(drain(&mut r).is_empty(), "nothing acked");
+    }
+
+    #[test]
+    fn commit_failure_unacks_duplicates_of_the_batch() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let mut b = Document::new(2);
+        let x = a.insert(0, "x").unwrap();
+        let s = b.insert(0, "s").unwrap();
+        r.handle_op(ConnId(1), Some("a-1".into()), &x).unwrap();
+        r.take_batch().unwrap();
+        r.handle_op(ConnId(2), Some("b-1".into()), &s).unwrap();
+        // The same content again (a resend after a reconnect): it waits for the staged op.
+        r.handle_op(ConnId(3), Some("a-2".into()), &x).unwrap();
+        let mut told = r.handle_commit_failed();
+        told.sort();
+        assert_eq!(
+            told,
+            vec![ConnId(1), ConnId(3)],
+            "a-2 duplicated the failed batch"
+        );
+        r.take_batch().unwrap();
+        r.handle_committed(1).unwrap();
+        let acked: Vec<String> = drain(&mut r)
+            .into_iter()
+            .filter_map(|e| match e {
+                RoomEvent::Ack { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            acked,
+            vec!["b-1".to_owned()],
+            "x is not durable: a-2 is not acked"
+        );
+        assert_eq!(r.text(), "s");
+    }
+
+    #[test]
+    fn a_resend_with_altered_repeats_logs_only_what_is_new() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let u1 = a.insert(0, "sum ").unwrap(); // 1#0..4
+        let u2 = a.insert(4, "∑").unwrap(); // 1#4
+        for (seq, (id, u)) in [("a-1", &u1), ("a-2", &u2)].into_iter().enumerate() {
+            r.handle_op(ConnId(1), Some(id.into()), u).unwrap();
+            r.take_batch().unwrap();
+            r.handle_committed(seq as u64 + 1).unwrap();
+        }
+        // Client 1's ids again, as one block with other content, and one new character.
+        let forged = Document::new(1).insert(0, "sum ∾!").unwrap(); // 1#0..6
+        r.handle_op(ConnId(2), Some("b-1".into()), &forged).unwrap();
+        assert_eq!(r.text(), "sum ∑!", "the repeats are known, only 1#5 is new");
+        let batch = r.take_batch().unwrap();
+        r.handle_committed(3).unwrap();
+        let log: Vec<(u64, Vec<u8>)> = vec![(1, u1), (2, u2), (3, batch[0].clone())];
+        let loaded = RoomState::load(None, 0, &log, CompactionPolicy::default(), 0).unwrap();
+        assert_eq!(
+            loaded.text(),
+            "sum ∑!",
+            "the log holds what the room applied"
+        );
+        let updates: Vec<&[u8]> = log.iter().map(|(_, u)| u.as_slice()).collect();
+        let folded = Document::from_update(3, &fold(None, &updates).unwrap()).unwrap();
+        assert_eq!(folded.text(), "sum ∑!");
+    }
+
+    #[test]
     fn load_and_fold_agree() {
         let mut a = Document::new(1);
         let ops: Vec<(u64, Vec<u8>)> = (0..10)
@@ -606,7 +744,8 @@ mod tests {
         assert_eq!(r.text(), "xxxxxxxxxx");
         let updates: Vec<&[u8]> = ops[..5].iter().map(|(_, u)| u.as_slice()).collect();
         let snap = fold(None, &updates).unwrap();
-        let r2 = RoomState::load(Some(&snap), 5, &ops[5..], CompactionPolicy::default(), 0).unwrap();
+        let r2 =
+            RoomState::load(Some(&snap), 5, &ops[5..], CompactionPolicy::default(), 0).unwrap();
         assert_eq!(r2.encode_state(), r.encode_state());
         assert_eq!(r2.seq(), 10);
         let gap = RoomState::load(Some(&snap), 5, &ops[6..], CompactionPolicy::default(), 0);
@@ -634,5 +773,83 @@ mod tests {
         assert!(r.compaction_due(10));
         r.handle_compacted(r.encode_state(), 3, 10);
         assert!(!r.compaction_due(2000));
+    }
+}
+
+#[cfg(test)]
+mod multi_instance_tests {
+    use super::*;
+
+    fn drain(room: &mut RoomState) -> Vec<RoomEvent> {
+        std::iter::from_fn(|| room.poll_event()).collect()
+    }
+
+    /// Instance A commits seq 1; before its commit reply, B's seq 2 reveals a gap and A's
+    /// catch-up reads back both seqs. The late commit reply must still ack, and the room must
+    /// keep committing afterwards.
+    #[test]
+    fn commit_reply_after_catch_up_still_acks_and_unblocks() {
+        let mut a = RoomState::new(CompactionPolicy::default(), 0);
+        let mut alice = Document::new(1);
+        let mut bob = Document::new(2);
+        let mine = alice.insert(0, "a").unwrap();
+        let theirs = bob.insert(0, "b").unwrap();
+        a.handle_op(ConnId(1), Some("a-1".into()), &mine).unwrap();
+        a.take_batch().unwrap();
+        a.handle_remote(2, &theirs).unwrap();
+        assert!(drain(&mut a).contains(&RoomEvent::CatchUp { after: 0 }));
+        a.handle_remote(1, &mine).unwrap();
+        a.handle_remote(2, &theirs).unwrap();
+        assert_eq!(a.seq(), 2);
+        drain(&mut a);
+        a.handle_committed(1).unwrap();
+        let events = drain(&mut a);
+        assert!(events.contains(&RoomEvent::Ack {
+            conn: ConnId(1),
+            id: "a-1".into(),
+            seq: 1
+        }));
+        assert_eq!(a.seq(), 2);
+        let next = alice.insert(1, "c").unwrap();
+        a.handle_op(ConnId(1), Some("a-2".into()), &next).unwrap();
+        assert_eq!(
+            a.take_batch().map(|b| b.len()),
+            Some(1),
+            "the room still commits"
+        );
+        a.handle_committed(3).unwrap();
+        assert_eq!(a.seq(), 3);
+        assert_eq!(a.text().chars().filter(|c| *c == 'a').count(), 1);
+    }
+
+    /// The reply comes while a catch-up copy of the same seq waits in `ahead`.
+    #[test]
+    fn commit_reply_replaces_a_waiting_catch_up_copy() {
+        let mut a = RoomState::new(CompactionPolicy::default(), 0);
+        let mut bob = Document::new(2);
+        let mut alice = Document::new(1);
+        let b1 = bob.insert(0, "b").unwrap();
+        let mine = alice.insert(0, "a").unwrap();
+        a.handle_op(ConnId(1), Some("a-1".into()), &mine).unwrap();
+        a.take_batch().unwrap();
+        // seq 1 (bob's) is missing; our op comes back from a catch-up as seq 2 first.
+        a.handle_remote(2, &mine).unwrap();
+        a.handle_committed(2).unwrap();
+        a.handle_remote(1, &b1).unwrap();
+        assert_eq!(a.seq(), 2);
+        let acks = drain(&mut a)
+            .into_iter()
+            .filter(|e| matches!(e, RoomEvent::Ack { .. }))
+            .count();
+        assert_eq!(acks, 1);
+        let rebuilt = RoomState::load(
+            None,
+            0,
+            &[(1, b1.clone()), (2, mine.clone())],
+            CompactionPolicy::default(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(rebuilt.encode_state(), a.encode_state());
     }
 }

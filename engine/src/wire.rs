@@ -370,14 +370,19 @@ mod tests {
             seq: 41,
             update: vec![255],
         };
-        assert_eq!(op.to_json(), r#"{"t":"op","seq":41,"data":{"update":"/w=="}}"#);
+        assert_eq!(
+            op.to_json(),
+            r#"{"t":"op","seq":41,"data":{"update":"/w=="}}"#
+        );
         let ack = ServerMessage::Ack {
             id: "c1-3".into(),
             seq: 9,
         };
         assert_eq!(ack.to_json(), r#"{"t":"ack","id":"c1-3","seq":9}"#);
         let err = ServerMessage::error(&EngineError::BadRoomId);
-        assert!(err.to_json().starts_with(r#"{"t":"error","code":"bad_room_id","message":"#));
+        assert!(err
+            .to_json()
+            .starts_with(r#"{"t":"error","code":"bad_room_id","message":"#));
         for m in [sync, op, ack, err] {
             assert_eq!(ServerMessage::parse(&m.to_json()).unwrap(), Some(m));
         }
@@ -389,7 +394,10 @@ mod tests {
             id: Some("a-1".into()),
             update: vec![0, 1],
         };
-        assert_eq!(op.to_json(), r#"{"t":"op","id":"a-1","data":{"update":"AAE="}}"#);
+        assert_eq!(
+            op.to_json(),
+            r#"{"t":"op","id":"a-1","data":{"update":"AAE="}}"#
+        );
         let presence = ClientMessage::Presence(Presence {
             user: "kerim".into(),
             cursor: Some(serde_json::json!(128)),
@@ -402,7 +410,10 @@ mod tests {
             r##"{"t":"presence","user":"kerim","cursor":128,"color":"#2DD4BF"}"##
         );
         for m in [op, presence] {
-            assert_eq!(ClientMessage::parse(&m.to_json(), &limits()).unwrap(), Some(m));
+            assert_eq!(
+                ClientMessage::parse(&m.to_json(), &limits()).unwrap(),
+                Some(m)
+            );
         }
     }
 
@@ -437,8 +448,14 @@ mod tests {
             (r#"{"t":"op","data":{"update":5}}"#, "malformed_message"),
             (r#"{"t":"op","data":{"update":"!!!"}}"#, "bad_base64"),
             (r#"{"t":"sync","update":"@@"}"#, "bad_base64"),
-            (r#"{"t":"op","id":"","data":{"update":"AA=="}}"#, "bad_op_id"),
-            (r#"{"t":"op","id":"a b","data":{"update":"AA=="}}"#, "bad_op_id"),
+            (
+                r#"{"t":"op","id":"","data":{"update":"AA=="}}"#,
+                "bad_op_id",
+            ),
+            (
+                r#"{"t":"op","id":"a b","data":{"update":"AA=="}}"#,
+                "bad_op_id",
+            ),
             (r#"[1,2]"#, "malformed_message"),
         ];
         for (text, code) in cases {
@@ -455,11 +472,20 @@ mod tests {
             max_presence_bytes: 40,
         };
         let big = format!(r#"{{"t":"op","data":{{"update":"{}"}}}}"#, "A".repeat(100));
-        assert_eq!(ClientMessage::parse(&big, &l).unwrap_err().code(), "too_large");
+        assert_eq!(
+            ClientMessage::parse(&big, &l).unwrap_err().code(),
+            "too_large"
+        );
         let update = format!(r#"{{"t":"op","data":{{"update":"{}"}}}}"#, "A".repeat(28));
-        assert_eq!(ClientMessage::parse(&update, &l).unwrap_err().code(), "too_large");
+        assert_eq!(
+            ClientMessage::parse(&update, &l).unwrap_err().code(),
+            "too_large"
+        );
         let presence = r#"{"t":"presence","user":"someone-with-a-long-name"}"#;
-        assert_eq!(ClientMessage::parse(presence, &l).unwrap_err().code(), "too_large");
+        assert_eq!(
+            ClientMessage::parse(presence, &l).unwrap_err().code(),
+            "too_large"
+        );
     }
 
     #[test]
