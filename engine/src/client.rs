@@ -494,9 +494,16 @@ impl ClientSession {
                 changes: self.doc.take_changes(),
             });
         }
+        // Like offline flushes, unsent ops fold into one so the replay stays one message.
         for mut op in other.pending {
-            op.sent = false;
-            self.pending.push_back(op);
+            op.settle()?;
+            match self.pending.back_mut() {
+                Some(last) if !last.sent => last.append(op.update)?,
+                _ => {
+                    op.sent = false;
+                    self.pending.push_back(op);
+                }
+            }
         }
         Ok(())
     }
@@ -875,6 +882,11 @@ mod merge_saved_tests {
         merged.track_changes();
         merged.merge_saved(&saved_b).unwrap();
         assert_eq!(merged.text(), "world!");
+        assert_eq!(
+            merged.pending_count(),
+            1,
+            "one merged op, as offline queues are"
+        );
         assert!(matches!(
             merged.poll_event(),
             Some(ClientEvent::RemoteUpdate { changed: true, .. })
