@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+# The demo page needs the WASM engine (installs the wasm toolchain once if missing).
+bash scripts/build-wasm.sh
 step "building the server (release)"
 cargo build --release -p concord-server --bin concord
 step "starting concord"

@@ -8,8 +8,9 @@
 //! that garbage cannot abort the module. Each input is recorded while it is fed ([`Feeding`]);
 //! if the module does abort, the panic hook prints that input (hex) before the trap.
 //!
-//! One known abort is not random: a forged ~35-byte update that declares tens of millions of
-//! blocks in exhausted run-length columns ([`forged`]; the ignored test at the bottom).
+//! One abort was not random: a forged ~35-byte update that declares tens of millions of blocks
+//! in exhausted run-length columns ([`forged`]); the engine now caps declared blocks (the test
+//! at the bottom).
 //! `Document.applyUpdate`, `fromUpdate`, `importState` and the session's `sync` /
 //! `op` frames treat their bytes as already-accepted state, which the engine bounds in nesting
 //! but not in count, so yrs allocates block by block until the 4 GiB wasm32 memory runs out.
@@ -496,10 +497,8 @@ fn forged_block_counts_within_memory_apply_and_beyond_usize_are_errors() {
     doc.apply_update(&dense)
         .expect("a dense valid update applies");
     assert_eq!(doc.text(), "keep");
-    // A count whose allocation cannot even be expressed on wasm32 is refused before anything
-    // is allocated (yrs reserves with `try_reserve`). Not before the engine's bounds check has
-    // walked all 300M declared blocks, though (accepted state has no count limit): ~3.5 s in
-    // release, half a minute in debug builds, which skip this part.
+    // A count over the engine's cap on declared blocks is refused by its bounds check, which
+    // stops counting at the cap (16M on wasm32): debug builds skip this part, being slow.
     for info in [0, 1].into_iter().filter(|_| !cfg!(debug_assertions)) {
         let bomb = forged(info, 300_000_000);
         let result = Feeding::run(
@@ -511,12 +510,10 @@ fn forged_block_counts_within_memory_apply_and_beyond_usize_are_errors() {
     }
 }
 
-/// The known abort, kept runnable (`-- --include-ignored`) but out of the default run: it takes
-/// ~10 s and ~2.8 GB before the module traps (`RuntimeError: unreachable`), after which the
-/// `Document` stays poisoned ("recursive use of an object detected").
+/// Before the engine capped the blocks a state may declare, this took ~10 s and ~2.8 GB and
+/// then trapped the module (`RuntimeError: unreachable`), leaving the `Document` poisoned.
 #[wasm_bindgen_test]
-#[ignore = "aborts the module: forged block counts in accepted state are not bounded"]
-fn forged_block_count_of_fifty_million_aborts_the_module() {
+fn forged_block_count_of_fifty_million_is_refused() {
     let mut doc = Document::new(1.0).unwrap();
     let bomb = forged(0, 50_000_000);
     let result = Feeding::run(

@@ -56,6 +56,16 @@ pub(crate) fn max_elements(len: usize) -> u64 {
 /// The allowance of [`max_elements`] for small inputs.
 pub(crate) const MIN_ELEMENTS: u64 = 1 << 20;
 
+/// Most blocks even a document's own state may declare. yrs spends on the order of 100 bytes a
+/// block, so a real document this dense would not fit in memory anyway; without a cap, a forged
+/// 31-byte state claiming 50 million blocks makes yrs allocate gigabytes, which on wasm32's
+/// 4 GiB address space traps and kills the module (found by engine-wasm's bad-input tests).
+#[cfg(target_pointer_width = "32")]
+pub(crate) const MAX_STATE_ELEMENTS: u64 = 1 << 24;
+/// See the wasm32 value; native servers have more memory, but not unbounded.
+#[cfg(not(target_pointer_width = "32"))]
+pub(crate) const MAX_STATE_ELEMENTS: u64 = 1 << 27;
+
 /// Sub-documents cost a whole `Doc` each when decoded: they count as this many elements.
 const DOC_ELEMENT_COST: u64 = 64;
 
@@ -75,7 +85,7 @@ pub(crate) enum Source {
 pub(crate) fn check(bytes: &[u8], source: Source) -> Result<(), String> {
     let max_elements = match source {
         Source::Untrusted => max_elements(bytes.len()),
-        Source::Accepted => u64::MAX,
+        Source::Accepted => MAX_STATE_ELEMENTS,
     };
     let mut walk = Walk {
         decoder: DecoderV2::new(Cursor::new(bytes)).map_err(|e| e.to_string())?,

@@ -80,6 +80,7 @@ fn deliver(rng: &mut SmallRng, doc: &mut Document, updates: &[&[u8]]) {
 /// the state into a fresh document in one transaction merges every mergeable neighbour, which
 /// makes the bytes canonical; the tests compare those, and count how often the raw bytes differ.
 pub(crate) fn canonical_state(state: &[u8]) -> Vec<u8> {
+    // Loading once and encoding is what `Document::canonical_state` does.
     Document::from_update(1, state)
         .expect("a full state loads")
         .encode_state_as_update(None)
