@@ -56,25 +56,8 @@ impl Store for SqliteStore {
 
     async fn load(&self, room: &str) -> Result<Loaded> {
         let mut tx = self.pool.begin().await?;
-        let snapshot = sqlx::query("SELECT state, op_seq FROM snapshots WHERE room_id = ?")
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (snapshot, snapshot_seq) = match snapshot {
-            Some(row) => (
-                Some(row.try_get::<Vec<u8>, _>(0)?),
-                row.try_get::<i64, _>(1)?,
-            ),
-            None => (None, 0),
-        };
-        let ops = sqlx::query("SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq")
-            .bind(room)
-            .bind(snapshot_seq)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|row| Ok((seq_from_db(row.try_get(0)?), row.try_get(1)?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let (snapshot, snapshot_seq, ops) = read_room(&mut tx, room).await?;
+        let ops = ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect();
         tx.commit().await?;
         Ok(Loaded {
             snapshot,
@@ -124,31 +107,11 @@ impl Store for SqliteStore {
 
     async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let snapshot = sqlx::query("SELECT state, op_seq FROM snapshots WHERE room_id = ?")
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (snapshot, snapshot_seq) = match snapshot {
-            Some(row) => (
-                Some(row.try_get::<Vec<u8>, _>(0)?),
-                row.try_get::<i64, _>(1)?,
-            ),
-            None => (None, 0),
-        };
-        let rows =
-            sqlx::query("SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq")
-                .bind(room)
-                .bind(snapshot_seq)
-                .fetch_all(&mut *tx)
-                .await?;
-        let Some(last) = rows.last() else {
+        let (snapshot, _, ops) = read_room(&mut tx, room).await?;
+        let Some(&(op_seq, _)) = ops.last() else {
             return Ok(None);
         };
-        let op_seq: i64 = last.try_get(0)?;
-        let ops = rows
-            .iter()
-            .map(|row| row.try_get::<Vec<u8>, _>(1))
-            .collect::<Result<Vec<_>, _>>()?;
+        let ops = ops.into_iter().map(|(_, u)| u).collect();
         let state = fold_blocking(room, snapshot, ops).await?;
         sqlx::query(
             "INSERT INTO snapshots (room_id, state, op_seq, updated_at) \
@@ -169,4 +132,31 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(Some((state, seq_from_db(op_seq))))
     }
+}
+
+/// The room's snapshot (state, op seq) and the ops after it, inside the caller's transaction.
+async fn read_room(
+    tx: &mut sqlx::SqliteConnection,
+    room: &str,
+) -> Result<(Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>)> {
+    let snapshot = sqlx::query("SELECT state, op_seq FROM snapshots WHERE room_id = ?")
+        .bind(room)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let (snapshot, snapshot_seq) = match snapshot {
+        Some(row) => (
+            Some(row.try_get::<Vec<u8>, _>(0)?),
+            row.try_get::<i64, _>(1)?,
+        ),
+        None => (None, 0),
+    };
+    let ops = sqlx::query("SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq")
+        .bind(room)
+        .bind(snapshot_seq)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok((snapshot, snapshot_seq, ops))
 }
