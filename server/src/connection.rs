@@ -71,7 +71,29 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
             tokio::select! {
                 msg = out_rx.recv() => match msg {
                     Some(Outbound::Text(text)) => {
-                        if sink.send(Message::Text(text)).await.is_err() {
+                        // Everything already queued goes out in one write and one flush.
+                        if sink.feed(Message::Text(text)).await.is_err() {
+                            break;
+                        }
+                        let mut close = None;
+                        while let Ok(next) = out_rx.try_recv() {
+                            match next {
+                                Outbound::Text(text) => {
+                                    if sink.feed(Message::Text(text)).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                Outbound::Close(code, reason) => {
+                                    close = Some((code, reason));
+                                    break;
+                                }
+                            }
+                        }
+                        if sink.flush().await.is_err() {
+                            break;
+                        }
+                        if let Some((code, reason)) = close {
+                            let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                             break;
                         }
                     }

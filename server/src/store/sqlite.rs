@@ -15,6 +15,9 @@ use sqlx::{Row, SqlitePool};
 use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store};
 use crate::error::Result;
 
+/// Rows per multi-row INSERT (3 parameters each, far below SQLite's parameter limit).
+const INSERT_CHUNK: usize = 256;
+
 /// SQLite-backed store.
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -91,13 +94,17 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
             let first = last + 1;
-            for (i, update) in append.updates.iter().enumerate() {
-                sqlx::query("INSERT INTO ops (room_id, seq, op) VALUES (?, ?, ?)")
-                    .bind(&append.room)
-                    .bind(first + i as i64)
-                    .bind(update.as_slice())
-                    .execute(&mut *tx)
-                    .await?;
+            // One statement per chunk of rows: sqlx runs SQLite on a worker thread, and a
+            // round trip per row was a large share of the commit cost.
+            for (c, chunk) in append.updates.chunks(INSERT_CHUNK).enumerate() {
+                let mut insert = sqlx::QueryBuilder::new("INSERT INTO ops (room_id, seq, op) ");
+                insert.push_values(chunk.iter().enumerate(), |mut row, (i, update)| {
+                    let seq = first + (c * INSERT_CHUNK + i) as i64;
+                    row.push_bind(append.room.as_str())
+                        .push_bind(seq)
+                        .push_bind(update.as_slice());
+                });
+                insert.build().execute(&mut *tx).await?;
             }
             firsts.push(seq_from_db(first));
         }
