@@ -124,6 +124,14 @@ impl ClientSession {
         self.inner.handle_frame(frame).map_err(error)
     }
 
+    /// Feeds a burst of text frames in order (e.g. everything that arrived since the last
+    /// task): consecutive `op` frames are applied as one update with one `remote` event, which
+    /// is much cheaper than one `handleFrame` each. Throws the first error after processing all.
+    #[wasm_bindgen(js_name = handleFrames)]
+    pub fn handle_frames(&mut self, frames: Vec<String>) -> Result<()> {
+        self.inner.handle_frames(&frames).map_err(error)
+    }
+
     /// The next frame to send (a JSON string), or `undefined`.
     #[wasm_bindgen(js_name = pollTransmit)]
     pub fn poll_transmit(&mut self) -> Option<String> {

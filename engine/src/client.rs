@@ -341,6 +341,72 @@ impl ClientSession {
         }
     }
 
+    /// Feeds a burst of text frames, in order. Consecutive `op` frames are merged and applied
+    /// in one transaction, with one [`ClientEvent::RemoteUpdate`] for all of them: yrs pays per
+    /// transaction, and computing change ranges walks the text, so a backlog of ops costs one
+    /// walk instead of one per op. Every frame is processed even if one fails; the first error
+    /// is returned.
+    pub fn handle_frames<S: AsRef<str>>(&mut self, frames: &[S]) -> Result<()> {
+        let mut first_err = None;
+        let mut ops: Vec<Vec<u8>> = Vec::new();
+        let mut ops_seq = 0;
+        for frame in frames {
+            match ServerMessage::parse(frame.as_ref()) {
+                Ok(Some(ServerMessage::Op { seq, update })) => {
+                    ops.push(update);
+                    ops_seq = ops_seq.max(seq);
+                }
+                Ok(Some(msg)) => {
+                    if let Err(e) = self.apply_remote_ops(&mut ops, ops_seq) {
+                        first_err.get_or_insert(e);
+                    }
+                    if let Err(e) = self.handle_message(msg) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = self.apply_remote_ops(&mut ops, ops_seq) {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Applies queued remote ops as one update (one by one if the merge fails, so one bad op
+    /// does not cost the others) and reports them as one remote change.
+    fn apply_remote_ops(&mut self, ops: &mut Vec<Vec<u8>>, seq: u64) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut first_err = None;
+        let changed = match self.doc.apply_updates(ops) {
+            Ok(applied) => applied.changed,
+            Err(_) => {
+                let mut changed = false;
+                for update in ops.iter() {
+                    match self.doc.apply_update(update) {
+                        Ok(applied) => changed |= applied.changed,
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                changed
+            }
+        };
+        ops.clear();
+        self.server_seq = self.server_seq.max(seq);
+        self.events.push_back(ClientEvent::RemoteUpdate {
+            changed,
+            changes: self.doc.take_changes(),
+        });
+        first_err.map_or(Ok(()), Err)
+    }
+
     fn handle_sync(&mut self, state: &[u8], server_sv: Option<&[u8]>, seq: u64) -> Result<()> {
         // Checked first: a `sync` with a state vector that does not decode is rejected whole,
         // not applied and then reported as an error.
@@ -914,5 +980,62 @@ mod merge_saved_tests {
         }
         assert_eq!(room.text(), "world!");
         assert_eq!(merged.pending_count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod handle_frames_tests {
+    use super::*;
+
+    fn op_frame(seq: u64, update: Vec<u8>) -> String {
+        ServerMessage::Op { seq, update }.to_json()
+    }
+
+    /// A burst of op frames is one remote change with the same result as frame by frame; other
+    /// frames in the burst keep their order, and a bad frame does not stop the rest.
+    #[test]
+    fn a_burst_of_ops_is_one_change_with_the_same_result() {
+        let mut writer = Document::new(1);
+        let mut frames = Vec::new();
+        for (i, word) in ["alpha ", "beta ", "gamma ", "delta "].iter().enumerate() {
+            let len = writer.len();
+            frames.push(op_frame(i as u64 + 1, writer.insert(len, word).unwrap()));
+        }
+        frames.push(op_frame(5, writer.delete(0, 6).unwrap()));
+
+        let mut one_by_one = ClientSession::new(2, "a");
+        for f in &frames {
+            one_by_one.handle_frame(f).unwrap();
+        }
+        let mut burst = ClientSession::new(3, "b");
+        burst.track_changes();
+        let mut with_noise: Vec<String> = frames.clone();
+        with_noise.insert(2, "not json".to_owned());
+        with_noise.insert(3, r#"{"t":"ack","id":"nope","seq":3}"#.to_owned());
+        assert!(
+            burst.handle_frames(&with_noise).is_err(),
+            "the bad frame is reported"
+        );
+        assert_eq!(burst.text(), one_by_one.text());
+        assert_eq!(burst.text(), "beta gamma delta ");
+        assert_eq!(burst.server_seq(), 5);
+        let remote: Vec<Vec<TextChange>> = std::iter::from_fn(|| burst.poll_event())
+            .filter_map(|e| match e {
+                ClientEvent::RemoteUpdate { changes, .. } => Some(changes),
+                _ => None,
+            })
+            .collect();
+        // Ops before the ack frame, and ops after it: two remote changes.
+        assert_eq!(remote.len(), 2);
+        let mut text = String::new();
+        for change in remote.iter().flatten() {
+            let units: Vec<u16> = text.encode_utf16().collect();
+            let start = change.index as usize;
+            let end = start + change.delete as usize;
+            text = String::from_utf16(&units[..start]).unwrap()
+                + &change.insert
+                + &String::from_utf16(&units[end..]).unwrap();
+        }
+        assert_eq!(text, burst.text(), "the change ranges rebuild the text");
     }
 }

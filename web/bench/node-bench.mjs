@@ -12,7 +12,9 @@
 // - remote: the v2 update of every Yjs transaction, precomputed, applied to a fresh replica.
 //   Yjs `Y.applyUpdateV2` per update; WASM `Document.applyUpdate` per update; WASM
 //   `Document.applyUpdates` with batches of 16 and 256 (merged, one transaction per batch);
-//   WASM `ClientSession.handleFrame` per `op` frame (JSON + base64, as from the socket).
+//   WASM `ClientSession.handleFrame` per `op` frame (JSON + base64, as from the socket), and
+//   `handleFrames` with bursts of 16 and 256 frames (what the provider does with frames that
+//   arrive together).
 // Every case checks its final text against the trace's endContent.
 //
 // Options: --patches=N (first N patches only, for a quick look), --skip-slow (skip the
@@ -184,6 +186,21 @@ const wasmFrames = args['skip-slow']
       return text;
     });
 
+// What the provider does: frames that arrive together go to the engine together.
+const burstFrames = (size) =>
+  time(`remote WASM ClientSession.handleFrames, bursts of ${size} op frames`, () => {
+    const s = onlineSession(8);
+    for (let i = 0; i < opFrames.length; i += size) {
+      s.handleFrames(opFrames.slice(i, i + size));
+      while (s.pollEvent() !== undefined);
+    }
+    const text = s.text();
+    s.free();
+    return text;
+  });
+const wasmBursts16 = burstFrames(16);
+const wasmBursts256 = burstFrames(256);
+
 // ---- report --------------------------------------------------------------------------------
 
 const fmt = (ms) => (ms === null ? 'skipped' : `${(ms / 1000).toFixed(2)} s`);
@@ -198,6 +215,8 @@ const rows = [
   ['remote', 'WASM `Document.applyUpdates`, batches of 16', wasmBatch16, yRemote],
   ['remote', 'WASM `Document.applyUpdates`, batches of 256', wasmBatch256, yRemote],
   ['remote', 'WASM `ClientSession.handleFrame` per `op` frame (JSON + base64)', wasmFrames, yRemote],
+  ['remote', 'WASM `ClientSession.handleFrames`, bursts of 16 `op` frames', wasmBursts16, yRemote],
+  ['remote', 'WASM `ClientSession.handleFrames`, bursts of 256 `op` frames', wasmBursts256, yRemote],
 ];
 console.log(`seq-automerge-paper: ${patches.length} patches, ${yUpdates.length} updates; ${frames} op frames sent online; node ${process.version}; ${new Date().toISOString().slice(0, 10)}`);
 console.log('');

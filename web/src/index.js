@@ -304,10 +304,19 @@ export class ConcordProvider extends EventTarget {
       return;
     }
     this._ws = ws;
+    // Frames that arrive together are handed to the engine together (one task later): a burst
+    // of ops becomes one merged apply and one `change` event instead of one per op.
+    const inbox = [];
     ws.onmessage = (event) => {
       if (ws !== this._ws) return;
       if (typeof event.data !== 'string') return;
-      this._receive(event.data);
+      inbox.push(event.data);
+      if (inbox.length === 1) {
+        setTimeout(() => {
+          const frames = inbox.splice(0);
+          if (ws === this._ws && frames.length > 0) this._receive(frames);
+        }, 0);
+      }
     };
     ws.onclose = () => {
       if (ws === this._ws) this._closed();
@@ -325,9 +334,10 @@ export class ConcordProvider extends EventTarget {
     this._pump();
   }
 
-  _receive(frame) {
+  /** @param {string[]} frames */
+  _receive(frames) {
     try {
-      this.session.handleFrame(frame);
+      this.session.handleFrames(frames);
     } catch (e) {
       // A frame the engine could not use: resync on a fresh connection rather than drift.
       this._emitError(e, 'bad_frame');
