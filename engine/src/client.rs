@@ -16,6 +16,8 @@
 
 use std::collections::VecDeque;
 
+use yrs::encoding::write::Write as _;
+
 use crate::changes::TextChange;
 use crate::doc::{merge_updates, Document};
 use crate::error::{EngineError, Result};
@@ -495,12 +497,12 @@ impl ClientSession {
         self.flush()?;
         let mut out = Vec::new();
         out.extend_from_slice(SAVED_MAGIC);
-        put_bytes(&mut out, &self.doc.encode_state_as_update(None)?);
-        put_u64(&mut out, self.pending.len() as u64);
+        out.write_buf(self.doc.encode_state_as_update(None)?);
+        out.write_var(self.pending.len() as u64);
         for op in &mut self.pending {
             op.settle()?;
-            put_bytes(&mut out, op.id.as_bytes());
-            put_bytes(&mut out, &op.update);
+            out.write_buf(op.id.as_bytes());
+            out.write_buf(&op.update);
         }
         Ok(out)
     }
@@ -573,23 +575,6 @@ impl ClientSession {
         }
         Ok(())
     }
-}
-
-fn put_u64(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_u64(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 struct Reader<'a> {
@@ -818,10 +803,10 @@ mod tests {
         c.insert(0, "abc").unwrap();
         let mut saved = Vec::new();
         saved.extend_from_slice(SAVED_MAGIC);
-        put_bytes(&mut saved, &c.doc.encode_state_as_update(None).unwrap());
-        put_u64(&mut saved, 1);
-        put_bytes(&mut saved, b"c-1");
-        put_bytes(&mut saved, b"\x00\x01\x02garbage");
+        saved.write_buf(c.doc.encode_state_as_update(None).unwrap());
+        saved.write_var(1);
+        saved.write_buf(b"c-1");
+        saved.write_buf(b"\x00\x01\x02garbage");
         assert!(matches!(
             ClientSession::import_state(8, "d", &saved),
             Err(EngineError::CorruptSavedState { .. })

@@ -442,20 +442,13 @@ fn bad_client_ids_and_out_of_range_edits_are_coded_errors() {
 /// `info` repeats forever (0: GC blocks, 1: deleted items), every length is 1, every string
 /// empty. About 35 bytes whatever the count. (Built as in `engine/src/doc/bounds.rs`.)
 pub fn forged(info: u8, blocks: u64) -> Vec<u8> {
-    fn var(out: &mut Vec<u8>, mut v: u64) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
+    // lib0 varints, written by yrs's own encoder.
+    fn var(out: &mut Vec<u8>, v: u64) {
+        yrs::encoding::write::Write::write_var(out, v);
     }
+
     fn column(out: &mut Vec<u8>, bytes: &[u8]) {
-        var(out, bytes.len() as u64);
-        out.extend_from_slice(bytes);
+        yrs::encoding::write::Write::write_buf(out, bytes);
     }
     let mut u = vec![0u8];
     column(&mut u, &[]); // key clocks

@@ -17,6 +17,7 @@
 //! even the same for two replicas with the same state. [`state_vector`] writes Yjs's order.
 
 use std::ops::Range;
+use yrs::encoding::write::Write as _;
 
 use yrs::{IdSet, StateVector};
 
@@ -26,10 +27,10 @@ pub(crate) fn state_vector(sv: &StateVector) -> Vec<u8> {
     let mut clients: Vec<(u64, u32)> = sv.iter().map(|(c, &clock)| (c.get(), clock)).collect();
     clients.sort_unstable_by_key(|&(client, _)| std::cmp::Reverse(client));
     let mut out = Vec::new();
-    var(&mut out, clients.len() as u64);
+    out.write_var(clients.len() as u64);
     for (client, clock) in clients {
-        var(&mut out, client);
-        var(&mut out, u64::from(clock));
+        out.write_var(client);
+        out.write_var(u64::from(clock));
     }
     out
 }
@@ -61,31 +62,19 @@ fn write_delete_set<'a>(
     clients: impl ExactSizeIterator<Item = &'a (u64, Vec<Range<u32>>)>,
 ) -> Vec<u8> {
     let mut out = Vec::new();
-    var(&mut out, clients.len() as u64);
+    out.write_var(clients.len() as u64);
     for (client, ranges) in clients {
-        var(&mut out, *client);
-        var(&mut out, ranges.len() as u64);
+        out.write_var(*client);
+        out.write_var(ranges.len() as u64);
         let mut current = 0u32;
         for range in ranges {
-            var(&mut out, u64::from(range.start.wrapping_sub(current)));
+            out.write_var(u64::from(range.start.wrapping_sub(current)));
             let len = range.end.wrapping_sub(range.start);
-            var(&mut out, u64::from(len.wrapping_sub(1)));
+            out.write_var(u64::from(len.wrapping_sub(1)));
             current = range.end;
         }
     }
     out
-}
-
-fn var(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 #[cfg(test)]

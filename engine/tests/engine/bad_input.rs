@@ -118,39 +118,19 @@ fn garbage_update(rng: &mut SmallRng, pool: &Pool, room_state: &[u8], forge: boo
     }
 }
 
-fn var(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+// lib0 varints, written by yrs's own encoder.
+fn var(out: &mut Vec<u8>, v: u64) {
+    yrs::encoding::write::Write::write_var(out, v);
 }
 
 /// lib0's signed varint: sign in bit 6 of the first byte.
 fn var_signed(out: &mut Vec<u8>, v: i64) {
-    let mut m = v.unsigned_abs();
-    let mut byte = (m & 0x3f) as u8 | if v < 0 { 0x40 } else { 0 };
-    m >>= 6;
-    loop {
-        if m > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if m == 0 {
-            return;
-        }
-        byte = (m & 0x7f) as u8;
-        m >>= 7;
-    }
+    let signed = yrs::encoding::varint::Signed::new(v, v < 0);
+    yrs::encoding::write::Write::write_var_signed(out, &signed);
 }
 
 fn column(out: &mut Vec<u8>, bytes: &[u8]) {
-    var(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
+    yrs::encoding::write::Write::write_buf(out, bytes);
 }
 
 /// Hand-made v2 updates that are small and cost yrs dearly if it trusts them: counts of
