@@ -9,6 +9,7 @@
 //!   simulations.
 
 pub mod edits;
+pub mod lib0;
 pub mod net;
 pub mod seed;
 pub mod traces;

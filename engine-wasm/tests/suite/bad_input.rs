@@ -440,7 +440,8 @@ fn bad_client_ids_and_out_of_range_edits_are_coded_errors() {
 
 /// A v2 update of one client's `blocks` blocks, all read from exhausted run-length columns:
 /// `info` repeats forever (0: GC blocks, 1: deleted items), every length is 1, every string
-/// empty. About 35 bytes whatever the count. (Built as in `engine/src/doc/bounds.rs`.)
+/// empty. About 35 bytes whatever the count. The same as `concord_testkit::lib0::forged_blocks`,
+/// which this crate cannot use: testkit's `rand` does not build for wasm32-unknown-unknown.
 pub fn forged(info: u8, blocks: u64) -> Vec<u8> {
     // lib0 varints, written by yrs's own encoder.
     fn var(out: &mut Vec<u8>, v: u64) {

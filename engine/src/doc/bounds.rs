@@ -279,44 +279,10 @@ mod tests {
     use super::*;
     use crate::doc::{decode_update, Document};
 
-    // lib0 varints, written by yrs's own encoder.
-    fn var(out: &mut Vec<u8>, v: u64) {
-        yrs::encoding::write::Write::write_var(out, v);
-    }
+    use concord_testkit::lib0::{column, var, var_signed};
 
-    /// lib0's signed varint: sign in bit 6 of the first byte.
-    fn var_signed(out: &mut Vec<u8>, v: i64) {
-        let signed = yrs::encoding::varint::Signed::new(v, v < 0);
-        yrs::encoding::write::Write::write_var_signed(out, &signed);
-    }
-
-    fn column(out: &mut Vec<u8>, bytes: &[u8]) {
-        yrs::encoding::write::Write::write_buf(out, bytes);
-    }
-
-    /// A v2 update of one client's `blocks` blocks, all read from exhausted run-length columns:
-    /// `info` repeats forever, every length is 1 and every string is empty.
     fn forged(info: u8, blocks: u64) -> Vec<u8> {
-        let mut u = vec![0u8];
-        column(&mut u, &[]); // key clocks
-        column(&mut u, &[1]); // clients: 1
-        column(&mut u, &[]); // left clocks
-        column(&mut u, &[]); // right clocks
-        column(&mut u, &[info]); // info, repeated forever
-        let mut strings = vec![0u8, 0x40]; // no string bytes; lengths: 0, `blocks` times
-        var(&mut strings, blocks);
-        column(&mut u, &strings);
-        column(&mut u, &[1]); // parent info: a named root, forever
-        column(&mut u, &[]); // type refs
-        let mut lens = Vec::new();
-        var_signed(&mut lens, -1); // lengths: 1, `blocks` times
-        var(&mut lens, blocks);
-        column(&mut u, &lens);
-        var(&mut u, 1); // one client
-        var(&mut u, blocks);
-        var(&mut u, 0); // first clock
-        var(&mut u, 0); // empty delete set
-        u
+        concord_testkit::lib0::forged_blocks(1, info, blocks)
     }
 
     #[test]

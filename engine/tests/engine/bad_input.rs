@@ -26,6 +26,7 @@ use concord_engine::{
     ClientSession, CompactionPolicy, Document, EngineError, Limits, ServerMessage,
 };
 use concord_testkit::edits::{random_edit, EditConfig};
+use concord_testkit::lib0::{column, forged_blocks, var, var_signed};
 use concord_testkit::seed::{base_seed, iterations};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -118,21 +119,6 @@ fn garbage_update(rng: &mut SmallRng, pool: &Pool, room_state: &[u8], forge: boo
     }
 }
 
-// lib0 varints, written by yrs's own encoder.
-fn var(out: &mut Vec<u8>, v: u64) {
-    yrs::encoding::write::Write::write_var(out, v);
-}
-
-/// lib0's signed varint: sign in bit 6 of the first byte.
-fn var_signed(out: &mut Vec<u8>, v: i64) {
-    let signed = yrs::encoding::varint::Signed::new(v, v < 0);
-    yrs::encoding::write::Write::write_var_signed(out, &signed);
-}
-
-fn column(out: &mut Vec<u8>, bytes: &[u8]) {
-    yrs::encoding::write::Write::write_buf(out, bytes);
-}
-
 /// Hand-made v2 updates that are small and cost yrs dearly if it trusts them: counts of
 /// millions from run-length columns that repeat forever, values nested thousands deep (a stack
 /// overflow, which aborts), and shared types nested in a chain (deleting the outer one
@@ -145,25 +131,7 @@ fn forged(rng: &mut SmallRng) -> Vec<u8> {
             // `n` GC blocks or deleted items, every field from an exhausted column.
             let n: u64 = rng.gen_range(1 << 16..1 << 31);
             let info = *[0u8, 1, 4].choose(rng).unwrap_or(&0);
-            column(&mut u, &[]);
-            let mut clients = Vec::new();
-            var_signed(&mut clients, client as i64);
-            column(&mut u, &clients);
-            column(&mut u, &[]);
-            column(&mut u, &[]);
-            column(&mut u, &[info]);
-            let mut strings = vec![0u8, 0x40];
-            var(&mut strings, n);
-            column(&mut u, &strings);
-            column(&mut u, &[1]);
-            column(&mut u, &[]);
-            let mut lens = Vec::new();
-            var_signed(&mut lens, -1);
-            var(&mut lens, n);
-            column(&mut u, &lens);
-            var(&mut u, 1);
-            var(&mut u, n);
-            var(&mut u, 0);
+            return forged_blocks(client as i64, info, n);
         }
         1 => {
             // One `Any` value (info 8, or an embed: info 5) of nested one-element arrays.
