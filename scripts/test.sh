@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
+step "self-contained: nothing reaches outside the checkout"
+# A user's clone has nothing beside it: the suites read their data from testdata/, never from a
+# sibling folder, and an inherited CONCORD_TRACES must not hide a missing file.
+unset CONCORD_TRACES
+sibling=shared # spelled apart so that this line does not match itself
+if git ls-files -z | xargs -0 grep -nE "\.\./$sibling|$sibling/traces" -- | grep -vE '\.md:'; then
+  echo "the files above reach outside the checkout; keep what they need in testdata/" >&2
+  exit 1
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 

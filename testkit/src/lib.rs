@@ -1,7 +1,7 @@
 //! Test and benchmark support for Concord (never shipped).
 //!
 //! # Layout
-//! - [`traces`]: the editing traces of `../shared/traces` (Joseph Gentle's `editing-traces`),
+//! - [`traces`]: the editing traces in `testdata/traces` (Joseph Gentle's `editing-traces`),
 //!   loaded into plain structs.
 //! - [`edits`]: random text edits at UTF-16 offsets, biased to where replicas collide.
 //! - [`seed`]: base seeds from `CONCORD_SEED`, per-iteration seeds, replayable failures.

@@ -1,8 +1,8 @@
 //! Loading the editing traces.
 //!
-//! The directory is `$CONCORD_TRACES` if set, else `shared/traces` found by walking up from this
-//! crate (the checkout sits beside `shared/`). A missing trace is a hard error: a test that
-//! silently skipped its data would prove nothing.
+//! The directory is `$CONCORD_TRACES` if set, else the repository's own `testdata/traces` (see its
+//! README for the source and licence). A missing trace is a hard error: a test that silently
+//! skipped its data would prove nothing.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -80,23 +80,16 @@ pub struct ConcTxn {
     pub patches: Vec<Patch>,
 }
 
-/// The traces directory.
+/// The traces directory: `$CONCORD_TRACES`, or `testdata/traces` in this checkout.
 pub fn traces_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CONCORD_TRACES") {
         return PathBuf::from(dir);
     }
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared").join("traces");
-        if candidate.is_dir() {
-            return candidate;
-        }
-        if !dir.pop() {
-            panic!(
-                "editing traces not found: set CONCORD_TRACES or keep shared/traces beside the checkout"
-            );
-        }
-    }
+    // testkit/ sits at the workspace root, beside testdata/.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("testdata")
+        .join("traces")
 }
 
 fn read_json(name: &str) -> Vec<u8> {

@@ -1,7 +1,7 @@
 // The WebAssembly engine against Yjs in Node, on a real editing trace: `node web/bench/node-bench.mjs`.
 //
 // Trace: seq-automerge-paper (the "B4" trace of crdt-benchmarks: ~260k single-character edits
-// writing a LaTeX paper), from $CONCORD_TRACES or ../shared/traces beside the checkout.
+// writing a LaTeX paper), from $CONCORD_TRACES or the repository's testdata/traces.
 // Needs web/pkg (`bash scripts/build-wasm.sh`) and web/node_modules (`bash scripts/ensure-npm.sh`).
 //
 // Measured side by side in one process, each case once, on fresh documents:
@@ -39,7 +39,7 @@ const args = Object.fromEntries(
 );
 
 function tracesDir() {
-  const candidates = [process.env.CONCORD_TRACES, path.resolve(checkout, '../shared/traces'), path.resolve(checkout, 'shared/traces')];
+  const candidates = [process.env.CONCORD_TRACES, path.resolve(checkout, 'testdata/traces')];
   const dir = candidates.find((d) => d && fs.existsSync(path.join(d, 'seq-automerge-paper.json.gz')));
   if (!dir) {
     console.error(`seq-automerge-paper.json.gz not found; set CONCORD_TRACES (looked in ${candidates.filter(Boolean).join(', ')})`);

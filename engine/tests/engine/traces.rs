@@ -1,4 +1,4 @@
-//! Trace replays: real editing histories (`shared/traces`, Joseph Gentle's `editing-traces`)
+//! Trace replays: real editing histories (`testdata/traces`, Joseph Gentle's `editing-traces`)
 //! replayed through the engine must end at the trace's `endContent`, and every replica that saw
 //! the same updates must encode to the same bytes.
 //!
