@@ -27,6 +27,8 @@ const CHANGES_OBSERVER: &str = "concord-changes";
 mod bounds;
 mod yjs_order;
 
+pub(crate) use bounds::Refs;
+
 /// The name of the shared text inside every Concord document (Yjs: `doc.getText('body')`).
 pub const BODY: &str = "body";
 
@@ -458,8 +460,19 @@ pub fn decode_state_vector(bytes: &[u8]) -> Result<StateVector> {
 /// `max(2^20, bytes.len())` blocks, nest values at most 64 deep and create no nested shared
 /// type or sub-document (see `doc/bounds.rs`).
 pub fn decode_update(bytes: &[u8]) -> Result<Update> {
-    check_bounds(bytes, bounds::Source::Untrusted)?;
-    decode_unchecked(bytes)
+    decode_untrusted(bytes).map(|(update, _)| update)
+}
+
+/// [`decode_update`], with the ids the update refers to (for [`Refs::missing_from`]).
+pub(crate) fn decode_untrusted(bytes: &[u8]) -> Result<(Update, Refs)> {
+    let refs = check_bounds(bytes, bounds::Source::Untrusted)?;
+    Ok((decode_unchecked(bytes)?, refs))
+}
+
+/// Decodes an update the room already accepted, with the ids it refers to.
+pub(crate) fn decode_accepted(bytes: &[u8]) -> Result<(Update, Refs)> {
+    let refs = check_bounds(bytes, bounds::Source::Accepted)?;
+    Ok((decode_unchecked(bytes)?, refs))
 }
 
 fn decode_unchecked(bytes: &[u8]) -> Result<Update> {
@@ -495,7 +508,7 @@ pub fn state_vector_of_update(update: &[u8]) -> Result<Vec<u8>> {
 
 /// Rejects v2 bytes whose decoding or integration yrs could not survive (out of memory, or a
 /// stack overflow, which aborts the process: `catch_unwind` cannot stop it). See `doc/bounds.rs`.
-fn check_bounds(bytes: &[u8], source: bounds::Source) -> Result<()> {
+fn check_bounds(bytes: &[u8], source: bounds::Source) -> Result<Refs> {
     guarded(|| bounds::check(bytes, source))
         .map_err(|reason| EngineError::InvalidUpdate { reason })?
         .map_err(|reason| EngineError::InvalidUpdate { reason })

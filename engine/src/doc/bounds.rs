@@ -21,6 +21,7 @@
 //! without them no chain of parents can form. The delete set after the blocks is not walked:
 //! every range in it consumes input bytes, so it is bounded by the input already.
 
+use std::collections::HashMap;
 use yrs::block::{
     BLOCK_GC_REF_NUMBER, BLOCK_ITEM_ANY_REF_NUMBER, BLOCK_ITEM_BINARY_REF_NUMBER,
     BLOCK_ITEM_DELETED_REF_NUMBER, BLOCK_ITEM_DOC_REF_NUMBER, BLOCK_ITEM_EMBED_REF_NUMBER,
@@ -28,9 +29,12 @@ use yrs::block::{
     BLOCK_ITEM_TYPE_REF_NUMBER, BLOCK_SKIP_REF_NUMBER, HAS_ORIGIN, HAS_PARENT_SUB,
     HAS_RIGHT_ORIGIN,
 };
+
+use yrs::block::{ClientID, ID};
 use yrs::encoding::read::{Cursor, Read};
 use yrs::types::TypeRef;
 use yrs::updates::decoder::{Decode, Decoder, DecoderV2};
+use yrs::StateVector;
 
 /// Deepest `Any` nesting accepted (serde_json's default recursion limit is 128; rich-text
 /// attributes and embeds in practice nest a handful of levels).
@@ -66,6 +70,21 @@ pub(crate) const MAX_STATE_ELEMENTS: u64 = 1 << 24;
 #[cfg(not(target_pointer_width = "32"))]
 pub(crate) const MAX_STATE_ELEMENTS: u64 = 1 << 27;
 
+/// Most items of one untrusted update that may share one insertion point: the same origin (or
+/// none), in the same parent and map key (see [`Anchor`]).
+///
+/// yrs integrates an item by scanning the concurrent items already between its origin and its
+/// right origin (`Item::integrate`, Yjs's conflict resolution), so `n` items at one point
+/// against `m` already there cost `n * m` steps. That is quadratic for free: two forged 30-byte
+/// updates of ~1M and ~10k deleted items, all without origins, from a lower and a higher client,
+/// froze the server (10k against 10k alone is 15 s of yrs in one frame). In an honest update
+/// items share an origin only when their author typed at one spot with the cursor standing
+/// still (each keystroke left of the previous one); every other edit chains each item to the
+/// one before it, and a paste is one item. So this is sized for the densest honest shape there
+/// is, typing 20,000 characters backwards at one spot, with room to spare; it does not grow with
+/// the input, because those items cost no bytes (their right origins are an arithmetic run).
+pub(crate) const MAX_ITEMS_PER_ANCHOR: u32 = 1 << 15;
+
 /// Sub-documents cost a whole `Doc` each when decoded: they count as this many elements.
 const DOC_ELEMENT_COST: u64 = 64;
 
@@ -80,9 +99,79 @@ pub(crate) enum Source {
     Accepted,
 }
 
-/// Ok when `bytes`, decoded as a v2 update, stays inside the bounds for `source`. An error means
-/// either "over the bounds" or "malformed" (yrs would fail on it too).
-pub(crate) fn check(bytes: &[u8], source: Source) -> Result<(), String> {
+/// The ids an update refers to outside its own blocks, per client: the end (last clock + 1) of
+/// the highest origin, right origin or parent item it names. With the update's own blocks and
+/// delete set, this is enough to tell before integrating whether a document has everything
+/// the update builds on (see [`Refs::missing_from`]).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Refs {
+    ends: HashMap<ClientID, u32>,
+}
+
+impl Refs {
+    fn add(&mut self, id: ID) {
+        let end = id.clock.saturating_add(1);
+        let e = self.ends.entry(id.client).or_insert(0);
+        *e = (*e).max(end);
+    }
+
+    /// True when `update` (whose references are `self`) builds on something a document with
+    /// state vector `sv` lacks: a client's blocks start after that document's clock or leave a
+    /// gap, an item's origin, right origin or parent is neither in the document nor in the
+    /// update, or the delete set names such an id. yrs would keep such an update pending (or
+    /// integrate it over a gap); this decides it from the update alone.
+    pub(crate) fn missing_from(&self, update: &yrs::Update, sv: &StateVector) -> bool {
+        let mut have = sv.clone();
+        for (client, ranges) in update.insertions(true).iter() {
+            let mut clock = sv.get(client);
+            for range in ranges.iter() {
+                if range.start > clock {
+                    return true;
+                }
+                clock = clock.max(range.end);
+            }
+            have.set_max(*client, clock);
+        }
+        let refs_ok = self
+            .ends
+            .iter()
+            .all(|(client, &end)| end <= have.get(client));
+        let deletes_ok = update.delete_set().iter().all(|(client, ranges)| {
+            let clock = have.get(client);
+            ranges.iter().all(|r| r.end <= clock)
+        });
+        !(refs_ok && deletes_ok)
+    }
+}
+
+/// Where an item is inserted, as far as conflict resolution is concerned: its origin, or for an
+/// item without one the start of its parent (a root by name, an item by id, or "the parent of
+/// its right origin", which the bytes do not say), and its map key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Anchor {
+    After(ID),
+    Start(Parent, Option<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Parent {
+    Root(String),
+    Item(ID),
+    OfRightOrigin,
+}
+
+/// Everything that places one item: two consecutive items of one client with the same placement
+/// cannot both be honest (the first sits between the origins the second claims are adjacent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placement {
+    anchor: Anchor,
+    right: Option<ID>,
+}
+
+/// Ok (with what it refers to) when `bytes`, decoded as a v2 update, stays inside the bounds
+/// for `source`. An error means either "over the bounds" or "malformed" (yrs would fail on it
+/// too).
+pub(crate) fn check(bytes: &[u8], source: Source) -> Result<Refs, String> {
     let max_elements = match source {
         Source::Untrusted => max_elements(bytes.len()),
         Source::Accepted => MAX_STATE_ELEMENTS,
@@ -91,6 +180,10 @@ pub(crate) fn check(bytes: &[u8], source: Source) -> Result<(), String> {
         decoder: DecoderV2::new(Cursor::new(bytes)).map_err(|e| e.to_string())?,
         budget: max_elements,
         allow_types: source == Source::Accepted,
+        untrusted: source == Source::Untrusted,
+        refs: Refs::default(),
+        anchors: HashMap::new(),
+        previous: None,
     };
     walk.update().map_err(|e| match e {
         Stop::Yrs(e) => e.to_string(),
@@ -100,7 +193,12 @@ pub(crate) fn check(bytes: &[u8], source: Source) -> Result<(), String> {
         ),
         Stop::TooDeep => format!("nests values deeper than {MAX_ANY_DEPTH} levels"),
         Stop::Malformed(what) => what.to_owned(),
-    })
+        Stop::Crowded => format!("inserts more than {MAX_ITEMS_PER_ANCHOR} items at one position"),
+        Stop::Repeated => "repeats one item placement for consecutive items of a client \
+                           (a forged run-length count)"
+            .to_owned(),
+    })?;
+    Ok(walk.refs)
 }
 
 enum Stop {
@@ -108,6 +206,8 @@ enum Stop {
     TooMany,
     TooDeep,
     Malformed(&'static str),
+    Crowded,
+    Repeated,
 }
 
 impl From<yrs::encoding::read::Error> for Stop {
@@ -120,6 +220,12 @@ struct Walk<'a> {
     decoder: DecoderV2<'a>,
     budget: u64,
     allow_types: bool,
+    /// Apply the placement bounds ([`MAX_ITEMS_PER_ANCHOR`], no repeated placement).
+    untrusted: bool,
+    refs: Refs,
+    anchors: HashMap<Anchor, u32>,
+    /// The placement of the previous item of the current client.
+    previous: Option<Placement>,
 }
 
 impl Walk<'_> {
@@ -137,6 +243,7 @@ impl Walk<'_> {
             let _clock: u32 = self.decoder.read_var()?;
             // yrs reserves room for `blocks` up front, so the declared count is what costs.
             self.spend(u64::from(blocks))?;
+            self.previous = None;
             for _ in 0..blocks {
                 self.block()?;
             }
@@ -157,25 +264,59 @@ impl Walk<'_> {
             }
             info => {
                 let cant_copy_parent_info = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
-                if info & HAS_ORIGIN != 0 {
-                    d.read_left_id()?;
-                }
-                if info & HAS_RIGHT_ORIGIN != 0 {
-                    d.read_right_id()?;
-                }
+                let origin = if info & HAS_ORIGIN != 0 {
+                    Some(d.read_left_id()?)
+                } else {
+                    None
+                };
+                let right = if info & HAS_RIGHT_ORIGIN != 0 {
+                    Some(d.read_right_id()?)
+                } else {
+                    None
+                };
+                let mut parent = Parent::OfRightOrigin;
+                let mut sub = None;
                 if cant_copy_parent_info {
                     if d.read_parent_info()? {
-                        d.read_string()?;
+                        parent = Parent::Root(d.read_string()?.to_owned());
                     } else {
-                        d.read_left_id()?;
+                        let id = d.read_left_id()?;
+                        parent = Parent::Item(id);
                     }
                     if info & HAS_PARENT_SUB != 0 {
-                        d.read_string()?;
+                        sub = Some(d.read_string()?.to_owned());
                     }
+                }
+                for id in [origin, right].into_iter().flatten() {
+                    self.refs.add(id);
+                }
+                if let Parent::Item(id) = parent {
+                    self.refs.add(id);
+                }
+                if self.untrusted {
+                    let anchor = match origin {
+                        Some(id) => Anchor::After(id),
+                        None => Anchor::Start(parent, sub),
+                    };
+                    self.place(Placement { anchor, right })?;
                 }
                 self.content(info)?;
             }
         }
+        Ok(())
+    }
+
+    /// Counts an item at its anchor and compares it with the previous item of its client.
+    fn place(&mut self, placement: Placement) -> Result<(), Stop> {
+        if self.previous.as_ref() == Some(&placement) {
+            return Err(Stop::Repeated);
+        }
+        let count = self.anchors.entry(placement.anchor.clone()).or_insert(0);
+        *count += 1;
+        if *count > MAX_ITEMS_PER_ANCHOR {
+            return Err(Stop::Crowded);
+        }
+        self.previous = Some(placement);
         Ok(())
     }
 
@@ -296,7 +437,17 @@ mod tests {
                 doc.apply_update(&small).unwrap().changed,
                 "a dense update is valid"
             );
-            assert!(decode_update(&small).is_ok());
+            // Deleted items repeat one placement through the run: no honest update does that.
+            match info {
+                0 => assert!(decode_update(&small).is_ok()),
+                _ => {
+                    let err = decode_update(&small).unwrap_err();
+                    assert!(
+                        err.to_string().contains("repeats one item placement"),
+                        "{err}"
+                    );
+                }
+            }
             // A few hundred million blocks from ~35 bytes: gigabytes if decoded.
             let bomb = forged(info, 300_000_000);
             assert!(bomb.len() < 40);
@@ -319,6 +470,82 @@ mod tests {
         assert!(state.len() < 100, "{} bytes", state.len());
         assert!(decode_update(&state).is_ok());
         assert!(Document::from_update(2, &state).is_ok());
+    }
+
+    /// `n` characters typed backwards at offset 0 by `client`, then deleted: `n` items at one
+    /// position in a few dozen bytes.
+    fn backwards(client: u64, n: u32) -> Vec<u8> {
+        let mut doc = Document::new(client);
+        for _ in 0..n {
+            doc.replace_silent(0, 0, "x").unwrap();
+        }
+        doc.delete(0, n).unwrap();
+        doc.encode_state_as_update(None).unwrap()
+    }
+
+    #[test]
+    fn items_at_one_position_are_bounded_per_update() {
+        let honest = backwards(1, 20_000);
+        assert!(decode_update(&honest).is_ok(), "the densest honest shape");
+        let over = backwards(1, MAX_ITEMS_PER_ANCHOR + 2);
+        assert!(over.len() < 100);
+        let err = decode_update(&over).unwrap_err();
+        assert!(err.to_string().contains("one position"), "{err}");
+        // A document's own state is not held to it: accepted updates add up.
+        assert!(Document::from_update(2, &over).is_ok());
+    }
+
+    #[test]
+    fn map_keys_do_not_share_a_position() {
+        // Keys of a map each have their own position though none has an origin (a Yjs client's
+        // `Y.Map`; nested types are refused, so the map is a root).
+        let doc = yrs::Doc::with_client_id(3);
+        let map = doc.get_or_insert_map("m");
+        {
+            use yrs::{Map, Transact};
+            let mut txn = doc.transact_mut();
+            for i in 0..(MAX_ITEMS_PER_ANCHOR + 10) {
+                map.insert(&mut txn, format!("k{i}"), i);
+            }
+        }
+        use yrs::{ReadTxn, Transact};
+        let state = doc
+            .transact()
+            .encode_state_as_update_v2(&StateVector::default());
+        assert!(decode_update(&state).is_ok());
+    }
+
+    #[test]
+    fn references_outside_the_update_and_the_document_are_missing() {
+        use yrs::{ReadTxn, Transact};
+        let mut a = Document::new(1);
+        let u1 = a.insert(0, "ab").unwrap();
+        let u2 = a.insert(2, "cd").unwrap(); // 1#2, after 1#1
+        let mut c = Document::from_update(2, &u1).unwrap();
+        let after = c.insert(1, "z").unwrap(); // 2#0, between 1#0 and 1#1
+        let delete = c.delete(0, 1).unwrap(); // deletes 1#0
+        let empty = Document::new(9).yrs().transact().state_vector();
+        let mut room = Document::new(9);
+        room.apply_update(&u1).unwrap();
+        let has_u1 = room.yrs().transact().state_vector();
+        let missing = |bytes: &[u8], sv: &StateVector| {
+            let (update, refs) = crate::doc::decode_untrusted(bytes).unwrap();
+            refs.missing_from(&update, sv)
+        };
+        assert!(missing(&u2, &empty), "a clock gap");
+        assert!(!missing(&u2, &has_u1));
+        assert!(missing(&after, &empty), "origins the document lacks");
+        assert!(!missing(&after, &has_u1));
+        assert!(
+            missing(&delete, &empty),
+            "a delete of what the document lacks"
+        );
+        assert!(!missing(&delete, &has_u1));
+        let both = crate::doc::merge_updates(&[&u1, &after]).unwrap();
+        assert!(
+            !missing(&both, &empty),
+            "what the update brings itself is there"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Every randomized test is seeded: the seed is printed on failure and `CONCORD_SEED=<n>`
 //! replays it.
 
+mod attacks;
 mod bad_input;
 mod convergence;
 mod lossy_network;
