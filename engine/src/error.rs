@@ -59,6 +59,23 @@ pub enum EngineError {
     /// A seq out of order with what the room knows (a bug in the caller, not bad input).
     #[error("seq {got} does not follow the room's seq {expected}")]
     SeqOutOfOrder { expected: u64, got: u64 },
+
+    /// Accepting the op would put more bytes in the room's memory than its budget allows
+    /// (see [`crate::room::RoomLimits`]): the store is behind. Nothing was applied; retry later.
+    #[error("room is over its {what} budget: {bytes} + {len} bytes > {max} bytes")]
+    Overloaded {
+        what: &'static str,
+        bytes: usize,
+        len: usize,
+        max: usize,
+    },
+
+    /// An update passed every check before integration and still failed inside yrs (an error or
+    /// a panic). The room rebuilt its document from its checkpoint to drop whatever was
+    /// half-applied, which costs the whole document: a sender that causes this is hostile or
+    /// broken, and the server should close its connection.
+    #[error("update failed while integrating (document rebuilt): {reason}")]
+    IntegrationFailed { reason: String },
 }
 
 impl EngineError {
@@ -76,6 +93,43 @@ impl EngineError {
             EngineError::BadOpId => "bad_op_id",
             EngineError::CorruptSavedState { .. } => "corrupt_saved_state",
             EngineError::SeqOutOfOrder { .. } => "seq_out_of_order",
+            EngineError::Overloaded { .. } => "overloaded",
+            EngineError::IntegrationFailed { .. } => "integration_failed",
+        }
+    }
+
+    /// A fixed message for clients, one per code: what to do about it, without echoing input or
+    /// naming internals (serde_json positions, yrs panic messages, sizes of server state). The
+    /// detailed `Display` is for server logs.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            EngineError::MalformedMessage { .. } => {
+                "the frame is not a valid protocol message; check the client version"
+            }
+            EngineError::BadBase64 { .. } => "a binary field is not valid base64",
+            EngineError::TooLarge { .. } => "the frame is too large; split the update",
+            EngineError::InvalidUpdate { .. } => {
+                "the update is not valid or not accepted by this server; it was not applied"
+            }
+            EngineError::InvalidStateVector { .. } => {
+                "the state vector is not valid; reconnect without one"
+            }
+            EngineError::MissingDependencies => {
+                "the update depends on changes the room has not seen; resend pending ops in order"
+            }
+            EngineError::OutOfBounds { .. } => "the edit is outside the text",
+            EngineError::BadRoomId => {
+                "room id must be 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.'"
+            }
+            EngineError::BadOpId => "op id must be 1-128 printable ASCII characters",
+            EngineError::CorruptSavedState { .. } => "saved client state is corrupt",
+            EngineError::SeqOutOfOrder { .. } => "internal sequencing error; reconnect",
+            EngineError::Overloaded { .. } => {
+                "the room is overloaded; the op was not applied, retry it later"
+            }
+            EngineError::IntegrationFailed { .. } => {
+                "the update could not be integrated; it was not applied"
+            }
         }
     }
 }

@@ -27,5 +27,5 @@ pub use changes::TextChange;
 pub use client::{ClientEvent, ClientSession, SessionStatus};
 pub use doc::{Applied, Document, BODY};
 pub use error::{EngineError, Result};
-pub use room::{CompactionPolicy, ConnId, RoomEvent, RoomState};
+pub use room::{CompactionPolicy, ConnId, RoomEvent, RoomLimits, RoomState};
 pub use wire::{ClientMessage, Limits, ServerMessage};

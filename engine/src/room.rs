@@ -16,17 +16,22 @@
 //! nothing new is acked once everything already staged ahead of it is durable, because the
 //! content it duplicates may still be in flight.
 //!
-//! A hostile update that yrs can decode but not integrate (a panic inside yrs, or an update
-//! whose dependencies are missing) never leaves the room half-applied: the document is rebuilt
-//! from the last checkpoint plus every accepted update since, which the room keeps for exactly
-//! this purpose (and for compaction, which bounds it).
+//! A rejected op costs what the op costs, not what the room costs: bounds, dependencies (every
+//! origin, right origin, parent and deleted id, and each client's first clock, must be in the
+//! room or in the op) and the memory budget are all decided from the op's bytes and the room's
+//! state vector before the document is touched. Only an update that passes all of that and
+//! still fails inside yrs (an error or a panic) makes the room rebuild its document from the
+//! last checkpoint plus every accepted update since, which it keeps for exactly this purpose
+//! (and for compaction, which bounds it). That costs the whole document, so it is reported as
+//! [`EngineError::IntegrationFailed`] and counted ([`RoomState::rebuilds`]): the server should
+//! close such a connection.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use yrs::updates::decoder::Decode;
 use yrs::{ReadTxn, StateVector, Transact};
 
-use crate::doc::{decode_update, Document};
+use crate::doc::{decode_accepted, decode_untrusted, Document};
 use crate::error::{EngineError, Result};
 use crate::wire::ServerMessage;
 
@@ -81,6 +86,27 @@ impl Default for CompactionPolicy {
     }
 }
 
+/// Memory budgets of one room, in bytes. An op that would take the room over one is refused
+/// with [`EngineError::Overloaded`] (retryable) and changes nothing: when the store stalls,
+/// memory stops growing instead of the server running out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// Accepted updates not yet durable: staged plus the batch in flight.
+    pub max_staged_bytes: usize,
+    /// Committed updates since the last checkpoint, kept for rebuilds until compaction folds
+    /// them; grows when compaction cannot run.
+    pub max_tail_bytes: usize,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits {
+            max_staged_bytes: 64 * 1024 * 1024,
+            max_tail_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Staged {
     conn: ConnId,
@@ -122,7 +148,10 @@ pub struct RoomState {
     recent_order: VecDeque<String>,
     events: VecDeque<RoomEvent>,
     policy: CompactionPolicy,
+    limits: RoomLimits,
     last_compaction_ms: u64,
+    /// Times the document was rebuilt from the checkpoint (see [`RoomState::rebuilds`]).
+    rebuilds: u64,
 }
 
 impl std::fmt::Debug for RoomState {
@@ -161,8 +190,40 @@ impl RoomState {
             recent_order: VecDeque::new(),
             events: VecDeque::new(),
             policy,
+            limits: RoomLimits::default(),
             last_compaction_ms: now_ms,
+            rebuilds: 0,
         }
+    }
+
+    /// The same room with memory budgets `limits` instead of [`RoomLimits::default`]. Applies
+    /// to ops from now on; what the room holds already is kept.
+    pub fn with_limits(mut self, limits: RoomLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Bytes of accepted updates not yet durable (staged and in flight), for metrics and
+    /// [`RoomLimits::max_staged_bytes`].
+    pub fn staged_bytes(&self) -> usize {
+        self.staged
+            .iter()
+            .chain(self.in_flight.iter())
+            .map(|s| s.update.len())
+            .sum()
+    }
+
+    /// Bytes of committed updates since the last checkpoint, for metrics and
+    /// [`RoomLimits::max_tail_bytes`].
+    pub fn tail_bytes(&self) -> usize {
+        self.tail.iter().map(|(_, u)| u.len()).sum()
+    }
+
+    /// How often the document was rebuilt from the checkpoint: once per failed commit, once per
+    /// committed update that did not apply, and once per [`EngineError::IntegrationFailed`].
+    /// Rejected ops (bounds, dependencies, budgets) never rebuild.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
     }
 
     /// A room loaded from the store: `snapshot` (state at `snapshot_seq`, if any) and the ops
@@ -261,8 +322,28 @@ impl RoomState {
             }
         }
 
-        let decoded = decode_update(update)?;
-        if !self.dependencies_present(&decoded) {
+        let staged = self.staged_bytes();
+        if staged.saturating_add(update.len()) > self.limits.max_staged_bytes {
+            return Err(EngineError::Overloaded {
+                what: "staged",
+                bytes: staged,
+                len: update.len(),
+                max: self.limits.max_staged_bytes,
+            });
+        }
+        let tail = self.tail_bytes();
+        if tail.saturating_add(update.len()) > self.limits.max_tail_bytes {
+            return Err(EngineError::Overloaded {
+                what: "tail",
+                bytes: tail,
+                len: update.len(),
+                max: self.limits.max_tail_bytes,
+            });
+        }
+
+        let (decoded, refs) = decode_untrusted(update)?;
+        let have = self.doc.yrs().transact().state_vector();
+        if refs.missing_from(&decoded, &have) {
             return Err(EngineError::MissingDependencies);
         }
         let pending_before = self.doc.has_pending();
@@ -270,12 +351,18 @@ impl RoomState {
             Ok(applied) => applied,
             Err(e) => {
                 self.rebuild();
-                return Err(e);
+                return Err(EngineError::IntegrationFailed {
+                    reason: e.to_string(),
+                });
             }
         };
         if applied.pending && !pending_before {
+            // The static check above should make this unreachable; if yrs still left part of
+            // the update waiting, the document is rebuilt without it.
             self.rebuild();
-            return Err(EngineError::MissingDependencies);
+            return Err(EngineError::IntegrationFailed {
+                reason: "the update left changes pending".to_owned(),
+            });
         }
         if applied.changed {
             // What the document integrated, not the bytes received: see
@@ -297,17 +384,6 @@ impl RoomState {
             }
         }
         Ok(())
-    }
-
-    /// Every client's first new clock in `update` must follow what the room has; otherwise the
-    /// update was built on a frame the room never saw.
-    fn dependencies_present(&self, update: &yrs::Update) -> bool {
-        let lower = update.state_vector_lower();
-        let txn = self.doc.yrs().transact();
-        let have = txn.state_vector();
-        lower
-            .iter()
-            .all(|(client, &clock)| clock <= have.get(client))
     }
 
     /// Takes the staged updates for one group commit, in order; `None` if nothing is staged or
@@ -390,32 +466,37 @@ impl RoomState {
         conns
     }
 
-    /// [`RoomState::rebuild`], dropping (and returning) every staged update that no longer
-    /// integrates: one that leaves the document waiting for changes it was built on. The
-    /// document is rebuilt once per dropped update; this only runs after a failed commit.
+    /// [`RoomState::rebuild`] without the in-flight batch, dropping (and returning) every staged
+    /// update that no longer has what it builds on. Which ones dangle is decided statically
+    /// ([`crate::doc::Refs::missing_from`], in staging order against the rebuilt state plus the
+    /// staged updates kept before it), so the document is rebuilt once however many are dropped.
     fn rebuild_dropping_dangling(&mut self) -> Vec<Staged> {
-        let mut dropped = Vec::new();
-        'rebuild: loop {
-            let mut doc = Document::new(ROOM_CLIENT_ID);
-            let base = std::iter::once(self.checkpoint.as_slice())
-                .chain(self.tail.iter().map(|(_, u)| u.as_slice()))
-                .chain(self.in_flight.iter().map(|s| s.update.as_slice()));
-            for update in base {
-                let _ = doc.apply_update(update);
-            }
-            // Pending already in the committed state (from `handle_remote`) says nothing about
-            // the staged updates.
-            let base_pending = doc.has_pending();
-            for k in 0..self.staged.len() {
-                let _ = doc.apply_update(&self.staged[k].update);
-                if doc.has_pending() && !base_pending {
-                    dropped.push(self.staged.remove(k));
-                    continue 'rebuild;
-                }
-            }
-            self.doc = doc;
-            return dropped;
+        let mut doc = Document::new(ROOM_CLIENT_ID);
+        let base = std::iter::once(self.checkpoint.as_slice())
+            .chain(self.tail.iter().map(|(_, u)| u.as_slice()))
+            .chain(self.in_flight.iter().map(|s| s.update.as_slice()));
+        for update in base {
+            let _ = doc.apply_update(update);
         }
+        let mut have = doc.yrs().transact().state_vector();
+        let mut dropped = Vec::new();
+        for staged in std::mem::take(&mut self.staged) {
+            match decode_accepted(&staged.update) {
+                Ok((update, refs)) if !refs.missing_from(&update, &have) => {
+                    for (client, ranges) in update.insertions(true).iter() {
+                        for range in ranges.iter() {
+                            have.set_max(*client, range.end);
+                        }
+                    }
+                    let _ = doc.apply_update(&staged.update);
+                    self.staged.push(staged);
+                }
+                _ => dropped.push(staged),
+            }
+        }
+        self.doc = doc;
+        self.rebuilds += 1;
+        dropped
     }
 
     /// An update committed elsewhere at `seq` (another instance via the hub, or a catch-up read
@@ -490,6 +571,7 @@ impl RoomState {
             let _ = doc.apply_update(update);
         }
         self.doc = doc;
+        self.rebuilds += 1;
     }
 
     /// True when the log since the last snapshot should be folded (`now_ms` is the caller's
@@ -612,6 +694,109 @@ mod tests {
         );
         assert_eq!(r.encode_state(), before);
         assert!(r.take_batch().is_none());
+        assert_eq!(r.rebuilds(), 0, "decided before the document was touched");
+    }
+
+    #[test]
+    fn unknown_origins_and_deletes_are_missing_without_a_rebuild() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let u1 = a.insert(0, "ab").unwrap();
+        let mut c = Document::from_update(2, &u1).unwrap();
+        let between = c.insert(1, "z").unwrap(); // origin 1#0: the room never saw it
+        let delete = c.delete(0, 1).unwrap(); // only a delete set, of 1#0
+        let mut w = Document::new(3);
+        let ok = w.insert(0, "w").unwrap();
+        r.handle_op(ConnId(3), None, &ok).unwrap();
+        let before = r.encode_state();
+        for u in [&between, &delete] {
+            assert_eq!(
+                r.handle_op(ConnId(2), Some("c".into()), u),
+                Err(EngineError::MissingDependencies)
+            );
+            assert_eq!(r.encode_state(), before);
+            assert!(!r.document().has_pending());
+        }
+        assert_eq!(r.rebuilds(), 0);
+        assert_eq!(r.uncommitted(), 1);
+        // Once the room has 1#0, both go in.
+        r.handle_op(ConnId(1), None, &u1).unwrap();
+        r.handle_op(ConnId(2), None, &between).unwrap();
+        r.handle_op(ConnId(2), None, &delete).unwrap();
+        assert_eq!(r.text(), "zbw");
+        assert_eq!(r.rebuilds(), 0);
+    }
+
+    #[test]
+    fn commit_failure_drops_exactly_the_dependent_ops_in_one_rebuild() {
+        let mut r = room();
+        let mut a = Document::new(1);
+        let mut b = Document::new(2);
+        let a1 = a.insert(0, "a").unwrap();
+        r.handle_op(ConnId(1), Some("a-1".into()), &a1).unwrap();
+        r.take_batch().unwrap();
+        // k = 3 ops built on a-1 (client 1's later clocks, a client 3 insert after a-1's
+        // character, and a client 3 delete of it), and two that are independent of it.
+        let a2 = a.insert(1, "b").unwrap();
+        let mut c = Document::from_update(3, &a1).unwrap();
+        let c1 = c.insert(1, "c").unwrap();
+        let mut d = Document::from_update(4, &a1).unwrap();
+        let d1 = d.delete(0, 1).unwrap();
+        let b1 = b.insert(0, "x").unwrap();
+        let b2 = b.insert(1, "y").unwrap();
+        for (conn, id, u) in [
+            (1, "a-2", &a2),
+            (2, "b-1", &b1),
+            (3, "c-1", &c1),
+            (4, "d-1", &d1),
+            (2, "b-2", &b2),
+        ] {
+            r.handle_op(ConnId(conn), Some(id.into()), u).unwrap();
+        }
+        let rebuilds = r.rebuilds();
+        let mut told = r.handle_commit_failed();
+        told.sort();
+        assert_eq!(told, vec![ConnId(1), ConnId(3), ConnId(4)]);
+        assert_eq!(r.rebuilds(), rebuilds + 1, "one rebuild for all of them");
+        assert_eq!(r.text(), "xy");
+        assert!(!r.document().has_pending());
+        assert_eq!(r.take_batch().unwrap(), vec![b1, b2]);
+    }
+
+    #[test]
+    fn staged_bytes_over_the_budget_are_overloaded_and_change_nothing() {
+        let limits = RoomLimits {
+            max_staged_bytes: 100,
+            max_tail_bytes: 150,
+        };
+        let mut r = room().with_limits(limits);
+        let mut a = Document::new(1);
+        let u1 = a.insert(0, &"x".repeat(40)).unwrap();
+        let u2 = a.insert(40, &"y".repeat(40)).unwrap();
+        r.handle_op(ConnId(1), Some("a-1".into()), &u1).unwrap();
+        assert_eq!(r.staged_bytes(), u1.len());
+        r.take_batch().unwrap();
+        let before = r.encode_state();
+        let err = r.handle_op(ConnId(1), Some("a-2".into()), &u2).unwrap_err();
+        assert_eq!(err.code(), "overloaded");
+        assert_eq!(r.encode_state(), before);
+        assert_eq!(r.uncommitted(), 1);
+        // Durable frees the budget: the retry goes in, and the tail is counted instead.
+        r.handle_committed(1).unwrap();
+        assert_eq!((r.staged_bytes(), r.tail_bytes()), (0, u1.len()));
+        r.handle_op(ConnId(1), Some("a-2".into()), &u2).unwrap();
+        r.take_batch().unwrap();
+        r.handle_committed(2).unwrap();
+        // The tail is over its budget until compaction folds it.
+        let u3 = a.insert(0, &"z".repeat(40)).unwrap();
+        let err = r.handle_op(ConnId(1), None, &u3).unwrap_err();
+        assert!(
+            matches!(err, EngineError::Overloaded { what: "tail", .. }),
+            "{err}"
+        );
+        r.handle_compacted(r.encode_state(), 2, 0);
+        assert_eq!(r.tail_bytes(), 0);
+        r.handle_op(ConnId(1), None, &u3).unwrap();
     }
 
     #[test]

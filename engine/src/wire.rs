@@ -333,11 +333,13 @@ impl ServerMessage {
         to_json(&raw)
     }
 
-    /// The `error` frame for an engine error: its code and its (safe) message.
+    /// The `error` frame for an engine error: its code and the fixed message for that code
+    /// ([`EngineError::client_message`]). Never the `Display` text, which carries parser and yrs
+    /// internals and parts of the input; log that on the server instead.
     pub fn error(err: &EngineError) -> ServerMessage {
         ServerMessage::Error {
             code: err.code().to_owned(),
-            message: err.to_string(),
+            message: err.client_message().to_owned(),
         }
     }
 }
@@ -380,11 +382,51 @@ mod tests {
         };
         assert_eq!(ack.to_json(), r#"{"t":"ack","id":"c1-3","seq":9}"#);
         let err = ServerMessage::error(&EngineError::BadRoomId);
-        assert!(err
-            .to_json()
-            .starts_with(r#"{"t":"error","code":"bad_room_id","message":"#));
+        assert_eq!(
+            err.to_json(),
+            r#"{"t":"error","code":"bad_room_id","message":"room id must be 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.'"}"#
+        );
         for m in [sync, op, ack, err] {
             assert_eq!(ServerMessage::parse(&m.to_json()).unwrap(), Some(m));
+        }
+    }
+
+    #[test]
+    fn error_frames_carry_no_internals() {
+        // A serde error (with a position) and a yrs-style reason (with input and internals).
+        let json = ClientMessage::parse("{\"t\":\"op\",\"secret-input", &limits()).unwrap_err();
+        let update = EngineError::InvalidUpdate {
+            reason: "rejected while integrating: called `Option::unwrap()` at block.rs:42 \
+                     for <secret-input>"
+                .into(),
+        };
+        let overloaded = EngineError::Overloaded {
+            what: "staged",
+            bytes: 1 << 26,
+            len: 10,
+            max: 1 << 26,
+        };
+        assert_eq!(
+            ServerMessage::error(&json).to_json(),
+            r#"{"t":"error","code":"malformed_message","message":"the frame is not a valid protocol message; check the client version"}"#
+        );
+        assert_eq!(
+            ServerMessage::error(&update).to_json(),
+            r#"{"t":"error","code":"invalid_update","message":"the update is not valid or not accepted by this server; it was not applied"}"#
+        );
+        assert_eq!(
+            ServerMessage::error(&overloaded).to_json(),
+            r#"{"t":"error","code":"overloaded","message":"the room is overloaded; the op was not applied, retry it later"}"#
+        );
+        for e in [&json, &update, &overloaded] {
+            let frame = ServerMessage::error(e).to_json();
+            for leak in ["secret", "line", "column", "unwrap", "rs:", "67108864"] {
+                assert!(!frame.contains(leak), "{frame} leaks {leak}");
+            }
+            assert!(
+                e.to_string().len() > e.code().len(),
+                "Display keeps the detail for logs"
+            );
         }
     }
 
