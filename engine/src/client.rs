@@ -886,6 +886,7 @@ mod change_tests {
             color: None,
             name: None,
             left: false,
+            you: false,
         };
         c.set_presence(p.clone());
         assert!(c.poll_transmit().is_none(), "offline: nothing sent yet");

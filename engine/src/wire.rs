@@ -79,9 +79,10 @@ struct RawOpData {
 }
 
 /// Presence: ephemeral, relayed to the room, never stored in the document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Presence {
-    /// Who: a stable id of the user or connection.
+    /// Who: set by the server from the connection (whatever a client puts here is replaced),
+    /// so no one can speak or leave for someone else.
     pub user: String,
     /// Where: an offset, or `{anchor, head}`, or whatever the client's binding uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +96,10 @@ pub struct Presence {
     /// True in the frame that says this user has left.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub left: bool,
+    /// True in the frame the server sends a connection right after its `sync`, naming the
+    /// `user` id its own presence carries (so it can tell its own frames from others').
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub you: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

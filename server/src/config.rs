@@ -22,7 +22,7 @@ pub struct Config {
     pub web_dir: PathBuf,
     /// Frame and update size limits (`MAX_FRAME_BYTES`).
     pub limits: Limits,
-    /// Frames queued per connection before it counts as a slow consumer (`CONN_QUEUE`).
+    /// Frames queued per connection at most (`CONN_QUEUE`); the byte budget usually binds first.
     pub conn_queue: usize,
     /// Commands queued per room (`ROOM_QUEUE`).
     pub room_queue: usize,
@@ -36,6 +36,28 @@ pub struct Config {
     pub compaction: CompactionPolicy,
     /// How long shutdown waits for rooms and connections to drain (`SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
+
+    // Budgets against hostile or unlucky clients (see docs/reliability.md).
+    /// Threads that do CRDT work (`CPU_THREADS`; default: the machine's cores).
+    pub cpu_threads: usize,
+    /// Pool time each connection may spend (`CPU_BURST_MS`, `CPU_SHARE`).
+    pub cpu_budget: crate::room::CpuBudget,
+    /// Bytes queued for one connection before it is a slow consumer (`CONN_OUT_BYTES`).
+    pub conn_out_bytes: usize,
+    /// Bytes queued for all connections together (`OUT_BYTES`).
+    pub total_out_bytes: usize,
+    /// Bytes of client frames parsed at once across the instance (`INBOUND_BYTES`).
+    pub inbound_bytes: usize,
+    /// Longest a socket write may take before the peer is dropped (`WRITE_TIMEOUT_SECS`).
+    pub write_timeout: Duration,
+    /// Longest a client may take to send a request's headers, or stay idle between requests
+    /// (`HEADER_TIMEOUT_SECS`).
+    pub header_timeout: Duration,
+    /// Most open HTTP connections, WebSockets not counted (`MAX_HTTP_CONNECTIONS`).
+    pub max_http_connections: usize,
+    /// Bytes a room may hold not yet durable, and since its last snapshot
+    /// (`ROOM_STAGED_BYTES`, `ROOM_TAIL_BYTES`).
+    pub room_limits: concord_engine::RoomLimits,
 }
 
 impl Default for Config {
@@ -46,13 +68,22 @@ impl Default for Config {
             redis_url: None,
             web_dir: default_web_dir(),
             limits: Limits::default(),
-            conn_queue: 1024,
+            conn_queue: 65_536,
             room_queue: 4096,
             room_idle: Duration::from_secs(30),
             heartbeat: Duration::from_secs(15),
             max_connections: 20_000,
             compaction: CompactionPolicy::default(),
             shutdown_grace: Duration::from_secs(10),
+            cpu_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cpu_budget: crate::room::CpuBudget::default(),
+            conn_out_bytes: 16 * 1024 * 1024,
+            total_out_bytes: 1024 * 1024 * 1024,
+            inbound_bytes: 256 * 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_http_connections: 4096,
+            room_limits: concord_engine::RoomLimits::default(),
         }
     }
 }
@@ -122,6 +153,25 @@ impl Config {
                 "SHUTDOWN_GRACE_SECS",
                 d.shutdown_grace.as_secs(),
             )?),
+            cpu_threads: parse("CPU_THREADS", d.cpu_threads)?.max(1),
+            cpu_budget: crate::room::CpuBudget {
+                burst_ms: parse("CPU_BURST_MS", d.cpu_budget.burst_ms)?.max(1.0),
+                share: parse("CPU_SHARE", d.cpu_budget.share)?.clamp(0.001, 1.0),
+            },
+            conn_out_bytes: parse("CONN_OUT_BYTES", d.conn_out_bytes)?.max(4096),
+            total_out_bytes: parse("OUT_BYTES", d.total_out_bytes)?.max(1 << 20),
+            inbound_bytes: parse("INBOUND_BYTES", d.inbound_bytes)?.max(1 << 20),
+            write_timeout: Duration::from_secs(
+                parse("WRITE_TIMEOUT_SECS", d.write_timeout.as_secs())?.max(1),
+            ),
+            header_timeout: Duration::from_secs(
+                parse("HEADER_TIMEOUT_SECS", d.header_timeout.as_secs())?.max(1),
+            ),
+            max_http_connections: parse("MAX_HTTP_CONNECTIONS", d.max_http_connections)?.max(16),
+            room_limits: concord_engine::RoomLimits {
+                max_staged_bytes: parse("ROOM_STAGED_BYTES", d.room_limits.max_staged_bytes)?,
+                max_tail_bytes: parse("ROOM_TAIL_BYTES", d.room_limits.max_tail_bytes)?,
+            },
         })
     }
 }

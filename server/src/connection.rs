@@ -2,45 +2,77 @@
 //!
 //! The reader parses frames and forwards them to the room's bounded queue (so a busy room
 //! slows its readers instead of buffering without bound). The writer drains this connection's
-//! bounded outbound queue and sends pings. Either side ending ends the other; the room is told
-//! the connection left.
+//! outbound queue (bounded in bytes, see [`crate::outbox`]) and sends pings. Either side ending
+//! ends the other; the room is told the connection left.
+//!
+//! Every write has a timeout: a peer that stops reading is dropped after `WRITE_TIMEOUT_SECS`
+//! and its memory and connection permit are freed, instead of pinning both for as long as the
+//! TCP stack keeps the socket. A peer that is being written to successfully is alive even if
+//! its pong is stuck behind a backlog, so write progress counts as a sign of life too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use concord_engine::{ClientMessage, ConnId, EngineError, ServerMessage};
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use futures_util::{Sink, SinkExt, StreamExt};
 
-use crate::room::{Kill, Member, Outbound, RoomCmd};
+use crate::outbox::{self, Outbound};
+use crate::room::{now_ms, Kill, Member, RoomCmd};
 use crate::routes::AppState;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-fn error_frame(code: &str, message: &str) -> Outbound {
-    Outbound::Text(Utf8Bytes::from(
+/// The presence id of a connection: unique across instances (a random tag per process), so
+/// presence relayed through the hub never collides, and never chosen by the client.
+fn presence_user(conn: ConnId) -> String {
+    static TAG: OnceLock<String> = OnceLock::new();
+    let tag = TAG.get_or_init(|| format!("{:08x}", rand::random::<u32>()));
+    format!("c-{tag}-{}", conn.0)
+}
+
+fn error_frame(code: &str, message: &str) -> Utf8Bytes {
+    Utf8Bytes::from(
         ServerMessage::Error {
             code: code.to_owned(),
             message: message.to_owned(),
         }
         .to_json(),
-    ))
+    )
 }
 
-fn engine_error_frame(e: &EngineError) -> Outbound {
-    Outbound::Text(Utf8Bytes::from(ServerMessage::error(e).to_json()))
+fn engine_error_frame(e: &EngineError) -> Utf8Bytes {
+    Utf8Bytes::from(ServerMessage::error(e).to_json())
+}
+
+/// One socket operation, bounded in time: `false` if it failed or timed out.
+async fn within<F: std::future::Future<Output = Result<(), E>>, E>(limit: Duration, op: F) -> bool {
+    matches!(tokio::time::timeout(limit, op).await, Ok(Ok(())))
+}
+
+async fn close<S>(sink: &mut S, limit: Duration, code: u16, reason: &'static str)
+where
+    S: Sink<Message> + Unpin,
+{
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    within(limit, sink.send(frame)).await;
 }
 
 /// Serves one upgraded socket for `room` until either side closes.
 pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: AppState) {
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let config = app.config.clone();
-    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(config.conn_queue);
+    let write_timeout = config.write_timeout;
+    let (out, mut inbox) = outbox::channel(app.outbound.clone(), config.conn_queue);
     let kill = Arc::new(Kill::default());
     let member = Member {
-        out: out_tx.clone(),
+        out: out.clone(),
         kill: kill.clone(),
+        user: presence_user(conn),
     };
     let (mut sink, mut stream) = socket.split();
 
@@ -48,75 +80,79 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
         Ok(link) => link,
         Err(e) => {
             tracing::warn!(room = %room, error = %e, "join failed");
-            let frame = ServerMessage::Error {
-                code: "unavailable".to_owned(),
-                message: "the room cannot be opened now; retry shortly".to_owned(),
-            };
-            let _ = sink.send(Message::Text(frame.to_json().into())).await;
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1011,
-                    reason: "room unavailable".into(),
-                })))
-                .await;
+            let frame = error_frame(
+                "unavailable",
+                "the room cannot be opened now; retry shortly",
+            );
+            within(write_timeout, sink.send(Message::Text(frame))).await;
+            close(&mut sink, write_timeout, 1011, "room unavailable").await;
             return;
         }
     };
 
     let heartbeat = config.heartbeat;
+    // When the writer last got bytes to the peer (monotonic ms).
+    let wrote_at = AtomicU64::new(now_ms());
     let writer = async {
         let mut ping = tokio::time::interval(heartbeat);
         ping.tick().await;
         loop {
             tokio::select! {
-                msg = out_rx.recv() => match msg {
+                msg = inbox.recv() => match msg {
                     Some(Outbound::Text(text)) => {
                         // Everything already queued goes out in one write and one flush.
-                        if sink.feed(Message::Text(text)).await.is_err() {
+                        if !within(write_timeout, sink.feed(Message::Text(text))).await {
                             break;
                         }
-                        let mut close = None;
-                        while let Ok(next) = out_rx.try_recv() {
+                        let mut close_with = None;
+                        let mut ok = true;
+                        while let Some(next) = inbox.try_recv() {
                             match next {
                                 Outbound::Text(text) => {
-                                    if sink.feed(Message::Text(text)).await.is_err() {
+                                    if !within(write_timeout, sink.feed(Message::Text(text))).await {
+                                        ok = false;
                                         break;
                                     }
                                 }
                                 Outbound::Close(code, reason) => {
-                                    close = Some((code, reason));
+                                    close_with = Some((code, reason));
                                     break;
                                 }
                             }
                         }
-                        if sink.flush().await.is_err() {
+                        if !ok || !within(write_timeout, sink.flush()).await {
                             break;
                         }
-                        if let Some((code, reason)) = close {
-                            let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                        wrote_at.store(now_ms(), Ordering::Relaxed);
+                        if let Some((code, reason)) = close_with {
+                            close(&mut sink, write_timeout, code, reason).await;
                             break;
                         }
                     }
                     Some(Outbound::Close(code, reason)) => {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                        close(&mut sink, write_timeout, code, reason).await;
                         break;
                     }
                     None => break,
                 },
                 _ = ping.tick() => {
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    if !within(write_timeout, sink.send(Message::Ping(Default::default()))).await {
                         break;
                     }
                 }
                 _ = kill.killed() => {
-                    // Send what is already queued (acks, the closing frame), then close.
-                    while let Ok(Outbound::Text(text)) = out_rx.try_recv() {
-                        if sink.send(Message::Text(text)).await.is_err() {
-                            break;
+                    // Send what is already queued (acks, the closing frame), then close; all
+                    // of it within one write timeout.
+                    let drain = async {
+                        while let Some(Outbound::Text(text)) = inbox.try_recv() {
+                            if sink.send(Message::Text(text)).await.is_err() {
+                                break;
+                            }
                         }
-                    }
+                    };
+                    let _ = tokio::time::timeout(write_timeout, drain).await;
                     let (code, reason) = kill.reason().unwrap_or((1000, "closing"));
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    close(&mut sink, write_timeout, code, reason).await;
                     break;
                 }
             }
@@ -136,31 +172,46 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
                 Ok(Some(Ok(msg))) => msg,
                 Ok(Some(Err(_))) | Ok(None) => break,
                 Err(_) => {
+                    let wrote = wrote_at.load(Ordering::Relaxed);
+                    if now_ms().saturating_sub(wrote) < silence.as_millis() as u64 {
+                        continue; // busy writing to it: alive
+                    }
                     kill.kill(1001, "heartbeat timeout");
                     break;
                 }
             };
             match msg {
-                Message::Text(text) => match ClientMessage::parse(text.as_str(), &limits) {
-                    Ok(Some(msg)) => {
-                        if link.tx.send(RoomCmd::Frame { conn, msg }).await.is_err() {
-                            kill.kill(1012, "room restarting: reconnect");
-                            break;
+                Message::Text(text) => {
+                    // Parsing costs a few times the frame's size: the instance parses at most
+                    // its inbound budget's worth at once, and a flood waits here.
+                    let Ok(_parsing) = app.inbound.acquire(text.len()).await else {
+                        break;
+                    };
+                    match ClientMessage::parse(text.as_str(), &limits) {
+                        Ok(Some(msg)) => {
+                            let sent = tokio::select! {
+                                sent = link.tx.send(RoomCmd::Frame { conn, msg }) => sent.is_ok(),
+                                _ = kill.killed() => break,
+                            };
+                            if !sent {
+                                kill.kill(1012, "room restarting: reconnect");
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            if !out.offer(engine_error_frame(&e)) {
+                                break;
+                            }
                         }
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        if out_tx.try_send(engine_error_frame(&e)).is_err() {
-                            break;
-                        }
-                    }
-                },
+                }
                 Message::Binary(_) => {
                     let frame = error_frame(
                         "unsupported_frame",
                         "binary frames are not part of the protocol; send JSON text frames",
                     );
-                    if out_tx.try_send(frame).is_err() {
+                    if !out.offer(frame) {
                         break;
                     }
                 }
@@ -168,7 +219,10 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
                 Message::Close(_) => break,
             }
         }
-        let _ = link.tx.send(RoomCmd::Leave { conn }).await;
+        // A room stuck on a long job must not hold this connection open; if the leave cannot
+        // be queued, the room finds the queue closed at its next send and drops the member.
+        let leave = link.tx.send(RoomCmd::Leave { conn });
+        let _ = tokio::time::timeout(write_timeout, leave).await;
         kill.kill(1000, "closing");
     };
 

@@ -44,6 +44,11 @@ pub enum ServerError {
     #[error("store unavailable")]
     Unavailable,
 
+    /// Something inside the server broke (a room job panicked, a worker is gone). Logged;
+    /// clients see `unavailable`.
+    #[error("internal: {0}")]
+    Internal(&'static str),
+
     /// Binding or serving the listener failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

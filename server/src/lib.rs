@@ -2,10 +2,14 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment, with embedded defaults.
+//! - [`http`]: the listener: HTTP/1.1 with header and idle timeouts and a connection cap.
 //! - [`routes`]: HTTP routes: `/healthz`, `/` (the demo), `/pkg/*`, `/rooms/{id}/ws`.
-//! - [`connection`]: one WebSocket: reader, bounded writer queue, heartbeats.
+//! - [`connection`]: one WebSocket: reader, writer with timeouts, heartbeats.
+//! - [`outbox`], [`inbound`]: byte budgets for what is queued to clients and parsed from them.
 //! - [`rooms`]: the registry: lazy load, one task per room, idle unload.
-//! - [`room`]: a room's task: owns the engine's `RoomState`, commits, acks, broadcasts.
+//! - [`room`]: a room's task: its engine `RoomState` on the CPU pool, commits, acks, broadcasts.
+//! - [`cpu`]: the pool of threads where all CRDT work runs, off the async workers.
+//! - [`rate`]: token buckets for per-connection budgets.
 //! - [`store`]: the `Store` trait, SQLite and Postgres, and group commit.
 //! - [`hub`]: the `Hub` trait: in-memory (one instance) or Redis fan-out and presence.
 //! - [`error`]: the crate's error type, `ServerError`.
@@ -18,8 +22,13 @@
 
 pub mod config;
 pub mod connection;
+pub mod cpu;
 pub mod error;
+pub mod http;
 pub mod hub;
+pub mod inbound;
+pub mod outbox;
+pub mod rate;
 pub mod room;
 pub mod rooms;
 pub mod routes;
@@ -38,7 +47,8 @@ pub use error::{Result, ServerError};
 
 /// Runs the server on `listener` until `shutdown` resolves, then drains: stops accepting,
 /// lets rooms finish their in-flight commits and ack them, closes sockets with 1001 and writes
-/// final snapshots.
+/// final snapshots. The drain ends within `shutdown_grace` whatever clients do (or a room's
+/// job on the CPU pool: the pool's threads do not hold the process).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -50,11 +60,13 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let commit_tracker = TaskTracker::new();
     let committer = store::committer::Committer::start(store.clone(), &commit_tracker);
+    let cpu = cpu::CpuPool::start(config.cpu_threads, 1024);
     let token = CancellationToken::new();
     let rooms = rooms::Rooms::new(rooms::RoomContext {
         store: store.clone(),
         hub: hub.clone(),
         committer,
+        cpu,
         config: config.clone(),
         shutdown: token.clone(),
         tracker: tracker.clone(),
@@ -63,6 +75,8 @@ pub async fn run(
         rooms,
         config: config.clone(),
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        outbound: outbox::Budget::new(config.conn_out_bytes, config.total_out_bytes),
+        inbound: inbound::Inbound::new(config.inbound_bytes),
     };
     let addr = listener.local_addr()?;
     tracing::info!(
@@ -82,18 +96,24 @@ pub async fn run(
         signal.cancel();
     });
     let app = routes::router(state);
-    let stopped = token.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stopped.cancelled().await })
-        .await?;
+    let http = http::serve(
+        listener,
+        app,
+        config.header_timeout,
+        config.max_http_connections,
+        token.clone(),
+    )
+    .await;
 
-    // Rooms finish their commits, ack, close their members and snapshot.
+    // Rooms finish their commits, ack, close their members and snapshot; HTTP requests in
+    // flight finish. Both within one grace period.
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace elapsed with rooms still draining");
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        tokio::join!(tracker.wait(), http.wait());
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("shutdown grace elapsed with rooms or connections still draining");
     }
     commit_tracker.close();
     tracing::info!("stopped");

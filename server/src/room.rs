@@ -1,41 +1,42 @@
-//! One task per loaded room: the only owner of its [`RoomState`], so the CRDT is never touched
-//! concurrently and needs no lock.
+//! One task per loaded room, split in two halves.
 //!
-//! The task loads the room from the store, then loops over: commands from connections (a
-//! bounded channel, drained in bursts so a busy room batches), the result of its in-flight group
-//! commit, compaction and catch-up results, and a tick for idle unload and time-based
-//! compaction. After every step it hands staged updates to the committer (one commit in
-//! flight per room) and carries out the engine's events: acks to senders, broadcasts to the
-//! other members.
+//! - [`Core`] owns the engine's [`RoomState`] and does every piece of CRDT work: loading,
+//!   integrating client and hub updates, encoding `sync` frames, rebuilding after a failed
+//!   commit, encoding broadcasts. It runs on the [`CpuPool`], one job at a time per room, so a
+//!   room that is busy (or was sent something expensive) never stalls an async worker: other
+//!   rooms, `/healthz` and shutdown keep going.
+//! - The task itself (this file's [`RoomTask`]) is the async half: it loops over commands from
+//!   connections (a bounded channel, drained in bursts so a busy room batches), the result of
+//!   its in-flight group commit, compaction and catch-up results and hub events, hands each
+//!   burst to the core as one job, and carries out what the core decided: frames to members,
+//!   publishes to the hub, the next group commit. Presence, which needs no CRDT, stays here.
 //!
-//! A member whose outbound queue is full is a slow consumer: it is dropped and its connection
-//! closed (the client resyncs on reconnect) instead of letting the queue grow.
+//! Budgets applied here: each member's outbound queue is bounded in bytes (see [`outbox`]) and a
+//! member that cannot keep up is dropped as a slow consumer (it resyncs on reconnect); each
+//! member has a CPU budget (time its frames cost on the pool) and a presence rate, and one that
+//! exhausts its CPU budget is told so and closed, to come back after backoff.
+//!
+//! [`outbox`]: crate::outbox
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use concord_engine::wire::Presence;
-use concord_engine::{ClientMessage, ConnId, RoomEvent, RoomState, ServerMessage};
+use concord_engine::{ClientMessage, ConnId, EngineError, RoomEvent, RoomState, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::cpu::CpuPool;
 use crate::error::{Result, ServerError};
 use crate::hub::{Hub, HubEvent};
+use crate::outbox::Outbox;
+use crate::rate::TokenBucket;
 use crate::rooms::Rooms;
 use crate::store::Loaded;
-
-/// A frame for a connection's writer.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A text frame (shared bytes: one serialization per broadcast).
-    Text(Utf8Bytes),
-    /// Close the socket with this code and reason.
-    Close(u16, &'static str),
-}
 
 /// Why a connection is being closed from the server side.
 #[derive(Debug, Default)]
@@ -67,10 +68,12 @@ impl Kill {
 /// How the room reaches one connection.
 #[derive(Debug, Clone)]
 pub struct Member {
-    /// Bounded outbound queue of the connection's writer.
-    pub out: mpsc::Sender<Outbound>,
+    /// The connection's outbound queue, bounded in bytes.
+    pub out: Outbox,
     /// Closes the connection.
     pub kill: Arc<Kill>,
+    /// Who this connection is in presence frames: set by the server, never by the client.
+    pub user: String,
 }
 
 /// What connections ask of a room.
@@ -101,15 +104,18 @@ pub enum RoomCmd {
     },
 }
 
-struct MemberState {
-    member: Member,
-    presence: Option<Presence>,
-}
-
 /// A presence entry lives this long unless refreshed (a vanished instance's users expire).
 const PRESENCE_TTL_MS: u64 = 30_000;
 /// Local presences are re-announced this often, well inside the TTL.
 const PRESENCE_HEARTBEAT_MS: u64 = 10_000;
+/// Presences of other instances' clients a room keeps (beyond this, newcomers are not shown).
+const MAX_REMOTE_PRESENCE: usize = 4096;
+/// Presence frames a member may send in a burst, and per second after it. Frames beyond are
+/// coalesced: the latest is relayed on the next tick, so a flood slows only its sender.
+const PRESENCE_BURST: f64 = 20.0;
+const PRESENCE_PER_SEC: f64 = 20.0;
+/// Commands drained from the queue into one core job.
+const BURST: usize = 1024;
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A compaction in flight: the new snapshot and its op seq, if there was anything to fold.
@@ -129,6 +135,13 @@ fn text(msg: &ServerMessage) -> Utf8Bytes {
     Utf8Bytes::from(msg.to_json())
 }
 
+fn error_text(code: &str, message: &str) -> Utf8Bytes {
+    text(&ServerMessage::Error {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    })
+}
+
 /// Milliseconds on a monotonic clock, for the engine's time-based decisions.
 pub(crate) fn now_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -136,6 +149,197 @@ pub(crate) fn now_ms() -> u64 {
         .get_or_init(std::time::Instant::now)
         .elapsed()
         .as_millis() as u64
+}
+
+/// Work for the core, in arrival order.
+enum Input {
+    Join {
+        conn: ConnId,
+        sv: Option<Vec<u8>>,
+    },
+    Update {
+        conn: ConnId,
+        id: Option<String>,
+        update: Vec<u8>,
+    },
+    Remote {
+        seq: u64,
+        update: Vec<u8>,
+    },
+    Committed(Result<u64>),
+}
+
+/// What the core decided, in order; the task carries it out.
+enum Out {
+    /// A join's first frame: the member is added right after it.
+    Joined {
+        conn: ConnId,
+        sync: Utf8Bytes,
+    },
+    /// A join that cannot be served (a bad state vector): this frame, then close.
+    JoinRefused {
+        conn: ConnId,
+        frame: Utf8Bytes,
+    },
+    To(ConnId, Utf8Bytes),
+    All {
+        frame: Utf8Bytes,
+        except: Option<ConnId>,
+    },
+    Publish {
+        seq: u64,
+        update: Vec<u8>,
+    },
+    /// The commit of this member's op failed: tell it and close it so it resends.
+    CommitFailed(ConnId),
+    /// Close this member (after the frames already queued for it).
+    Close(ConnId, u16, &'static str),
+}
+
+#[derive(Default)]
+struct Effects {
+    outs: Vec<Out>,
+    catch_up: bool,
+    /// Time each connection's updates cost.
+    charges: Vec<(ConnId, Duration)>,
+}
+
+/// The CRDT half of a room (see the module docs). Moved onto a pool thread for each job.
+struct Core {
+    id: String,
+    state: RoomState,
+    /// The `sync` frame for joins without `?sv=`, shared until the document changes: a burst
+    /// of joins (a reconnect storm, a popular document) encodes the state once.
+    full_sync: Option<Utf8Bytes>,
+}
+
+impl Core {
+    fn step(&mut self, inputs: Vec<Input>) -> Effects {
+        let mut fx = Effects::default();
+        for input in inputs {
+            match input {
+                Input::Join { conn, sv } => self.join(conn, sv, &mut fx),
+                Input::Update { conn, id, update } => {
+                    self.full_sync = None;
+                    let start = Instant::now();
+                    if let Err(e) = self.state.handle_op(conn, id, &update) {
+                        tracing::debug!(room = %self.id, conn = conn.0, error = %e, "update rejected");
+                        fx.outs.push(Out::To(conn, text(&ServerMessage::error(&e))));
+                        match e {
+                            // It cost a rebuild: no second chance on this connection.
+                            EngineError::IntegrationFailed { .. } => {
+                                fx.outs.push(Out::Close(conn, 1008, "update rejected"));
+                            }
+                            // The room is full of work not yet durable: come back later and
+                            // resend (the op is still the client's pending op).
+                            EngineError::Overloaded { .. } => {
+                                fx.outs.push(Out::Close(
+                                    conn,
+                                    1013,
+                                    "room overloaded: retry later",
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                    fx.charges.push((conn, start.elapsed()));
+                }
+                Input::Remote { seq, update } => {
+                    self.full_sync = None;
+                    if let Err(e) = self.state.handle_remote(seq, &update) {
+                        tracing::error!(room = %self.id, seq, error = %e, "committed update rejected");
+                    }
+                }
+                Input::Committed(result) => {
+                    self.full_sync = None;
+                    self.committed(result, &mut fx);
+                }
+            }
+            self.dispatch_events(&mut fx);
+        }
+        fx
+    }
+
+    fn join(&mut self, conn: ConnId, sv: Option<Vec<u8>>, fx: &mut Effects) {
+        if sv.is_none() {
+            if let Some(sync) = &self.full_sync {
+                fx.outs.push(Out::Joined {
+                    conn,
+                    sync: sync.clone(),
+                });
+                return;
+            }
+        }
+        match self.state.sync_for(sv.as_deref()) {
+            Ok(sync) => {
+                let sync = text(&sync);
+                if sv.is_none() {
+                    self.full_sync = Some(sync.clone());
+                }
+                fx.outs.push(Out::Joined { conn, sync });
+            }
+            Err(e) => fx.outs.push(Out::JoinRefused {
+                conn,
+                frame: text(&ServerMessage::error(&e)),
+            }),
+        }
+    }
+
+    fn committed(&mut self, result: Result<u64>, fx: &mut Effects) {
+        match result {
+            Ok(first) => {
+                if let Err(e) = self.state.handle_committed(first) {
+                    tracing::error!(room = %self.id, error = %e, "commit result out of order");
+                }
+            }
+            Err(e) => {
+                tracing::error!(room = %self.id, error = %e, "commit failed; closing its senders");
+                for conn in self.state.handle_commit_failed() {
+                    fx.outs.push(Out::CommitFailed(conn));
+                }
+            }
+        }
+    }
+
+    fn dispatch_events(&mut self, fx: &mut Effects) {
+        while let Some(event) = self.state.poll_event() {
+            match event {
+                RoomEvent::Ack { conn, id, seq } => {
+                    fx.outs
+                        .push(Out::To(conn, text(&ServerMessage::Ack { id, seq })));
+                }
+                RoomEvent::Broadcast {
+                    seq,
+                    update,
+                    origin,
+                } => {
+                    let frame = text(&ServerMessage::Op {
+                        seq,
+                        update: update.clone(),
+                    });
+                    if origin.is_some() {
+                        // Committed here: other instances learn it from the hub.
+                        fx.outs.push(Out::Publish { seq, update });
+                    }
+                    fx.outs.push(Out::All {
+                        frame,
+                        except: origin,
+                    });
+                }
+                RoomEvent::CatchUp { .. } => fx.catch_up = true,
+            }
+        }
+    }
+}
+
+struct MemberState {
+    member: Member,
+    presence: Option<Presence>,
+    /// A presence frame held back by the rate limit; the latest wins.
+    presence_held: Option<Presence>,
+    presence_rate: TokenBucket,
+    /// Milliseconds of pool time this member may still spend.
+    cpu: TokenBucket,
 }
 
 /// A room's task. Created and registered by [`Rooms`].
@@ -159,25 +363,39 @@ impl RoomTask {
                 return self.fail_joins(ServerError::Unavailable).await;
             }
         };
-        let state = match load_state(&self.id, loaded, &ctx.config) {
-            Ok(state) => state,
+        let (id, config) = (self.id.clone(), ctx.config.clone());
+        let core = match ctx
+            .cpu
+            .run(move || load_state(&id, loaded, &config))
+            .await
+            .and_then(|ran| ran.value)
+        {
+            Ok(state) => Box::new(Core {
+                id: self.id.clone(),
+                state,
+                full_sync: None,
+            }),
             Err(e) => {
                 tracing::error!(room = %self.id, error = %e, "room data rejected");
                 return self.fail_joins(ServerError::Unavailable).await;
             }
         };
-        tracing::debug!(room = %self.id, seq = state.seq(), "room loaded");
+        tracing::debug!(room = %self.id, seq = core.state.seq(), "room loaded");
         let mut room = Room {
             id: self.id.clone(),
-            state,
+            core: Some(core),
             members: HashMap::new(),
+            joining: HashMap::new(),
             closing: false,
             hub: ctx.hub.clone(),
+            cpu: ctx.cpu.clone(),
+            cpu_budget: ctx.config.cpu_budget,
+            max_update_bytes: ctx.config.limits.max_update_bytes,
             remote_presence: HashMap::new(),
+            inputs: Vec::new(),
         };
         for p in ctx.hub.live_presence(&self.id).await {
-            room.remote_presence
-                .insert(p.user.clone(), (p, now_ms() + PRESENCE_TTL_MS));
+            room.remote_presence_event(p);
         }
         let mut resync = false;
         let mut last_heartbeat = now_ms();
@@ -201,46 +419,50 @@ impl RoomTask {
                 }
                 result = poll_opt(&mut commit) => {
                     commit = None;
-                    room.committed(result);
+                    room.inputs.push(Input::Committed(result));
                 }
                 result = poll_opt(&mut compaction) => {
                     compaction = None;
-                    match result {
-                        Ok(Some((snapshot, op_seq))) => {
-                            room.state.handle_compacted(snapshot, op_seq, now_ms());
+                    if let Some(core) = room.core.as_mut() {
+                        match result {
+                            Ok(Some((snapshot, op_seq))) => {
+                                core.state.handle_compacted(snapshot, op_seq, now_ms());
+                            }
+                            Ok(None) => core.state.handle_compacted(Vec::new(), 0, now_ms()),
+                            Err(e) => tracing::warn!(room = %room.id, error = %e, "compaction failed"),
                         }
-                        Ok(None) => room.state.handle_compacted(Vec::new(), 0, now_ms()),
-                        Err(e) => tracing::warn!(room = %room.id, error = %e, "compaction failed"),
                     }
                 }
                 result = poll_opt(&mut catch_up) => {
                     catch_up = None;
                     match result {
-                        Ok(ops) => {
-                            for (seq, update) in ops {
-                                if let Err(e) = room.state.handle_remote(seq, &update) {
-                                    tracing::error!(room = %room.id, seq, error = %e, "stored op rejected");
-                                }
-                            }
-                        }
+                        Ok(ops) => room.inputs.extend(
+                            ops.into_iter().map(|(seq, update)| Input::Remote { seq, update }),
+                        ),
                         Err(e) => tracing::warn!(room = %room.id, error = %e, "catch-up failed"),
                     }
                 }
-                event = sub.rx.recv(), if hub_open => match event {
-                    Some(HubEvent::Update { seq, update }) => {
-                        if let Err(e) = room.state.handle_remote(seq, &update) {
-                            tracing::error!(room = %room.id, seq, error = %e, "update from the hub rejected");
+                event = sub.rx.recv(), if hub_open => {
+                    let mut next = event;
+                    for _ in 0..BURST {
+                        match next {
+                            Some(event) => resync |= room.hub_event(event),
+                            None => {
+                                hub_open = false;
+                                break;
+                            }
                         }
+                        next = match sub.rx.try_recv() {
+                            Ok(event) => Some(event),
+                            Err(_) => break,
+                        };
                     }
-                    Some(HubEvent::Presence(p)) => room.remote_presence_event(p),
-                    Some(HubEvent::Resync) => resync = true,
-                    None => hub_open = false,
-                },
+                }
                 cmd = self.rx.recv(), if !rx_done => match cmd {
                     Some(cmd) => {
                         room.handle(cmd);
-                        // Drain a burst: everything queued is applied before the next commit.
-                        for _ in 0..1024 {
+                        // Drain a burst: everything queued goes to the core as one job.
+                        for _ in 0..BURST {
                             match self.rx.try_recv() {
                                 Ok(cmd) => room.handle(cmd),
                                 Err(_) => break,
@@ -257,16 +479,18 @@ impl RoomTask {
                 _ = tick.tick() => {
                     let now = now_ms();
                     room.expire_remote_presence(now);
+                    room.release_held_presence(now);
                     if now.saturating_sub(last_heartbeat) >= PRESENCE_HEARTBEAT_MS {
                         last_heartbeat = now;
                         room.announce_local_presence();
                     }
-                    if compaction.is_none() && room.state.compaction_due(now) {
+                    let due = room.core.as_ref().is_some_and(|c| c.state.compaction_due(now));
+                    if compaction.is_none() && due {
                         let store = ctx.store.clone();
                         let id = room.id.clone();
                         compaction = Some(Box::pin(async move { store.compact(&id).await }));
                     }
-                    if room.members.is_empty() && commit.is_none() && room.state.uncommitted() == 0 {
+                    if room.members.is_empty() && commit.is_none() && room.uncommitted() == 0 {
                         let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
                         if !closing && since.elapsed() >= ctx.config.room_idle
                             && self.rooms.unregister_if_idle(&self.id, self.generation, &self.rx)
@@ -281,35 +505,41 @@ impl RoomTask {
                 }
             }
 
+            if !room.inputs.is_empty() {
+                match room.run_core().await {
+                    Ok(catch_up) => resync |= catch_up,
+                    Err(e) => {
+                        // The core is gone with whatever it held that was not durable; its
+                        // senders still hold those ops and resend after reconnecting.
+                        tracing::error!(room = %room.id, error = %e, "room failed; restarting it");
+                        room.abandon();
+                        self.rooms.unregister(&self.id, self.generation);
+                        return self.fail_joins(ServerError::RoomClosing).await;
+                    }
+                }
+            }
             if commit.is_none() {
-                if let Some(batch) = room.state.take_batch() {
+                if let Some(batch) = room.core.as_mut().and_then(|c| c.state.take_batch()) {
                     let committer = ctx.committer.clone();
                     let id = room.id.clone();
                     commit = Some(Box::pin(async move { committer.commit(id, batch).await }));
                 }
             }
-            resync |= room.dispatch_events();
             if resync && catch_up.is_none() {
                 resync = false;
                 let store = ctx.store.clone();
                 let id = room.id.clone();
-                let after = room.state.seq();
+                let after = room.core.as_ref().map_or(0, |c| c.state.seq());
                 catch_up = Some(Box::pin(async move { store.ops_after(&id, after).await }));
             }
-            if rx_done && commit.is_none() && room.state.uncommitted() == 0 {
+            if rx_done && commit.is_none() && room.uncommitted() == 0 {
                 break;
             }
         }
 
         // Drained: everything accepted is durable and acked. Close the members, then leave a
         // snapshot behind so the next load is one read.
-        for (_, m) in room.members.drain() {
-            let _ = m
-                .member
-                .out
-                .try_send(Outbound::Close(1001, "server shutting down"));
-            m.member.kill.kill(1001, "server shutting down");
-        }
+        room.close_all(1001, "server shutting down");
         if let Some(f) = compaction.take() {
             let _ = f.await;
         }
@@ -347,24 +577,56 @@ fn load_state(id: &str, loaded: Loaded, config: &crate::config::Config) -> Resul
         config.compaction,
         now_ms(),
     )
+    .map(|state| state.with_limits(config.room_limits))
     .map_err(|source| ServerError::Corrupt {
         room: id.to_owned(),
         source,
     })
 }
 
+/// The CPU budget of each connection: `burst` of pool time, refilled at `share` of a core.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuBudget {
+    /// Milliseconds of pool time a connection may spend at once.
+    pub burst_ms: f64,
+    /// Fraction of one core a connection may use over time.
+    pub share: f64,
+}
+
+impl Default for CpuBudget {
+    fn default() -> Self {
+        CpuBudget {
+            burst_ms: 5_000.0,
+            share: 0.25,
+        }
+    }
+}
+
+/// The async half of a room (see the module docs).
 struct Room {
     id: String,
-    state: RoomState,
+    /// `None` only while a job runs (or after one failed).
+    core: Option<Box<Core>>,
     members: HashMap<ConnId, MemberState>,
+    /// Joins waiting for their `sync` frame from the core.
+    joining: HashMap<ConnId, (Member, oneshot::Sender<Result<()>>)>,
     /// Unloading or shutting down: joins are sent back to the registry.
     closing: bool,
     hub: Arc<dyn Hub>,
+    cpu: CpuPool,
+    cpu_budget: CpuBudget,
+    max_update_bytes: usize,
     /// Presences of clients on other instances, with their expiry (monotonic ms).
     remote_presence: HashMap<String, (Presence, u64)>,
+    /// Work gathered for the next core job.
+    inputs: Vec<Input>,
 }
 
 impl Room {
+    fn uncommitted(&self) -> usize {
+        self.core.as_ref().map_or(0, |c| c.state.uncommitted())
+    }
+
     fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
             RoomCmd::Join {
@@ -377,55 +639,45 @@ impl Room {
                     let _ = reply.send(Err(ServerError::RoomClosing));
                     return;
                 }
-                let sync = match self.state.sync_for(sv.as_deref()) {
-                    Ok(sync) => sync,
-                    Err(e) => {
-                        let _ = member
-                            .out
-                            .try_send(Outbound::Text(text(&ServerMessage::error(&e))));
-                        let _ = reply.send(Ok(()));
-                        member.kill.kill(1008, "bad state vector");
-                        return;
-                    }
-                };
-                if member.out.try_send(Outbound::Text(text(&sync))).is_err() {
-                    let _ = reply.send(Ok(()));
-                    return;
-                }
-                let local = self.members.values().filter_map(|m| m.presence.as_ref());
-                let remote = self.remote_presence.values().map(|(p, _)| p);
-                for p in local.chain(remote) {
-                    let _ = member
-                        .out
-                        .try_send(Outbound::Text(text(&ServerMessage::Presence(p.clone()))));
-                }
-                self.members.insert(
-                    conn,
-                    MemberState {
-                        member,
-                        presence: None,
-                    },
-                );
-                let _ = reply.send(Ok(()));
+                self.joining.insert(conn, (member, reply));
+                self.inputs.push(Input::Join { conn, sv });
             }
             RoomCmd::Frame { conn, msg } => {
-                if !self.members.contains_key(&conn) {
+                let now = now_ms();
+                let Some(m) = self.members.get_mut(&conn) else {
                     return;
-                }
+                };
                 match msg {
-                    ClientMessage::Op { id, update } => self.client_update(conn, id, &update),
-                    ClientMessage::Sync { update } => self.client_update(conn, None, &update),
-                    ClientMessage::Presence(p) => {
-                        self.hub.publish_presence(&self.id, &p, PRESENCE_TTL_MS);
-                        let frame = text(&ServerMessage::Presence(p.clone()));
-                        if let Some(m) = self.members.get_mut(&conn) {
-                            m.presence = Some(p);
+                    ClientMessage::Op { id, update } => {
+                        if !m.cpu.available(now) {
+                            return self.over_cpu_budget(conn);
                         }
-                        self.send_all(frame, Some(conn));
+                        self.inputs.push(Input::Update { conn, id, update });
+                    }
+                    ClientMessage::Sync { update } => {
+                        if !m.cpu.available(now) {
+                            return self.over_cpu_budget(conn);
+                        }
+                        self.inputs.push(Input::Update {
+                            conn,
+                            id: None,
+                            update,
+                        });
+                    }
+                    ClientMessage::Presence(mut p) => {
+                        // Who it is from is the server's to say.
+                        p.user = m.member.user.clone();
+                        if m.presence_rate.try_take(now) {
+                            m.presence_held = None;
+                            self.relay_presence(conn, p);
+                        } else {
+                            m.presence_held = Some(p);
+                        }
                     }
                 }
             }
             RoomCmd::Leave { conn } => {
+                self.joining.remove(&conn);
                 if let Some(m) = self.members.remove(&conn) {
                     if let Some(mut p) = m.presence {
                         p.left = true;
@@ -438,73 +690,176 @@ impl Room {
         }
     }
 
-    fn client_update(&mut self, conn: ConnId, id: Option<String>, update: &[u8]) {
-        if let Err(e) = self.state.handle_op(conn, id, update) {
-            tracing::debug!(room = %self.id, conn = conn.0, error = %e, "update rejected");
-            self.send_to(conn, text(&ServerMessage::error(&e)));
+    fn over_cpu_budget(&mut self, conn: ConnId) {
+        tracing::info!(room = %self.id, conn = conn.0, "connection over its CPU budget; closing it");
+        self.send_to(
+            conn,
+            error_text(
+                "cpu_budget",
+                "your updates are costing the server too much time; reconnect later",
+            ),
+        );
+        if let Some(m) = self.members.remove(&conn) {
+            m.member
+                .kill
+                .kill(1013, "cpu budget exhausted: retry later");
         }
     }
 
-    fn committed(&mut self, result: Result<u64>) {
-        match result {
-            Ok(first) => {
-                if let Err(e) = self.state.handle_committed(first) {
-                    tracing::error!(room = %self.id, error = %e, "commit result out of order");
+    /// Runs the gathered inputs on the pool; true if the room must catch up from the store.
+    async fn run_core(&mut self) -> Result<bool> {
+        let Some(mut core) = self.core.take() else {
+            return Err(ServerError::Internal("room core missing"));
+        };
+        let inputs = std::mem::take(&mut self.inputs);
+        let ran = self
+            .cpu
+            .run(move || {
+                let fx = core.step(inputs);
+                (core, fx)
+            })
+            .await?;
+        let (core, fx) = ran.value;
+        self.core = Some(core);
+        let now = now_ms();
+        for (conn, took) in fx.charges {
+            if let Some(m) = self.members.get_mut(&conn) {
+                m.cpu.charge(took.as_secs_f64() * 1000.0, now);
+            }
+        }
+        for out in fx.outs {
+            self.carry_out(out, now);
+        }
+        Ok(fx.catch_up)
+    }
+
+    fn carry_out(&mut self, out: Out, now: u64) {
+        match out {
+            Out::Joined { conn, sync } => {
+                let Some((member, reply)) = self.joining.remove(&conn) else {
+                    return;
+                };
+                if !member.out.offer(sync) {
+                    let _ = reply.send(Ok(()));
+                    member.kill.kill(1013, "too slow: reconnect to resync");
+                    return;
+                }
+                // Tell the member who it is in presence frames.
+                let you = Presence {
+                    user: member.user.clone(),
+                    you: true,
+                    ..Presence::default()
+                };
+                member.out.offer(text(&ServerMessage::Presence(you)));
+                let local = self.members.values().filter_map(|m| m.presence.as_ref());
+                let remote = self.remote_presence.values().map(|(p, _)| p);
+                for p in local.chain(remote) {
+                    member.out.offer(text(&ServerMessage::Presence(p.clone())));
+                }
+                let budget = self.cpu_budget;
+                self.members.insert(
+                    conn,
+                    MemberState {
+                        member,
+                        presence: None,
+                        presence_held: None,
+                        presence_rate: TokenBucket::new(PRESENCE_BURST, PRESENCE_PER_SEC, now),
+                        cpu: TokenBucket::new(budget.burst_ms, budget.share * 1000.0, now),
+                    },
+                );
+                let _ = reply.send(Ok(()));
+            }
+            Out::JoinRefused { conn, frame } => {
+                if let Some((member, reply)) = self.joining.remove(&conn) {
+                    member.out.offer(frame);
+                    let _ = reply.send(Ok(()));
+                    member.kill.kill(1008, "bad state vector");
                 }
             }
-            Err(e) => {
-                tracing::error!(room = %self.id, error = %e, "commit failed; closing its senders");
-                for conn in self.state.handle_commit_failed() {
-                    let frame = ServerMessage::Error {
-                        code: "unavailable".to_owned(),
-                        message: "the store is unavailable; reconnect and resend".to_owned(),
-                    };
-                    self.send_to(conn, text(&frame));
-                    if let Some(m) = self.members.remove(&conn) {
-                        m.member.kill.kill(1011, "store unavailable");
-                    }
+            Out::To(conn, frame) => self.send_to(conn, frame),
+            Out::All { frame, except } => self.send_all(frame, except),
+            Out::Publish { seq, update } => self.hub.publish_update(&self.id, seq, &update),
+            Out::Close(conn, code, reason) => {
+                if let Some(m) = self.members.remove(&conn) {
+                    m.member.kill.kill(code, reason);
+                }
+            }
+            Out::CommitFailed(conn) => {
+                self.send_to(
+                    conn,
+                    error_text(
+                        "unavailable",
+                        "the store is unavailable; reconnect and resend",
+                    ),
+                );
+                if let Some(m) = self.members.remove(&conn) {
+                    m.member.kill.kill(1011, "store unavailable");
                 }
             }
         }
     }
 
-    /// Carries out the engine's events; returns true if the room must catch up from the store.
-    fn dispatch_events(&mut self) -> bool {
-        let mut catch_up = false;
-        while let Some(event) = self.state.poll_event() {
-            match event {
-                RoomEvent::Ack { conn, id, seq } => {
-                    self.send_to(conn, text(&ServerMessage::Ack { id, seq }));
+    /// A hub event; true if the room must catch up from the store.
+    fn hub_event(&mut self, event: HubEvent) -> bool {
+        match event {
+            HubEvent::Update { seq, update } => {
+                // The hub is input like any other: an update no client could have sent is
+                // not trusted; the store has the real one, so read it from there.
+                if update.len() > self.max_update_bytes {
+                    tracing::warn!(room = %self.id, seq, len = update.len(), "oversized update from the hub; catching up from the store");
+                    return true;
                 }
-                RoomEvent::Broadcast {
-                    seq,
-                    update,
-                    origin,
-                } => {
-                    if origin.is_some() {
-                        // Committed here: other instances learn it from the hub.
-                        self.hub.publish_update(&self.id, seq, &update);
-                    }
-                    if self.members.len() > usize::from(origin.is_some()) {
-                        let frame = text(&ServerMessage::Op { seq, update });
-                        self.send_all(frame, origin);
-                    }
-                }
-                RoomEvent::CatchUp { .. } => catch_up = true,
+                self.inputs.push(Input::Remote { seq, update });
+                false
             }
+            HubEvent::Presence(p) => {
+                self.remote_presence_event(p);
+                false
+            }
+            HubEvent::Resync => true,
         }
-        catch_up
+    }
+
+    fn relay_presence(&mut self, conn: ConnId, p: Presence) {
+        self.hub.publish_presence(&self.id, &p, PRESENCE_TTL_MS);
+        let frame = text(&ServerMessage::Presence(p.clone()));
+        if let Some(m) = self.members.get_mut(&conn) {
+            m.presence = Some(p);
+        }
+        self.send_all(frame, Some(conn));
+    }
+
+    /// Presence frames held back by the rate limit go out once their sender has tokens again.
+    fn release_held_presence(&mut self, now: u64) {
+        let ready: Vec<(ConnId, Presence)> = self
+            .members
+            .iter_mut()
+            .filter(|(_, m)| m.presence_held.is_some())
+            .filter_map(|(conn, m)| {
+                if m.presence_rate.try_take(now) {
+                    m.presence_held.take().map(|p| (*conn, p))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (conn, p) in ready {
+            self.relay_presence(conn, p);
+        }
     }
 
     fn remote_presence_event(&mut self, p: Presence) {
-        let frame = text(&ServerMessage::Presence(p.clone()));
         if p.left {
             self.remote_presence.remove(&p.user);
-        } else {
+        } else if self.remote_presence.len() < MAX_REMOTE_PRESENCE
+            || self.remote_presence.contains_key(&p.user)
+        {
             self.remote_presence
-                .insert(p.user.clone(), (p, now_ms() + PRESENCE_TTL_MS));
+                .insert(p.user.clone(), (p.clone(), now_ms() + PRESENCE_TTL_MS));
+        } else {
+            return;
         }
-        self.send_all(frame, None);
+        self.send_all(text(&ServerMessage::Presence(p)), None);
     }
 
     /// Users of a vanished instance stop being refreshed: tell local members they left.
@@ -534,7 +889,7 @@ impl Room {
 
     fn send_to(&mut self, conn: ConnId, frame: Utf8Bytes) {
         let ok = match self.members.get(&conn) {
-            Some(m) => m.member.out.try_send(Outbound::Text(frame)).is_ok(),
+            Some(m) => m.member.out.offer(frame),
             None => return,
         };
         if !ok {
@@ -548,11 +903,7 @@ impl Room {
             if Some(*conn) == except {
                 continue;
             }
-            if m.member
-                .out
-                .try_send(Outbound::Text(frame.clone()))
-                .is_err()
-            {
+            if !m.member.out.offer(frame.clone()) {
                 slow.push(*conn);
             }
         }
@@ -566,5 +917,21 @@ impl Room {
             tracing::debug!(room = %self.id, conn = conn.0, "slow consumer disconnected");
             m.member.kill.kill(1013, "too slow: reconnect to resync");
         }
+    }
+
+    fn close_all(&mut self, code: u16, reason: &'static str) {
+        for (_, m) in self.members.drain() {
+            m.member.out.close(code, reason);
+            m.member.kill.kill(code, reason);
+        }
+        // Joins still waiting are sent back to the registry (which retries or gives up).
+        for (_, (_, reply)) in self.joining.drain() {
+            let _ = reply.send(Err(ServerError::RoomClosing));
+        }
+    }
+
+    /// The core failed: everyone reconnects to a fresh room task.
+    fn abandon(&mut self) {
+        self.close_all(1012, "room restarting: reconnect");
     }
 }

@@ -29,6 +29,8 @@ pub struct RoomContext {
     pub hub: Arc<dyn crate::hub::Hub>,
     /// Group commit.
     pub committer: Committer,
+    /// Where rooms do their CRDT work.
+    pub cpu: crate::cpu::CpuPool,
     /// Settings.
     pub config: Arc<Config>,
     /// Cancelled when the server shuts down.

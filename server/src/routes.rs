@@ -25,6 +25,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// One permit per open WebSocket.
     pub connections: Arc<Semaphore>,
+    /// Byte budgets of the outbound queues.
+    pub outbound: Arc<crate::outbox::Budget>,
+    /// Byte budget of frames being parsed.
+    pub inbound: crate::inbound::Inbound,
 }
 
 /// The router of the whole server.

@@ -38,7 +38,7 @@ export interface ConcordProviderOptions {
   persistence?: boolean;
   /** IndexedDB database name (default `concord`). */
   databaseName?: string;
-  /** This replica's presence id (default: random). */
+  /** A presence id to use until the server assigns this connection its own (default: random). */
   user?: string;
   /** Where the WebAssembly module is, when a bundler moved it: bytes, a Module, a URL or a Response. */
   wasm?: BufferSource | WebAssembly.Module | URL | string | Response;
@@ -77,7 +77,7 @@ export declare class ConcordProvider extends EventTarget {
   readonly documentKey: string;
   /** The engine replica's 53-bit client id. */
   readonly clientId: number;
-  /** This replica's presence id. */
+  /** This connection's presence id, as peers see it: assigned by the server on each connect. */
   readonly user: string;
   /** The engine session (null until ready, and after destroy). */
   readonly session: ClientSession | null;

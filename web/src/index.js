@@ -122,7 +122,8 @@ export class ConcordProvider extends EventTarget {
     /** Key of this document in IndexedDB. */
     this.documentKey = `${this.url}|${room}`;
     this.clientId = randomClientId();
-    /** This replica's presence id. */
+    /** This connection's presence id: the server assigns it after each connect (peers see
+     * this id, whatever a client claims); `options.user` only names it until then. */
     this.user = options.user ?? `u-${randomId(12)}`;
     this.tabId = randomId(16);
     /** @type {ClientSession | null} */
@@ -455,7 +456,13 @@ export class ConcordProvider extends EventTarget {
         break;
       case 'presence': {
         const p = event.presence;
-        if (!p || typeof p.user !== 'string' || p.user === this.user) break;
+        if (!p || typeof p.user !== 'string') break;
+        if (p.you) {
+          // The server names this connection in presence frames; the id is the server's to set.
+          this.user = p.user;
+          break;
+        }
+        if (p.user === this.user) break;
         if (p.left) this.presences.delete(p.user);
         else this.presences.set(p.user, p);
         this._emit('presence', { user: p.user, presence: p.left ? null : p, presences: this.presences });

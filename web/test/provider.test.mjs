@@ -199,33 +199,37 @@ test('presence is relayed, follows local edits, and is removed when a peer leave
   const a = await provider(room, { user: 'ann' });
   const b = await provider(room, { user: 'bob' });
   await online(a, b);
+  // The server names each connection in presence: what a client claims is not who it is.
+  await waitFor(() => a.user.startsWith('c-') && b.user.startsWith('c-'), { message: 'ids assigned' });
+  const ann = a.user;
+  assert.notEqual(ann, b.user);
   a.insert(0, 'hello world');
   await converged(a, b);
 
   a.setPresence({ name: 'Ann', color: '#e11d48', cursor: { anchor: 6, head: 11 } });
-  const seen = await waitFor(() => b.presences.get('ann'), { message: 'b sees ann' });
-  assert.deepEqual(seen, { user: 'ann', name: 'Ann', color: '#e11d48', cursor: { anchor: 6, head: 11 } });
-  assert.equal(a.presences.has('ann'), false, 'no echo of our own presence');
+  const seen = await waitFor(() => b.presences.get(ann), { message: 'b sees ann' });
+  assert.deepEqual(seen, { user: ann, name: 'Ann', color: '#e11d48', cursor: { anchor: 6, head: 11 } });
+  assert.equal(a.presences.has(ann), false, 'no echo of our own presence');
 
   // B types before Ann's selection: B's view of it shifts with the text.
   b.insert(0, '>> ');
-  assert.deepEqual(b.presences.get('ann').cursor, { anchor: 9, head: 14 });
+  assert.deepEqual(b.presences.get(ann).cursor, { anchor: 9, head: 14 });
 
   // Presence frames are throttled, the last one always gets through.
   for (let i = 0; i <= 20; i++) a.setPresence({ cursor: i });
-  await waitFor(() => b.presences.get('ann')?.cursor === 20, { message: 'last cursor arrives' });
-  assert.equal(b.presences.get('ann').name, 'Ann', 'fields not re-sent are kept');
+  await waitFor(() => b.presences.get(ann)?.cursor === 20, { message: 'last cursor arrives' });
+  assert.equal(b.presences.get(ann).name, 'Ann', 'fields not re-sent are kept');
 
   // A late joiner is told who is here.
   const c = await provider(room, { user: 'cid' });
-  await waitFor(() => c.presences.get('ann')?.cursor === 20, { message: 'late joiner sees ann' });
+  await waitFor(() => c.presences.get(ann)?.cursor === 20, { message: 'late joiner sees ann' });
 
   const left = [];
   b.on('presence', ({ user, presence }) => presence === null && left.push(user));
   await a.destroy();
   providers.delete(a);
-  await waitFor(() => !b.presences.has('ann') && !c.presences.has('ann'), { message: 'ann gone' });
-  assert.deepEqual(left, ['ann']);
+  await waitFor(() => !b.presences.has(ann) && !c.presences.has(ann), { message: 'ann gone' });
+  assert.deepEqual(left, [ann]);
 });
 
 test('misuse is reported with codes', async () => {

@@ -328,6 +328,7 @@ fn presence_goes_out_online_and_comes_in_as_events() {
         color: Some("#2DD4BF".into()),
         name: Some("Zoë 😀".into()),
         left: false,
+        you: false,
     };
     let js = serde_wasm_bindgen::to_value(&mine).unwrap();
     s.set_presence(js.clone()).unwrap();
@@ -355,6 +356,7 @@ fn presence_goes_out_online_and_comes_in_as_events() {
         color: None,
         name: None,
         left: true,
+        you: false,
     };
     s.handle_frame(&ServerMessage::Presence(theirs.clone()).to_json())
         .unwrap();

@@ -6,7 +6,7 @@ use concord_engine::{Document, Limits};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::suite::next_text;
+use crate::suite::{next_text, your_presence_id};
 use crate::support::*;
 
 fn error_code(frame: &str) -> String {
@@ -36,6 +36,7 @@ pub async fn bad_input_changes_nothing(backend: Backend) {
     let url = format!("{}/rooms/{room}/ws", server.ws_base());
     let (mut bad, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     assert!(next_text(&mut bad).await.starts_with(r#"{"t":"sync""#));
+    your_presence_id(&mut bad).await;
 
     // An update that depends on something the room never saw.
     let mut other = Document::new(701);

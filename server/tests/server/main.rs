@@ -2,6 +2,7 @@
 //! against SQLite and against the local Postgres (`CONCORD_TEST_PG`, default
 //! `postgres://postgres@127.0.0.1:5432/test`); with `CI=true` a missing Postgres fails the run.
 
+mod abuse;
 mod bad_input;
 mod scale_out;
 mod suite;
@@ -46,3 +47,22 @@ for_each_store!(
     presence_is_relayed_and_left_on_close,
     routes_and_upgrade_errors,
 );
+
+mod abuse_suite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cpu_budget_cuts_off_the_costly_connection() {
+        crate::abuse::cpu_budget_cuts_off_the_costly_connection().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_is_dropped() {
+        crate::abuse::a_client_that_never_reads_is_dropped().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_presence_flood_slows_only_the_flooder() {
+        crate::abuse::a_presence_flood_slows_only_the_flooder().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
+        crate::abuse::slowloris_is_timed_out_and_shutdown_is_bounded().await
+    }
+}

@@ -6,7 +6,7 @@ use concord_engine::Document;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::suite::next_text;
+use crate::suite::{next_text, your_presence_id};
 use crate::support::*;
 
 async fn instance(pg: &str, redis: &str) -> TestServer {
@@ -60,6 +60,12 @@ async fn two_instances_converge_and_share_presence() {
         .unwrap();
     assert!(next_text(&mut pa).await.starts_with(r#"{"t":"sync""#));
     assert!(next_text(&mut pb).await.starts_with(r#"{"t":"sync""#));
+    let ana = your_presence_id(&mut pa).await;
+    assert_ne!(
+        ana,
+        your_presence_id(&mut pb).await,
+        "ids are unique across instances"
+    );
     pa.send(Message::Text(
         r##"{"t":"presence","user":"ana","cursor":1,"color":"#f00"}"##.into(),
     ))
@@ -68,13 +74,13 @@ async fn two_instances_converge_and_share_presence() {
     let seen = next_presence(&mut pb).await;
     assert_eq!(
         seen,
-        r##"{"t":"presence","user":"ana","cursor":1,"color":"#f00"}"##
+        format!(r##"{{"t":"presence","user":"{ana}","cursor":1,"color":"#f00"}}"##)
     );
     pa.close(None).await.unwrap();
     let left = next_presence(&mut pb).await;
     assert_eq!(
         left,
-        r##"{"t":"presence","user":"ana","color":"#f00","left":true}"##
+        format!(r##"{{"t":"presence","user":"{ana}","color":"#f00","left":true}}"##)
     );
     a.stop().await;
     b.stop().await;

@@ -252,25 +252,30 @@ pub async fn presence_is_relayed_and_left_on_close(backend: Backend) {
     let url = format!("{}/rooms/{room}/ws", server.ws_base());
     let (mut a, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let (mut b, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let mut ids = Vec::new();
     for ws in [&mut a, &mut b] {
         let first = next_text(ws).await;
         assert!(first.starts_with(r#"{"t":"sync""#), "{first}");
+        ids.push(your_presence_id(ws).await);
     }
+    assert_ne!(ids[0], ids[1]);
+    // Claiming to be someone else changes nothing: the server names the sender.
     a.send(Message::Text(
         r##"{"t":"presence","user":"ana","cursor":3,"color":"#2DD4BF"}"##.into(),
     ))
     .await
     .unwrap();
     let seen = next_text(&mut b).await;
+    let ana = &ids[0];
     assert_eq!(
         seen,
-        r##"{"t":"presence","user":"ana","cursor":3,"color":"#2DD4BF"}"##
+        format!(r##"{{"t":"presence","user":"{ana}","cursor":3,"color":"#2DD4BF"}}"##)
     );
     a.close(None).await.unwrap();
     let left = next_text(&mut b).await;
     assert_eq!(
         left,
-        r##"{"t":"presence","user":"ana","color":"#2DD4BF","left":true}"##
+        format!(r##"{{"t":"presence","user":"{ana}","color":"#2DD4BF","left":true}}"##)
     );
     server.stop().await;
 }
@@ -308,6 +313,16 @@ pub async fn routes_and_upgrade_errors(backend: Backend) {
         "bad sv is refused"
     );
     server.stop().await;
+}
+
+/// Reads the frame that follows `sync`: the presence id the server gave this connection.
+pub async fn your_presence_id(ws: &mut Ws) -> String {
+    let frame = next_text(ws).await;
+    let v: serde_json::Value = serde_json::from_str(&frame).expect("json");
+    assert!(v["t"] == "presence" && v["you"] == true, "{frame}");
+    let id = v["user"].as_str().expect("user").to_owned();
+    assert!(id.starts_with("c-"), "{id}");
+    id
 }
 
 pub async fn next_text(ws: &mut Ws) -> String {

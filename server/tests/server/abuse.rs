@@ -1,0 +1,415 @@
+//! The fault and abuse suite, short form: each attack runs against a real server on loopback,
+//! bounded in size and time, while a prober measures `/healthz` latency and a bystander in
+//! another room measures its ack latency. Figures are printed (`cargo test --release abuse --
+//! --nocapture` shows them; `docs/reliability.md` records a run); assertions are on outcomes
+//! (the attacker is cut off, the bystander's edits are acked, nothing acked is lost) with
+//! latency bounds loose enough for a loaded CI machine yet far below the freezes they guard
+//! against (minutes, before these budgets).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord_engine::wire::encode_b64;
+use concord_engine::Document;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::suite::{next_text, your_presence_id};
+use crate::support::*;
+
+/// Latencies seen while an attack ran.
+#[derive(Debug, Default)]
+struct Probe {
+    healthz: Vec<Duration>,
+    acks: Vec<Duration>,
+    lost: usize,
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut v = v.to_vec();
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+impl Probe {
+    fn report(&self, attack: &str) {
+        println!(
+            "abuse[{attack}]: /healthz n={} p50={:?} p99={:?} max={:?}; bystander acks n={} p50={:?} p99={:?}; acked ops lost={}",
+            self.healthz.len(),
+            pct(&self.healthz, 0.5),
+            pct(&self.healthz, 0.99),
+            pct(&self.healthz, 1.0),
+            self.acks.len(),
+            pct(&self.acks, 0.5),
+            pct(&self.acks, 0.99),
+            self.lost,
+        );
+    }
+
+    /// No freeze: the server answered health checks and acked the bystander throughout.
+    fn assert_alive(&self, attack: &str) {
+        self.report(attack);
+        assert!(
+            !self.healthz.is_empty() && !self.acks.is_empty(),
+            "{attack}: no probes ran"
+        );
+        assert!(
+            pct(&self.healthz, 0.99) < Duration::from_secs(1),
+            "{attack}: /healthz stalled: {self:?}"
+        );
+        assert!(
+            pct(&self.acks, 0.99) < Duration::from_secs(2),
+            "{attack}: the bystander room stalled"
+        );
+        assert_eq!(self.lost, 0, "{attack}: acked ops lost");
+    }
+}
+
+async fn timed_healthz(addr: SocketAddr) -> Duration {
+    let start = Instant::now();
+    let status = tokio::time::timeout(DEADLINE, http_get_status(addr, "/healthz"))
+        .await
+        .expect("/healthz answers within the deadline")
+        .expect("/healthz");
+    assert_eq!(status, 200);
+    start.elapsed()
+}
+
+/// Runs `attack` while probing the server; the probes stop when the attack ends.
+async fn probe_during<F: std::future::Future>(
+    server: &TestServer,
+    attack: F,
+) -> (F::Output, Probe) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = server.addr;
+    let health = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                seen.push(timed_healthz(addr).await);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        }
+    });
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let bystander = tokio::spawn({
+        let stop = stop.clone();
+        let base = server.ws_base();
+        async move {
+            let mut c = TestClient::new(&base, &unique("bystander"), 9_001);
+            c.connect().await;
+            let mut acks = Vec::new();
+            let mut n = 0u32;
+            let mut ready = Some(ready_tx);
+            while !stop.load(Ordering::Relaxed) || acks.is_empty() {
+                let start = Instant::now();
+                c.session.insert(n, "b").expect("insert");
+                c.pump_until(|c| c.session.pending_count() == 0).await;
+                acks.push(start.elapsed());
+                n += 1;
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Every acked edit is in a fresh reader's copy.
+            let mut check = TestClient::new(&base, &c.room, 9_002);
+            check.connect().await;
+            let lost = (n as usize).saturating_sub(check.text().len());
+            (acks, lost)
+        }
+    });
+    // The attack starts once the bystander is in.
+    let _ = ready.await;
+    let out = attack.await;
+    stop.store(true, Ordering::Relaxed);
+    let healthz = health.await.expect("prober");
+    let (acks, lost) = bystander.await.expect("bystander");
+    (
+        out,
+        Probe {
+            healthz,
+            acks,
+            lost,
+        },
+    )
+}
+
+fn presence_frame(user: &str, left: bool) -> Message {
+    let left = if left { r#","left":true"# } else { "" };
+    Message::Text(
+        format!(r#"{{"t":"presence","user":"{user}","name":"x","cursor":1{left}}}"#).into(),
+    )
+}
+
+/// A connection's CPU budget runs out: it is told `cpu_budget` and closed with 1013, while
+/// everyone else carries on.
+pub async fn cpu_budget_cuts_off_the_costly_connection() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let mut config = test_config(&db);
+    config.cpu_budget = concord_server::room::CpuBudget {
+        burst_ms: 5.0,
+        share: 0.001,
+    };
+    let server = TestServer::start(config).await;
+    let room = unique("hog");
+    let ((code, close), probe) = probe_during(&server, async {
+        let url = format!("{}/rooms/{room}/ws", server.ws_base());
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
+        let mut doc = Document::new(4_242);
+        let chunk = "lorem ipsum ".repeat(200);
+        let mut code = None;
+        let mut close = None;
+        for i in 0..5_000u32 {
+            let at = (i * 7919) % (doc.len() + 1);
+            let update = doc.insert(at, &chunk).expect("insert");
+            let frame = format!(
+                r#"{{"t":"op","id":"hog-{i}","data":{{"update":"{}"}}}}"#,
+                encode_b64(&update)
+            );
+            if ws.send(Message::Text(frame.into())).await.is_err() {
+                break;
+            }
+            // Read whatever came back without waiting.
+            while let Ok(Some(Ok(msg))) =
+                tokio::time::timeout(Duration::from_millis(1), ws.next()).await
+            {
+                match msg {
+                    Message::Text(t) if t.contains(r#""t":"error""#) => {
+                        let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                        code = v["code"].as_str().map(str::to_owned);
+                    }
+                    Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
+                    _ => {}
+                }
+            }
+            if close.is_some() {
+                break;
+            }
+        }
+        // Drain until the close arrives.
+        while close.is_none() {
+            match tokio::time::timeout(DEADLINE, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""t":"error""#) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                    code = v["code"].as_str().map(str::to_owned);
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    close = Some(frame.map_or(1005, |f| u16::from(f.code)))
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
+        (code, close)
+    })
+    .await;
+    probe.assert_alive("cpu hog");
+    assert_eq!(code.as_deref(), Some("cpu_budget"));
+    assert_eq!(close, Some(1013));
+    server.stop().await;
+}
+
+/// A client that never reads: its writes time out, it is dropped, and its connection permit
+/// and queued memory come back, so newcomers are not locked out.
+pub async fn a_client_that_never_reads_is_dropped() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let mut config = test_config(&db);
+    config.write_timeout = Duration::from_secs(1);
+    config.conn_out_bytes = 256 * 1024;
+    config.max_connections = 4;
+    let server = TestServer::start(config).await;
+    let room = unique("big");
+    // A room of 8 MB: its `sync` frame is more than the kernel's socket buffers hold.
+    let mut writer = TestClient::new(&server.ws_base(), &room, 77);
+    writer.connect().await;
+    for _ in 0..8 {
+        let at = writer.session.text().len() as u32;
+        writer
+            .session
+            .insert(at, &"x".repeat(1024 * 1024))
+            .expect("insert");
+        writer.pump_until(|c| c.session.pending_count() == 0).await;
+    }
+    let ((), probe) = probe_during(&server, async {
+        // Two readers that never read, with tiny receive buffers: with the writer and the
+        // bystander they take every permit.
+        let mut stuck = Vec::new();
+        for _ in 0..2 {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(4096).expect("rcvbuf");
+            let stream = socket.connect(server.addr).await.expect("connect");
+            let url = format!("{}/rooms/{room}/ws", server.ws_base());
+            let (ws, _) = tokio_tungstenite::client_async(url, stream)
+                .await
+                .expect("upgrade");
+            stuck.push(ws);
+        }
+        // The writer keeps the room busy, so the stuck readers' queues grow.
+        let started = Instant::now();
+        let url = format!("{}/rooms/{}/ws", server.ws_base(), unique("newcomer"));
+        loop {
+            let at = writer.session.text().len() as u32;
+            writer
+                .session
+                .insert(at, &"y".repeat(1024))
+                .expect("insert");
+            writer.pump_for(Duration::from_millis(50)).await;
+            match tokio_tungstenite::connect_async(&url).await {
+                Ok(_) => break,
+                Err(_) => assert!(
+                    started.elapsed() < DEADLINE,
+                    "stuck readers still hold their permits"
+                ),
+            }
+        }
+        println!(
+            "abuse[never reads]: permits freed {:?} after the stuck joins",
+            started.elapsed()
+        );
+        drop(stuck);
+    })
+    .await;
+    probe.assert_alive("never reads");
+    server.stop().await;
+}
+
+/// One connection floods presence and tries to speak for another user: its readers get a
+/// bounded rate of frames, always under the flooder's own server-set id, and stay connected.
+pub async fn a_presence_flood_slows_only_the_flooder() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let server = TestServer::start(test_config(&db)).await;
+    let room = unique("flood");
+    let url = format!("{}/rooms/{room}/ws", server.ws_base());
+    let (mut reader, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    assert!(next_text(&mut reader).await.starts_with(r#"{"t":"sync""#));
+    your_presence_id(&mut reader).await;
+    let (mut flooder, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    assert!(next_text(&mut flooder).await.starts_with(r#"{"t":"sync""#));
+    your_presence_id(&mut flooder).await;
+
+    let ((elapsed, users), probe) = probe_during(&server, async {
+        let start = Instant::now();
+        for i in 0..4_000 {
+            flooder
+                .send(presence_frame("victim", i % 100 == 99))
+                .await
+                .expect("flood");
+        }
+        flooder
+            .send(presence_frame("victim", true))
+            .await
+            .expect("flood");
+        // Whatever the reader gets in the flood and one second after it.
+        let mut users = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, reader.next()).await {
+            match msg {
+                Message::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                    if v["t"] == "presence" {
+                        users.push(v["user"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+                Message::Close(_) => panic!("the reader was closed by someone else's flood"),
+                _ => {}
+            }
+        }
+        (start.elapsed(), users)
+    })
+    .await;
+    probe.assert_alive("presence flood");
+    println!(
+        "abuse[presence flood]: 4,001 frames sent in {elapsed:?}; the reader got {}",
+        users.len()
+    );
+    assert!(!users.is_empty(), "presence is still relayed");
+    assert!(
+        users.iter().all(|u| u != "victim" && u.starts_with("c-")),
+        "presence names its real sender: {:?}",
+        &users[..users.len().min(5)]
+    );
+    let allowed = 20.0 + 20.0 * (elapsed.as_secs_f64() + 1.5) + 5.0;
+    assert!(
+        (users.len() as f64) <= allowed,
+        "{} presence frames relayed, over the rate ({allowed})",
+        users.len()
+    );
+    server.stop().await;
+}
+
+/// Half-sent requests and idle connections are closed after the header timeout, and shutdown
+/// ends within its grace even with them open.
+pub async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let mut config = test_config(&db);
+    config.header_timeout = Duration::from_secs(1);
+    config.shutdown_grace = Duration::from_secs(2);
+    let server = TestServer::start(config).await;
+    let addr = server.addr;
+    let ((), probe) = probe_during(&server, async {
+        let mut slow = Vec::new();
+        for i in 0..300 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            if i % 3 != 0 {
+                // Headers that never end; the idle third sends nothing at all.
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1")
+                    .await
+                    .expect("write");
+            }
+            slow.push(s);
+        }
+        let start = Instant::now();
+        for mut s in slow {
+            let mut buf = [0u8; 512];
+            // Closed by the server: EOF (or a 408 then EOF, or a reset).
+            loop {
+                match tokio::time::timeout(DEADLINE, s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(_)) => continue,
+                    Err(_) => panic!("a slowloris connection was never closed"),
+                }
+            }
+        }
+        println!(
+            "abuse[slowloris]: 300 half-open connections closed within {:?}",
+            start.elapsed()
+        );
+    })
+    .await;
+    probe.assert_alive("slowloris");
+
+    // Shutdown with a never-finished request and a silent WebSocket open.
+    let mut half = TcpStream::connect(addr).await.expect("connect");
+    half.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    let url = format!("{}/rooms/{}/ws", server.ws_base(), unique("quiet"));
+    let (_quiet, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    let start = Instant::now();
+    server.stop().await;
+    println!(
+        "abuse[shutdown]: drained in {:?} (grace 2 s)",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "shutdown exceeded its grace"
+    );
+}
