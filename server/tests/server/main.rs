@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod scale_out;
+mod store_faults;
 mod suite;
 mod support;
 
