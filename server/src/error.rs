@@ -13,7 +13,8 @@ pub enum ServerError {
     Config {
         /// Environment variable.
         name: &'static str,
-        /// Its value.
+        /// Its value, with any URL password replaced by `***` (`config::redact_url`): this
+        /// error is printed at startup, and logs must not carry credentials.
         value: String,
         /// Why it is rejected.
         reason: String,
@@ -22,6 +23,16 @@ pub enum ServerError {
     /// The database failed (connect, migrate, query).
     #[error("store: {0}")]
     Store(#[from] sqlx::Error),
+
+    /// Opening the store failed. The target is redacted (`config::redact_url`) and the reason
+    /// scrubbed of the URL and its password, since this is printed at startup.
+    #[error("cannot open store {target}: {reason}")]
+    Connect {
+        /// `DATABASE_URL`, password replaced by `***`.
+        target: String,
+        /// The driver's error, scrubbed.
+        reason: String,
+    },
 
     /// Migrations failed to apply.
     #[error("migrations: {0}")]
@@ -49,9 +60,45 @@ pub enum ServerError {
     #[error("internal: {0}")]
     Internal(&'static str),
 
+    /// The store as a whole did not answer within its bound: the committer's
+    /// `COMMIT_TIMEOUT_MS` around a group transaction (or around a load, catch-up or
+    /// compaction), a pool that could not hand out a connection, or SQLite's file lock held
+    /// past `STATEMENT_TIMEOUT_MS`. Every room behind it is stalled alike, so the committer
+    /// does not retry room by room.
+    #[error("store {what} timed out after {after_ms} ms")]
+    Timeout {
+        /// What was waiting (`commit`, `load`, `ops_after`, `compact`, `connect`).
+        what: &'static str,
+        /// The bound that elapsed.
+        after_ms: u64,
+    },
+
+    /// The database cancelled one statement after `STATEMENT_TIMEOUT_MS` (Postgres
+    /// `statement_timeout` or `lock_timeout`). Unlike [`ServerError::Timeout`] this can be one
+    /// room's problem (another instance holding that room's lock), so a group commit that hits
+    /// it is retried room by room.
+    #[error("store statement cancelled after {after_ms} ms ({what})")]
+    StatementTimeout {
+        /// What the database reported (`statement timeout`, `lock timeout`).
+        what: &'static str,
+        /// The configured bound.
+        after_ms: u64,
+    },
+
     /// Binding or serving the listener failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ServerError {
+    /// Whether this is a store stall (either kind of timeout): what a stalled store yields
+    /// instead of hanging, and what a caller may retry once the store is back.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            ServerError::Timeout { .. } | ServerError::StatementTimeout { .. }
+        )
+    }
 }
 
 /// Result alias for the server crate.

@@ -55,7 +55,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let config = Arc::new(config);
-    let store = store::connect(&config.database_url).await?;
+    let store = store::connect_with(&config.database_url, config.store_timeouts()).await?;
     let hub = hub::connect(config.redis_url.as_deref()).await?;
     let tracker = TaskTracker::new();
     let commit_tracker = TaskTracker::new();

@@ -110,10 +110,11 @@ impl RedisHub {
     /// Connects to Redis at `url` (failing if it is not reachable at startup) and starts the
     /// publisher and subscriber tasks.
     pub async fn connect(url: &str) -> Result<RedisHub> {
+        // Startup prints this error: the URL's password must not be in it.
         let bad = |e: redis::RedisError| ServerError::Config {
             name: "REDIS_URL",
-            value: url.to_owned(),
-            reason: e.to_string(),
+            value: crate::config::redact_url(url),
+            reason: crate::config::scrub(&e.to_string(), url),
         };
         let client = redis::Client::open(url).map_err(bad)?;
         let config = ConnectionManagerConfig::new()

@@ -11,11 +11,106 @@ pub mod committer;
 pub mod postgres;
 pub mod sqlite;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::config::{redact_url, scrub};
 use crate::error::{Result, ServerError};
+
+/// How long the store may take, so a stalled database turns into a prompt, typed error
+/// (`ServerError::Timeout` / `StatementTimeout`) instead of a hang that only ends when the
+/// database or the client gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreTimeouts {
+    /// Whole store calls: the committer's group transaction (retries included), and each
+    /// `load`, `ops_after` and `compact` (`COMMIT_TIMEOUT_MS`).
+    pub commit: Duration,
+    /// Each wait inside a call: Postgres `statement_timeout` and `lock_timeout`, SQLite's busy
+    /// timeout, pool acquire (`STATEMENT_TIMEOUT_MS`).
+    pub statement: Duration,
+}
+
+impl Default for StoreTimeouts {
+    fn default() -> Self {
+        StoreTimeouts {
+            commit: Duration::from_millis(5000),
+            statement: Duration::from_millis(2000),
+        }
+    }
+}
+
+impl StoreTimeouts {
+    pub(crate) fn commit_ms(&self) -> u64 {
+        self.commit.as_millis() as u64
+    }
+
+    pub(crate) fn statement_ms(&self) -> u64 {
+        self.statement.as_millis() as u64
+    }
+
+    /// Runs one whole store call under the commit bound; an elapsed bound is
+    /// `ServerError::Timeout { what }`. Dropping the call mid-transaction is safe: sqlx rolls
+    /// the transaction back when the connection returns to the pool.
+    pub(crate) async fn bound<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.commit, call).await {
+            Ok(result) => result.map_err(|e| self.classify(what, e)),
+            Err(_) => Err(ServerError::Timeout {
+                what,
+                after_ms: self.commit_ms(),
+            }),
+        }
+    }
+
+    /// Turns the drivers' ways of saying "waited too long" into the typed timeouts:
+    /// - the pool had no connection within the acquire timeout: `Timeout`;
+    /// - SQLite `BUSY`/`LOCKED` after the busy timeout: `Timeout`, since SQLite's write lock
+    ///   covers the whole file, so every room is stalled alike;
+    /// - Postgres `statement_timeout` (57014) or `lock_timeout` (55P03): `StatementTimeout`,
+    ///   which may be one room's advisory lock held elsewhere.
+    pub(crate) fn classify(&self, what: &'static str, e: ServerError) -> ServerError {
+        let ServerError::Store(err) = &e else {
+            return e;
+        };
+        let stalled = ServerError::Timeout {
+            what,
+            after_ms: self.statement_ms(),
+        };
+        match err {
+            sqlx::Error::PoolTimedOut => stalled,
+            sqlx::Error::Database(db) => {
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    let primary = db
+                        .code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .map(|c| c & 0xff);
+                    // SQLITE_BUSY = 5, SQLITE_LOCKED = 6.
+                    return if matches!(primary, Some(5 | 6)) {
+                        stalled
+                    } else {
+                        e
+                    };
+                }
+                let cancelled = match db.code().as_deref() {
+                    Some("57014") => "statement timeout",
+                    Some("55P03") => "lock timeout",
+                    _ => return e,
+                };
+                ServerError::StatementTimeout {
+                    what: cancelled,
+                    after_ms: self.statement_ms(),
+                }
+            }
+            _ => e,
+        }
+    }
+}
 
 /// A room as stored: its latest snapshot (if any) and the ops after it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,6 +141,10 @@ pub trait Store: Send + Sync + 'static {
     /// How many group commits may run at once (SQLite has one writer).
     fn parallel_commits(&self) -> usize;
 
+    /// The bounds this store was opened with; the committer enforces `commit` around each
+    /// group transaction.
+    fn timeouts(&self) -> StoreTimeouts;
+
     /// The room's snapshot and every op after it.
     async fn load(&self, room: &str) -> Result<Loaded>;
 
@@ -53,7 +152,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ops_after(&self, room: &str, after: u64) -> Result<Vec<(u64, Vec<u8>)>>;
 
     /// Commits every room's updates in one transaction; returns each room's first seq, in the
-    /// order of `batch`. No room appears twice in a batch.
+    /// order of `batch`. No room appears twice in a batch. Not bounded by `timeouts().commit`
+    /// itself: the committer bounds the group and its retries together.
     async fn append(&self, batch: &[Append]) -> Result<Vec<u64>>;
 
     /// Folds the snapshot and the ops after it into a new snapshot and deletes those ops, in one
@@ -62,19 +162,38 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>>;
 }
 
-/// Opens the store named by a `DATABASE_URL` and runs its migrations.
+/// Opens the store named by a `DATABASE_URL` with the default bounds and runs its migrations.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(url).await?))
-    } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
-    } else {
-        Err(ServerError::Config {
-            name: "DATABASE_URL",
-            value: url.to_owned(),
-            reason: "expected sqlite://path or postgres://...".to_owned(),
-        })
-    }
+    connect_with(url, StoreTimeouts::default()).await
+}
+
+/// Opens the store named by a `DATABASE_URL` and runs its migrations. Errors name the URL
+/// only redacted: they are logged at startup.
+pub async fn connect_with(url: &str, timeouts: StoreTimeouts) -> Result<Arc<dyn Store>> {
+    let opened: Result<Arc<dyn Store>> =
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::PgStore::connect(url, timeouts)
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+        } else if url.starts_with("sqlite:") {
+            sqlite::SqliteStore::connect(url, timeouts)
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+        } else {
+            return Err(ServerError::Config {
+                name: "DATABASE_URL",
+                value: redact_url(url),
+                reason: "expected sqlite://path or postgres://...".to_owned(),
+            });
+        };
+    opened.map_err(|e| match e {
+        // Already free of the URL, and callers match on them.
+        e @ (ServerError::Timeout { .. } | ServerError::StatementTimeout { .. }) => e,
+        e => ServerError::Connect {
+            target: redact_url(url),
+            reason: scrub(&e.to_string(), url),
+        },
+    })
 }
 
 /// The compaction fold, off the async workers (a large document takes a while to re-encode).

@@ -4,41 +4,68 @@
 //! "read the last seq, insert the next ones" is atomic across instances and seq order is
 //! commit order. A group commit takes its rooms' locks in sorted order, so two instances
 //! committing overlapping sets of rooms cannot deadlock.
+//!
+//! Every connection starts with `statement_timeout` and `lock_timeout` at
+//! `STATEMENT_TIMEOUT_MS`, so a stalled statement or a lock held elsewhere (a room's advisory
+//! lock, a `LOCK TABLE`) is cancelled by the server and the connection stays usable; and with
+//! `idle_in_transaction_session_timeout` at `COMMIT_TIMEOUT_MS`, so a transaction whose
+//! client went quiet cannot keep rooms' locks. They are startup options (`-c`), so they hold
+//! from a connection's first statement, including connections the pool opens after an outage.
+
+use std::str::FromStr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
-use std::str::FromStr;
 
-use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store};
+use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store, StoreTimeouts};
 use crate::error::Result;
 
 /// Postgres-backed store.
 pub struct PgStore {
     pool: PgPool,
     describe: String,
+    timeouts: StoreTimeouts,
 }
 
 const LOCK_ROOM: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7217))";
 
 impl PgStore {
     /// Connects to `url` and migrates the database.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?;
+    pub async fn connect(url: &str, timeouts: StoreTimeouts) -> Result<Self> {
+        let mut options = PgConnectOptions::from_str(url)?.options([
+            ("statement_timeout", timeouts.statement_ms()),
+            ("lock_timeout", timeouts.statement_ms()),
+            ("idle_in_transaction_session_timeout", timeouts.commit_ms()),
+        ]);
+        // So an operator can find (and a test can terminate) this server's sessions.
+        if options.get_application_name().is_none() {
+            options = options.application_name("concord");
+        }
         let describe = format!(
             "postgres {}:{}/{}",
             options.get_host(),
             options.get_port(),
             options.get_database().unwrap_or("")
         );
+        // Acquire covers opening a connection, so it also bounds reconnecting to a Postgres
+        // that is down. Connections are tested before use (sqlx's default), so ones broken by
+        // an outage are replaced rather than failing the next commit.
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            .acquire_timeout(timeouts.statement.max(Duration::from_millis(100)))
+            .test_before_acquire(true)
             .connect_with(options)
             .await?;
         sqlx::migrate!("../db/migrations/postgres")
             .run(&pool)
             .await?;
-        Ok(PgStore { pool, describe })
+        Ok(PgStore {
+            pool,
+            describe,
+            timeouts,
+        })
     }
 
     async fn read_room(
@@ -79,36 +106,62 @@ impl Store for PgStore {
         4
     }
 
+    fn timeouts(&self) -> StoreTimeouts {
+        self.timeouts
+    }
+
     async fn load(&self, room: &str) -> Result<Loaded> {
-        // One consistent snapshot of both tables: a concurrent compaction must not be seen
-        // half-done (new snapshot missing, old ops already deleted).
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let (snapshot, snapshot_seq, ops) = Self::read_room(&mut tx, room).await?;
-        tx.commit().await?;
-        Ok(Loaded {
-            snapshot,
-            snapshot_seq: seq_from_db(snapshot_seq),
-            ops: ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect(),
-        })
+        self.timeouts
+            .bound("load", async {
+                // One consistent snapshot of both tables: a concurrent compaction must not be
+                // seen half-done (new snapshot missing, old ops already deleted).
+                let mut tx = self
+                    .pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?;
+                let (snapshot, snapshot_seq, ops) = Self::read_room(&mut tx, room).await?;
+                tx.commit().await?;
+                Ok(Loaded {
+                    snapshot,
+                    snapshot_seq: seq_from_db(snapshot_seq),
+                    ops: ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect(),
+                })
+            })
+            .await
     }
 
     async fn ops_after(&self, room: &str, after: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        Ok(
-            sqlx::query("SELECT seq, op FROM ops WHERE room_id = $1 AND seq > $2 ORDER BY seq")
+        self.timeouts
+            .bound("ops_after", async {
+                Ok(sqlx::query(
+                    "SELECT seq, op FROM ops WHERE room_id = $1 AND seq > $2 ORDER BY seq",
+                )
                 .bind(room)
                 .bind(seq_to_db(after))
                 .fetch_all(&self.pool)
                 .await?
                 .into_iter()
                 .map(|row| Ok((seq_from_db(row.try_get(0)?), row.try_get(1)?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?,
-        )
+                .collect::<Result<Vec<_>, sqlx::Error>>()?)
+            })
+            .await
     }
 
     async fn append(&self, batch: &[Append]) -> Result<Vec<u64>> {
+        self.append_unbounded(batch)
+            .await
+            .map_err(|e| self.timeouts.classify("commit", e))
+    }
+
+    async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        self.timeouts
+            .bound("compact", self.compact_unbounded(room))
+            .await
+    }
+}
+
+impl PgStore {
+    async fn append_unbounded(&self, batch: &[Append]) -> Result<Vec<u64>> {
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by(|&a, &b| batch[a].room.cmp(&batch[b].room));
         let mut tx = self.pool.begin().await?;
@@ -149,7 +202,7 @@ impl Store for PgStore {
         Ok(firsts)
     }
 
-    async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+    async fn compact_unbounded(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
         let (snapshot, _, ops) = Self::read_room(&mut tx, room).await?;

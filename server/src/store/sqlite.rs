@@ -4,6 +4,11 @@
 //! group commit keeps that to one fsync per batch rather than per op. Write transactions use
 //! `BEGIN IMMEDIATE` so a read-then-write transaction takes the write lock up front instead of
 //! failing with `SQLITE_BUSY` when it tries to upgrade.
+//!
+//! The busy timeout (how long a statement waits for another writer's lock) is the
+//! `STATEMENT_TIMEOUT_MS` bound, never longer than the commit bound: the committer's timeout
+//! drops a stalled commit, but the connection's worker thread stays inside SQLite until the
+//! busy timeout lets go, so a longer one would keep the next commit waiting too.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,7 +17,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store};
+use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store, StoreTimeouts};
 use crate::error::Result;
 
 /// Rows per multi-row INSERT (3 parameters each, far below SQLite's parameter limit).
@@ -22,16 +27,18 @@ const INSERT_CHUNK: usize = 256;
 pub struct SqliteStore {
     pool: SqlitePool,
     path: String,
+    timeouts: StoreTimeouts,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed, with its directory) the database at `url` and migrates it.
-    pub async fn connect(url: &str) -> Result<Self> {
+    pub async fn connect(url: &str, mut timeouts: StoreTimeouts) -> Result<Self> {
+        timeouts.statement = timeouts.statement.min(timeouts.commit);
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(timeouts.statement);
         let path = options.get_filename().display().to_string();
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
@@ -40,10 +47,15 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(timeouts.statement.max(Duration::from_millis(100)))
             .connect_with(options)
             .await?;
         sqlx::migrate!("../db/migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool, path })
+        Ok(SqliteStore {
+            pool,
+            path,
+            timeouts,
+        })
     }
 }
 
@@ -57,32 +69,58 @@ impl Store for SqliteStore {
         1
     }
 
+    fn timeouts(&self) -> StoreTimeouts {
+        self.timeouts
+    }
+
     async fn load(&self, room: &str) -> Result<Loaded> {
-        let mut tx = self.pool.begin().await?;
-        let (snapshot, snapshot_seq, ops) = read_room(&mut tx, room).await?;
-        let ops = ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect();
-        tx.commit().await?;
-        Ok(Loaded {
-            snapshot,
-            snapshot_seq: seq_from_db(snapshot_seq),
-            ops,
-        })
+        self.timeouts
+            .bound("load", async {
+                let mut tx = self.pool.begin().await?;
+                let (snapshot, snapshot_seq, ops) = read_room(&mut tx, room).await?;
+                let ops = ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect();
+                tx.commit().await?;
+                Ok(Loaded {
+                    snapshot,
+                    snapshot_seq: seq_from_db(snapshot_seq),
+                    ops,
+                })
+            })
+            .await
     }
 
     async fn ops_after(&self, room: &str, after: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        Ok(
-            sqlx::query("SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq")
+        self.timeouts
+            .bound("ops_after", async {
+                Ok(sqlx::query(
+                    "SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq",
+                )
                 .bind(room)
                 .bind(seq_to_db(after))
                 .fetch_all(&self.pool)
                 .await?
                 .into_iter()
                 .map(|row| Ok((seq_from_db(row.try_get(0)?), row.try_get(1)?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?,
-        )
+                .collect::<Result<Vec<_>, sqlx::Error>>()?)
+            })
+            .await
     }
 
     async fn append(&self, batch: &[Append]) -> Result<Vec<u64>> {
+        self.append_unbounded(batch)
+            .await
+            .map_err(|e| self.timeouts.classify("commit", e))
+    }
+
+    async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        self.timeouts
+            .bound("compact", self.compact_unbounded(room))
+            .await
+    }
+}
+
+impl SqliteStore {
+    async fn append_unbounded(&self, batch: &[Append]) -> Result<Vec<u64>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut firsts = Vec::with_capacity(batch.len());
         for append in batch {
@@ -112,7 +150,7 @@ impl Store for SqliteStore {
         Ok(firsts)
     }
 
-    async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+    async fn compact_unbounded(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (snapshot, _, ops) = read_room(&mut tx, room).await?;
         let Some(&(op_seq, _)) = ops.last() else {

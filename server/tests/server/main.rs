@@ -5,6 +5,7 @@
 mod abuse;
 mod bad_input;
 mod scale_out;
+mod store_faults;
 mod suite;
 mod support;
 
