@@ -105,15 +105,27 @@ async fn probe_during<F: std::future::Future>(
         let stop = stop.clone();
         let base = server.ws_base();
         async move {
-            let mut c = TestClient::new(&base, &unique("bystander"), 9_001);
-            c.connect().await;
+            // A raw socket, so the ack is timed the moment it arrives.
+            let room = unique("bystander");
+            let url = format!("{base}/rooms/{room}/ws");
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+                .await
+                .expect("connect");
+            assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
+            let mut doc = Document::new(9_001);
             let mut acks = Vec::new();
             let mut n = 0u32;
             let mut ready = Some(ready_tx);
             while !stop.load(Ordering::Relaxed) || acks.is_empty() {
+                let update = doc.insert(n, "b").expect("insert");
+                let frame = format!(
+                    r#"{{"t":"op","id":"b-{n}","data":{{"update":"{}"}}}}"#,
+                    encode_b64(&update)
+                );
                 let start = Instant::now();
-                c.session.insert(n, "b").expect("insert");
-                c.pump_until(|c| c.session.pending_count() == 0).await;
+                ws.send(Message::Text(frame.into())).await.expect("send");
+                let ack = format!(r#""id":"b-{n}""#);
+                while !next_text(&mut ws).await.contains(&ack) {}
                 acks.push(start.elapsed());
                 n += 1;
                 if let Some(ready) = ready.take() {
@@ -122,7 +134,7 @@ async fn probe_during<F: std::future::Future>(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             // Every acked edit is in a fresh reader's copy.
-            let mut check = TestClient::new(&base, &c.room, 9_002);
+            let mut check = TestClient::new(&base, &room, 9_002);
             check.connect().await;
             let lost = (n as usize).saturating_sub(check.text().len());
             (acks, lost)
@@ -412,4 +424,105 @@ pub async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
         start.elapsed() < Duration::from_secs(4),
         "shutdown exceeded its grace"
     );
+}
+
+/// Sends `update` as an op and returns the error code it got back (skipping other frames).
+async fn op_error(ws: &mut Ws, id: &str, update: &[u8]) -> String {
+    let frame = format!(
+        r#"{{"t":"op","id":"{id}","data":{{"update":"{}"}}}}"#,
+        encode_b64(update)
+    );
+    ws.send(Message::Text(frame.into())).await.expect("send");
+    loop {
+        let text = next_text(ws).await;
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        if v["t"] == "error" {
+            return v["code"].as_str().unwrap_or_default().to_owned();
+        }
+    }
+}
+
+/// Forged item floods (the ~30-byte updates that froze the server for minutes) and updates
+/// with a clock gap are rejected at the cost of their own size; a legitimately expensive pair of
+/// updates (two people typing backwards at one spot, quadratic inside yrs) runs on the CPU pool
+/// without stalling anyone else.
+pub async fn forged_and_costly_updates_stall_no_one() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let server = TestServer::start(test_config(&db)).await;
+    let room = unique("forged");
+    let mut owner = TestClient::new(&server.ws_base(), &room, 31);
+    owner.connect().await;
+    owner.session.insert(0, "honest text").expect("insert");
+    owner.pump_until(|c| c.session.pending_count() == 0).await;
+    let before = owner.state();
+
+    let url = format!("{}/rooms/{room}/ws", server.ws_base());
+    let (mut evil, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connect");
+    assert!(next_text(&mut evil).await.starts_with(r#"{"t":"sync""#));
+    your_presence_id(&mut evil).await;
+
+    let (rejected, probe) = probe_during(&server, async {
+        let mut rejected = Vec::new();
+        for (client, n) in [(1i64, 1_000_000u64), (2, 1_000_000), (3, 10_000)] {
+            for info in [1u8, 4] {
+                let forged = concord_testkit::lib0::forged_blocks(client, info, n);
+                let start = Instant::now();
+                let code = op_error(&mut evil, &format!("f-{client}-{info}"), &forged).await;
+                rejected.push((forged.len(), code, start.elapsed()));
+            }
+        }
+        // A clock gap: built on an edit the room never saw.
+        let mut other = Document::new(909);
+        other.insert(0, "never sent").expect("insert");
+        for i in 0..200 {
+            let gap = other.insert(0, "x").expect("insert");
+            let start = Instant::now();
+            let code = op_error(&mut evil, &format!("gap-{i}"), &gap).await;
+            rejected.push((gap.len(), code, start.elapsed()));
+        }
+        rejected
+    })
+    .await;
+    probe.assert_alive("forged updates");
+    for (len, code, _) in &rejected[..6] {
+        assert_eq!(code, "invalid_update", "a forged {len}-byte flood");
+    }
+    assert!(rejected[6..]
+        .iter()
+        .all(|(_, c, _)| c == "missing_dependencies"));
+    let worst = rejected.iter().map(|r| r.2).max().unwrap_or_default();
+    println!(
+        "abuse[forged]: 6 forged floods of 1M/10k items ({}-{} bytes) and 200 gap ops rejected; slowest round trip {worst:?}",
+        rejected[..6].iter().map(|r| r.0).min().unwrap_or(0),
+        rejected[..6].iter().map(|r| r.0).max().unwrap_or(0),
+    );
+    owner.pump_for(Duration::from_millis(100)).await;
+    assert_eq!(owner.state(), before, "nothing rejected reached the room");
+
+    // Two honest-looking backward runs at one spot: accepted, and costly, on the pool only.
+    let costly = unique("costly");
+    let mut a = TestClient::new(&server.ws_base(), &costly, 41);
+    let mut b = TestClient::new(&server.ws_base(), &costly, 42);
+    a.connect().await;
+    b.connect().await;
+    for c in [&mut a, &mut b] {
+        for _ in 0..3_000 {
+            c.session.insert(0, "z").expect("insert");
+        }
+    }
+    let ((), probe) = probe_during(&server, async {
+        let start = Instant::now();
+        a.send_pending().await;
+        b.send_pending().await;
+        converge(&mut [&mut a, &mut b]).await;
+        println!(
+            "abuse[costly]: two 3,000-item backward runs at one spot integrated and converged in {:?}",
+            start.elapsed()
+        );
+    })
+    .await;
+    probe.assert_alive("costly updates");
+    server.stop().await;
 }

@@ -63,6 +63,10 @@ mod abuse_suite {
         crate::abuse::a_presence_flood_slows_only_the_flooder().await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forged_and_costly_updates_stall_no_one() {
+        crate::abuse::forged_and_costly_updates_stall_no_one().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
         crate::abuse::slowloris_is_timed_out_and_shutdown_is_bounded().await
     }
