@@ -5,6 +5,9 @@
 //! (the attacker is cut off, the bystander's edits are acked, nothing acked is lost) with
 //! latency bounds loose enough for a loaded CI machine yet far below the freezes they guard
 //! against (minutes, before these budgets).
+//!
+//! The soak form runs the same attacks larger: `CONCORD_ABUSE_SCALE=10 cargo test --release -p
+//! concord-server --test server abuse -- --nocapture --test-threads=1`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +23,15 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::suite::{next_text, your_presence_id};
 use crate::support::*;
+
+/// How much larger than the short form the attacks are (`CONCORD_ABUSE_SCALE`, default 1).
+fn scale() -> usize {
+    std::env::var("CONCORD_ABUSE_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize)
+        .clamp(1, 100)
+}
 
 /// Latencies seen while an attack ran.
 #[derive(Debug, Default)]
@@ -82,13 +94,33 @@ async fn timed_healthz(addr: SocketAddr) -> Duration {
     start.elapsed()
 }
 
+/// A server to probe: in this process or the `concord` binary.
+trait Target {
+    fn addr(&self) -> SocketAddr;
+    fn ws_base(&self) -> String {
+        format!("ws://{}", self.addr())
+    }
+}
+
+impl Target for TestServer {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Target for ChildServer {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 /// Runs `attack` while probing the server; the probes stop when the attack ends.
 async fn probe_during<F: std::future::Future>(
-    server: &TestServer,
+    server: &impl Target,
     attack: F,
 ) -> (F::Output, Probe) {
     let stop = Arc::new(AtomicBool::new(false));
-    let addr = server.addr;
+    let addr = server.addr();
     let health = tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -318,7 +350,7 @@ pub async fn a_presence_flood_slows_only_the_flooder() {
 
     let ((elapsed, users), probe) = probe_during(&server, async {
         let start = Instant::now();
-        for i in 0..4_000 {
+        for i in 0..4_000 * scale() {
             flooder
                 .send(presence_frame("victim", i % 100 == 99))
                 .await
@@ -348,7 +380,8 @@ pub async fn a_presence_flood_slows_only_the_flooder() {
     .await;
     probe.assert_alive("presence flood");
     println!(
-        "abuse[presence flood]: 4,001 frames sent in {elapsed:?}; the reader got {}",
+        "abuse[presence flood]: {} frames sent in {elapsed:?}; the reader got {}",
+        4_000 * scale() + 1,
         users.len()
     );
     assert!(!users.is_empty(), "presence is still relayed");
@@ -377,7 +410,7 @@ pub async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
     let addr = server.addr;
     let ((), probe) = probe_during(&server, async {
         let mut slow = Vec::new();
-        for i in 0..300 {
+        for i in 0..300 * scale() {
             let mut s = TcpStream::connect(addr).await.expect("connect");
             if i % 3 != 0 {
                 // Headers that never end; the idle third sends nothing at all.
@@ -400,7 +433,8 @@ pub async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
             }
         }
         println!(
-            "abuse[slowloris]: 300 half-open connections closed within {:?}",
+            "abuse[slowloris]: {} half-open connections closed within {:?}",
+            300 * scale(),
             start.elapsed()
         );
     })
@@ -476,7 +510,7 @@ pub async fn forged_and_costly_updates_stall_no_one() {
         // A clock gap: built on an edit the room never saw.
         let mut other = Document::new(909);
         other.insert(0, "never sent").expect("insert");
-        for i in 0..200 {
+        for i in 0..200 * scale() {
             let gap = other.insert(0, "x").expect("insert");
             let start = Instant::now();
             let code = op_error(&mut evil, &format!("gap-{i}"), &gap).await;
@@ -494,9 +528,10 @@ pub async fn forged_and_costly_updates_stall_no_one() {
         .all(|(_, c, _)| c == "missing_dependencies"));
     let worst = rejected.iter().map(|r| r.2).max().unwrap_or_default();
     println!(
-        "abuse[forged]: 6 forged floods of 1M/10k items ({}-{} bytes) and 200 gap ops rejected; slowest round trip {worst:?}",
+        "abuse[forged]: 6 forged floods of 1M/10k items ({}-{} bytes) and {} gap ops rejected; slowest round trip {worst:?}",
         rejected[..6].iter().map(|r| r.0).min().unwrap_or(0),
         rejected[..6].iter().map(|r| r.0).max().unwrap_or(0),
+        200 * scale(),
     );
     owner.pump_for(Duration::from_millis(100)).await;
     assert_eq!(owner.state(), before, "nothing rejected reached the room");
@@ -525,4 +560,134 @@ pub async fn forged_and_costly_updates_stall_no_one() {
     .await;
     probe.assert_alive("costly updates");
     server.stop().await;
+}
+
+/// The `concord` binary on a SQLite file whose write lock another process holds: no false ack,
+/// the sender hears `unavailable` within the commit bound, memory stays put, and once the lock
+/// is released the same server takes the resent ops without a restart.
+pub async fn a_stalled_store_tells_the_sender_in_time() {
+    use sqlx::{Connection, Executor};
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let env = [
+        ("COMMIT_TIMEOUT_MS", "1000"),
+        ("STATEMENT_TIMEOUT_MS", "500"),
+    ];
+    let server = ChildServer::start_env(&db, &env, free_port()).await;
+    let room = unique("stall");
+    let mut c = TestClient::new(&server.ws_base(), &room, 51);
+    c.connect().await;
+    c.session.insert(0, "before the stall. ").expect("insert");
+    c.pump_until(|c| c.session.pending_count() == 0).await;
+    let acked_before = c.acked.len();
+    let rss_before = server.rss_kib();
+
+    let mut lock = sqlx::SqliteConnection::connect(&db)
+        .await
+        .expect("second connection");
+    lock.execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
+        .await
+        .expect("take the write lock");
+    let start = Instant::now();
+    for i in 0..50 {
+        let at = c.session.text().encode_utf16().count() as u32;
+        c.session.insert(at, &format!("{i} ")).expect("insert");
+        c.send_pending().await;
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !c.errors.iter().any(|e| e == "unavailable") && !c.closed {
+        assert!(tokio::time::Instant::now() < deadline, "never told");
+        c.pump_for(Duration::from_millis(20)).await;
+    }
+    let told = start.elapsed();
+    assert_eq!(
+        c.acked.len(),
+        acked_before,
+        "no ack while the store is stalled"
+    );
+    let rss_stalled = server.rss_kib();
+    lock.execute(sqlx::raw_sql("ROLLBACK"))
+        .await
+        .expect("release");
+    drop(lock);
+
+    // Same server, no restart: reconnect, resend, everything lands.
+    if c.closed || c.session.status() != concord_engine::SessionStatus::Online {
+        c.disconnect();
+        c.connect().await;
+    }
+    c.pump_until(|c| c.session.pending_count() == 0).await;
+    let mut check = TestClient::new(&server.ws_base(), &room, 52);
+    check.connect().await;
+    assert_eq!(check.text(), c.text());
+    assert!(check.text().ends_with("49 "), "{}", check.text());
+    println!(
+        "abuse[stalled store]: sender told `unavailable` {told:?} after the stall began (commit bound 1 s, statement 0.5 s); server RSS {} -> {} KiB while stalled; recovered without restart",
+        rss_before, rss_stalled
+    );
+}
+
+/// SIGTERM to the `concord` binary exits within the grace whatever is going on: a room busy
+/// for a minute on the CPU pool (two concurrent 20,000-item backward runs, quadratic in yrs),
+/// half-sent requests, and a WebSocket that never reads.
+pub async fn sigterm_exits_within_grace_whatever_clients_do() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let env = [
+        ("SHUTDOWN_GRACE_SECS", "2"),
+        ("WRITE_TIMEOUT_SECS", "60"),
+        ("HEADER_TIMEOUT_SECS", "60"),
+    ];
+    let mut server = ChildServer::start_env(&db, &env, free_port()).await;
+    let room = unique("busy");
+    // Both runs are made offline, so they are concurrent at one spot.
+    let mut a = TestClient::new(&server.ws_base(), &room, 61);
+    let mut b = TestClient::new(&server.ws_base(), &room, 62);
+    for c in [&mut a, &mut b] {
+        for _ in 0..20_000 {
+            c.session.insert(0, "z").expect("insert");
+        }
+    }
+    a.connect().await;
+    a.pump_until(|c| c.session.pending_count() == 0).await;
+    b.connect().await;
+    b.pump_for(Duration::from_millis(300)).await;
+    assert_eq!(
+        b.session.pending_count(),
+        1,
+        "the costly op is still integrating"
+    );
+
+    let mut half = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(server.addr).await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        half.push(s);
+    }
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let url = format!("{}/rooms/{}/ws", server.ws_base(), unique("deaf"));
+    let (_deaf, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("upgrade");
+    assert_eq!(
+        http_get_status(server.addr, "/healthz")
+            .await
+            .expect("healthz"),
+        200,
+        "healthy while a room is busy"
+    );
+
+    let rss = server.rss_kib();
+    let took = server
+        .sigterm(Duration::from_secs(10))
+        .await
+        .expect("the server exits after SIGTERM");
+    println!("abuse[sigterm]: exited {took:?} after SIGTERM (grace 2 s) with a room busy on the pool; RSS at SIGTERM {rss} KiB");
+    assert!(
+        took < Duration::from_millis(3_500),
+        "exceeded the grace: {took:?}"
+    );
+    drop(half);
 }

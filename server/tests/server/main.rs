@@ -67,6 +67,14 @@ mod abuse_suite {
         crate::abuse::forged_and_costly_updates_stall_no_one().await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_store_tells_the_sender_in_time() {
+        crate::abuse::a_stalled_store_tells_the_sender_in_time().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_exits_within_grace_whatever_clients_do() {
+        crate::abuse::sigterm_exits_within_grace_whatever_clients_do().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
         crate::abuse::slowloris_is_timed_out_and_shutdown_is_bounded().await
     }

@@ -175,10 +175,14 @@ impl ChildServer {
     }
 
     pub async fn start_with(database_url: &str, redis_url: Option<&str>, port: u16) -> ChildServer {
+        let env: Vec<(&str, &str)> = redis_url.map(|r| ("REDIS_URL", r)).into_iter().collect();
+        Self::start_env(database_url, &env, port).await
+    }
+
+    /// The binary with extra environment variables (budgets, timeouts).
+    pub async fn start_env(database_url: &str, env: &[(&str, &str)], port: u16) -> ChildServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
-        if let Some(redis) = redis_url {
-            command.env("REDIS_URL", redis);
-        }
+        command.envs(env.iter().copied());
         let child = command
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
@@ -195,6 +199,34 @@ impl ChildServer {
 
     pub fn ws_base(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    /// Resident memory of the server process, in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then waits up to `limit` for the process to exit; returns how long it took.
+    pub async fn sigterm(&mut self, limit: Duration) -> Option<Duration> {
+        let start = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     /// SIGKILL: no drain, no final snapshot.
