@@ -162,7 +162,15 @@ enum Input {
         id: Option<String>,
         update: Vec<u8>,
     },
+    /// Committed elsewhere, read from the store (trusted: the store only holds what a room
+    /// accepted).
     Remote {
+        seq: u64,
+        update: Vec<u8>,
+    },
+    /// Committed elsewhere, as the hub says: checked like a client's update first, and if it
+    /// fails, read from the store instead.
+    FromHub {
         seq: u64,
         update: Vec<u8>,
     },
@@ -243,6 +251,17 @@ impl Core {
                         }
                     }
                     fx.charges.push((conn, start.elapsed()));
+                }
+                Input::FromHub { seq, update } => {
+                    if let Err(e) = concord_engine::doc::decode_update(&update) {
+                        tracing::warn!(room = %self.id, seq, error = %e, "update from the hub rejected; catching up from the store");
+                        fx.catch_up = true;
+                        continue;
+                    }
+                    self.full_sync = None;
+                    if let Err(e) = self.state.handle_remote(seq, &update) {
+                        tracing::error!(room = %self.id, seq, error = %e, "committed update rejected");
+                    }
                 }
                 Input::Remote { seq, update } => {
                     self.full_sync = None;
@@ -391,11 +410,12 @@ impl RoomTask {
             cpu: ctx.cpu.clone(),
             cpu_budget: ctx.config.cpu_budget,
             max_update_bytes: ctx.config.limits.max_update_bytes,
+            max_presence_bytes: ctx.config.limits.max_presence_bytes,
             remote_presence: HashMap::new(),
             inputs: Vec::new(),
         };
         for p in ctx.hub.live_presence(&self.id).await {
-            room.remote_presence_event(p);
+            room.hub_event(HubEvent::Presence(p));
         }
         let mut resync = false;
         let mut last_heartbeat = now_ms();
@@ -616,6 +636,7 @@ struct Room {
     cpu: CpuPool,
     cpu_budget: CpuBudget,
     max_update_bytes: usize,
+    max_presence_bytes: usize,
     /// Presences of clients on other instances, with their expiry (monotonic ms).
     remote_presence: HashMap<String, (Presence, u64)>,
     /// Work gathered for the next core job.
@@ -809,11 +830,15 @@ impl Room {
                     tracing::warn!(room = %self.id, seq, len = update.len(), "oversized update from the hub; catching up from the store");
                     return true;
                 }
-                self.inputs.push(Input::Remote { seq, update });
+                self.inputs.push(Input::FromHub { seq, update });
                 false
             }
             HubEvent::Presence(p) => {
-                self.remote_presence_event(p);
+                // Held to the size a client's presence frame may have.
+                let len = serde_json::to_vec(&p).map_or(usize::MAX, |v| v.len());
+                if len <= self.max_presence_bytes {
+                    self.remote_presence_event(p);
+                }
                 false
             }
             HubEvent::Resync => true,

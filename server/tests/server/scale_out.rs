@@ -193,3 +193,68 @@ async fn killed_instance_clients_move_over_and_converge() {
     assert_acked_present(&on_b, &fresh.state());
     b.stop().await;
 }
+
+/// What arrives through Redis is checked like what a client sends: a forged update is not
+/// integrated (the room reads the truth from the store instead) and an oversized presence is
+/// not relayed, while ordinary hub traffic still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_input_is_checked_like_client_input() {
+    let Some((pg, redis_url)) = scale_out_services().await else {
+        return;
+    };
+    let a = instance(&pg, &redis_url).await;
+    let room = unique("hubcheck");
+    let mut c = TestClient::new(&a.ws_base(), &room, 811);
+    c.connect().await;
+    c.session.insert(0, "truth").unwrap();
+    c.pump_until(|c| c.session.pending_count() == 0).await;
+    let before = c.state();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/rooms/{room}/ws", a.ws_base()))
+        .await
+        .unwrap();
+    assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
+
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let forged =
+        concord_engine::wire::encode_b64(&concord_testkit::lib0::forged_blocks(5, 1, 1 << 20));
+    let huge = "n".repeat(8 * 1024);
+    for payload in [
+        // Seq 2: the next one after "truth".
+        format!(r#"{{"o":"evil","seq":2,"update":"{forged}"}}"#),
+        format!(r#"{{"o":"evil","presence":{{"user":"huge","name":"{huge}"}}}}"#),
+        r#"{"o":"evil","presence":{"user":"ghost","name":"g"}}"#.to_owned(),
+    ] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(format!("room:{room}"))
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // The ordinary presence arrives; the huge one, published before it, never did.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ghost presence never relayed"
+        );
+        let frame = next_text(&mut ws).await;
+        assert!(
+            !frame.contains(r#""user":"huge""#),
+            "an oversized presence was relayed"
+        );
+        if frame.contains(r#""user":"ghost""#) {
+            break;
+        }
+    }
+    // The forged update did not land, and the room still takes edits at the next seq.
+    c.pump_for(Duration::from_millis(100)).await;
+    assert_eq!(c.state(), before);
+    c.session.insert(5, " holds").unwrap();
+    c.pump_until(|c| c.session.pending_count() == 0).await;
+    let mut fresh = TestClient::new(&a.ws_base(), &room, 812);
+    fresh.connect().await;
+    assert_eq!(fresh.text(), "truth holds");
+    a.stop().await;
+}
