@@ -451,10 +451,21 @@ mod tests {
             color: Some("#2DD4BF".into()),
             name: None,
             left: false,
+            you: false,
         });
         assert_eq!(
             presence.to_json(),
             r##"{"t":"presence","user":"kerim","cursor":128,"color":"#2DD4BF"}"##
+        );
+        // The frame that tells a connection its own presence id.
+        let you = ServerMessage::Presence(Presence {
+            user: "c-1f2e3d4c-7".into(),
+            you: true,
+            ..Presence::default()
+        });
+        assert_eq!(
+            you.to_json(),
+            r#"{"t":"presence","user":"c-1f2e3d4c-7","you":true}"#
         );
         for m in [op, presence] {
             assert_eq!(
