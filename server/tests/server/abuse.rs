@@ -1,4 +1,4 @@
-//! The fault and abuse suite, short form: each attack runs against a real server on loopback,
+//! The fault and abuse suite, short form: each attack runs against the `concord` binary on loopback,
 //! bounded in size and time, while a prober measures `/healthz` latency and a bystander in
 //! another room measures its ack latency. Figures are printed (`cargo test --release abuse --
 //! --nocapture` shows them; `docs/reliability.md` records a run); assertions are on outcomes
@@ -39,6 +39,9 @@ struct Probe {
     healthz: Vec<Duration>,
     acks: Vec<Duration>,
     lost: usize,
+    /// The server's resident memory before the attack and its high-water mark after, in KiB.
+    rss_before: u64,
+    rss_peak: u64,
 }
 
 fn pct(v: &[Duration], p: f64) -> Duration {
@@ -53,7 +56,7 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 impl Probe {
     fn report(&self, attack: &str) {
         println!(
-            "abuse[{attack}]: /healthz n={} p50={:?} p99={:?} max={:?}; bystander acks n={} p50={:?} p99={:?}; acked ops lost={}",
+            "abuse[{attack}]: /healthz n={} p50={:?} p99={:?} max={:?}; bystander acks n={} p50={:?} p99={:?}; acked ops lost={}; server RSS {} KiB before, peak {} KiB",
             self.healthz.len(),
             pct(&self.healthz, 0.5),
             pct(&self.healthz, 0.99),
@@ -62,6 +65,8 @@ impl Probe {
             pct(&self.acks, 0.5),
             pct(&self.acks, 0.99),
             self.lost,
+            self.rss_before,
+            self.rss_peak,
         );
     }
 
@@ -81,6 +86,13 @@ impl Probe {
             "{attack}: the bystander room stalled"
         );
         assert_eq!(self.lost, 0, "{attack}: acked ops lost");
+        // Far above what each attack needs within its budgets, far below what the attacks
+        // cost before them (hundreds of MB to GB).
+        let growth_mib = self.rss_peak.saturating_sub(self.rss_before) / 1024;
+        assert!(
+            growth_mib < 256,
+            "{attack}: server memory grew {growth_mib} MiB"
+        );
     }
 }
 
@@ -100,17 +112,16 @@ trait Target {
     fn ws_base(&self) -> String {
         format!("ws://{}", self.addr())
     }
-}
-
-impl Target for TestServer {
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
+    /// (resident, high-water mark) of the server process in KiB.
+    fn memory_kib(&self) -> (u64, u64);
 }
 
 impl Target for ChildServer {
     fn addr(&self) -> SocketAddr {
         self.addr
+    }
+    fn memory_kib(&self) -> (u64, u64) {
+        (self.rss_kib(), self.hwm_kib())
     }
 }
 
@@ -174,7 +185,9 @@ async fn probe_during<F: std::future::Future>(
     });
     // The attack starts once the bystander is in.
     let _ = ready.await;
+    let (rss_before, _) = server.memory_kib();
     let out = attack.await;
+    let (_, rss_peak) = server.memory_kib();
     stop.store(true, Ordering::Relaxed);
     let healthz = health.await.expect("prober");
     let (acks, lost) = bystander.await.expect("bystander");
@@ -184,6 +197,8 @@ async fn probe_during<F: std::future::Future>(
             healthz,
             acks,
             lost,
+            rss_before,
+            rss_peak,
         },
     )
 }
@@ -199,12 +214,8 @@ fn presence_frame(user: &str, left: bool) -> Message {
 /// everyone else carries on.
 pub async fn cpu_budget_cuts_off_the_costly_connection() {
     let db = database(Backend::Sqlite).await.expect("sqlite");
-    let mut config = test_config(&db);
-    config.cpu_budget = concord_server::room::CpuBudget {
-        burst_ms: 5.0,
-        share: 0.001,
-    };
-    let server = TestServer::start(config).await;
+    let env = [("CPU_BURST_MS", "5"), ("CPU_SHARE", "0.001")];
+    let server = ChildServer::start_env(&db, &env, free_port()).await;
     let room = unique("hog");
     let ((code, close), probe) = probe_during(&server, async {
         let url = format!("{}/rooms/{room}/ws", server.ws_base());
@@ -263,18 +274,18 @@ pub async fn cpu_budget_cuts_off_the_costly_connection() {
     probe.assert_alive("cpu hog");
     assert_eq!(code.as_deref(), Some("cpu_budget"));
     assert_eq!(close, Some(1013));
-    server.stop().await;
 }
 
 /// A client that never reads: its writes time out, it is dropped, and its connection permit
 /// and queued memory come back, so newcomers are not locked out.
 pub async fn a_client_that_never_reads_is_dropped() {
     let db = database(Backend::Sqlite).await.expect("sqlite");
-    let mut config = test_config(&db);
-    config.write_timeout = Duration::from_secs(1);
-    config.conn_out_bytes = 256 * 1024;
-    config.max_connections = 4;
-    let server = TestServer::start(config).await;
+    let env = [
+        ("WRITE_TIMEOUT_SECS", "1"),
+        ("CONN_OUT_BYTES", "262144"),
+        ("MAX_CONNECTIONS", "4"),
+    ];
+    let server = ChildServer::start_env(&db, &env, free_port()).await;
     let room = unique("big");
     // A room of 8 MB: its `sync` frame is more than the kernel's socket buffers hold.
     let mut writer = TestClient::new(&server.ws_base(), &room, 77);
@@ -294,7 +305,7 @@ pub async fn a_client_that_never_reads_is_dropped() {
         for _ in 0..2 {
             let socket = tokio::net::TcpSocket::new_v4().expect("socket");
             socket.set_recv_buffer_size(4096).expect("rcvbuf");
-            let stream = socket.connect(server.addr).await.expect("connect");
+            let stream = socket.connect(server.addr()).await.expect("connect");
             let url = format!("{}/rooms/{room}/ws", server.ws_base());
             let (ws, _) = tokio_tungstenite::client_async(url, stream)
                 .await
@@ -327,14 +338,13 @@ pub async fn a_client_that_never_reads_is_dropped() {
     })
     .await;
     probe.assert_alive("never reads");
-    server.stop().await;
 }
 
 /// One connection floods presence and tries to speak for another user: its readers get a
 /// bounded rate of frames, always under the flooder's own server-set id, and stay connected.
 pub async fn a_presence_flood_slows_only_the_flooder() {
     let db = database(Backend::Sqlite).await.expect("sqlite");
-    let server = TestServer::start(test_config(&db)).await;
+    let server = ChildServer::start_env(&db, &[], free_port()).await;
     let room = unique("flood");
     let url = format!("{}/rooms/{room}/ws", server.ws_base());
     let (mut reader, _) = tokio_tungstenite::connect_async(&url)
@@ -396,18 +406,15 @@ pub async fn a_presence_flood_slows_only_the_flooder() {
         "{} presence frames relayed, over the rate ({allowed})",
         users.len()
     );
-    server.stop().await;
 }
 
 /// Half-sent requests and idle connections are closed after the header timeout, and shutdown
 /// ends within its grace even with them open.
 pub async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
     let db = database(Backend::Sqlite).await.expect("sqlite");
-    let mut config = test_config(&db);
-    config.header_timeout = Duration::from_secs(1);
-    config.shutdown_grace = Duration::from_secs(2);
-    let server = TestServer::start(config).await;
-    let addr = server.addr;
+    let env = [("HEADER_TIMEOUT_SECS", "1"), ("SHUTDOWN_GRACE_SECS", "2")];
+    let mut server = ChildServer::start_env(&db, &env, free_port()).await;
+    let addr = server.addr();
     let ((), probe) = probe_during(&server, async {
         let mut slow = Vec::new();
         for i in 0..300 * scale() {
@@ -448,16 +455,12 @@ pub async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
     let (_quiet, _) = tokio_tungstenite::connect_async(&url)
         .await
         .expect("connect");
-    let start = Instant::now();
-    server.stop().await;
-    println!(
-        "abuse[shutdown]: drained in {:?} (grace 2 s)",
-        start.elapsed()
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(4),
-        "shutdown exceeded its grace"
-    );
+    let took = server
+        .sigterm(Duration::from_secs(10))
+        .await
+        .expect("exits after SIGTERM");
+    println!("abuse[shutdown]: drained in {took:?} (grace 2 s)");
+    assert!(took < Duration::from_secs(4), "shutdown exceeded its grace");
 }
 
 /// Sends `update` as an op and returns the error code it got back (skipping other frames).
@@ -482,7 +485,7 @@ async fn op_error(ws: &mut Ws, id: &str, update: &[u8]) -> String {
 /// without stalling anyone else.
 pub async fn forged_and_costly_updates_stall_no_one() {
     let db = database(Backend::Sqlite).await.expect("sqlite");
-    let server = TestServer::start(test_config(&db)).await;
+    let server = ChildServer::start_env(&db, &[], free_port()).await;
     let room = unique("forged");
     let mut owner = TestClient::new(&server.ws_base(), &room, 31);
     owner.connect().await;
@@ -559,7 +562,6 @@ pub async fn forged_and_costly_updates_stall_no_one() {
     })
     .await;
     probe.assert_alive("costly updates");
-    server.stop().await;
 }
 
 /// The `concord` binary on a SQLite file whose write lock another process holds: no false ack,
@@ -658,7 +660,7 @@ pub async fn sigterm_exits_within_grace_whatever_clients_do() {
 
     let mut half = Vec::new();
     for _ in 0..100 {
-        let mut s = TcpStream::connect(server.addr).await.expect("connect");
+        let mut s = TcpStream::connect(server.addr()).await.expect("connect");
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             .await
             .expect("write");
@@ -666,7 +668,7 @@ pub async fn sigterm_exits_within_grace_whatever_clients_do() {
     }
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let stream = socket.connect(server.addr).await.expect("connect");
+    let stream = socket.connect(server.addr()).await.expect("connect");
     let url = format!("{}/rooms/{}/ws", server.ws_base(), unique("deaf"));
     let (_deaf, _) = tokio_tungstenite::client_async(url, stream)
         .await

@@ -201,15 +201,24 @@ impl ChildServer {
         format!("ws://{}", self.addr)
     }
 
-    /// Resident memory of the server process, in KiB (Linux `/proc`).
-    pub fn rss_kib(&self) -> u64 {
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Resident memory of the server process, in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The process's resident-memory high-water mark, in KiB.
+    pub fn hwm_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
     }
 
     /// SIGTERM, then waits up to `limit` for the process to exit; returns how long it took.
