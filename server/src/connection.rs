@@ -24,6 +24,9 @@ use crate::routes::AppState;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// Frames up to this size are parsed on the reader's task; larger ones on the CPU pool.
+const PARSE_INLINE_BYTES: usize = 64 * 1024;
+
 /// The presence id of a connection: unique across instances (a random tag per process), so
 /// presence relayed through the hub never collides, and never chosen by the client.
 fn presence_user(conn: ConnId) -> String {
@@ -187,7 +190,21 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
                     let Ok(_parsing) = app.inbound.acquire(text.len()).await else {
                         break;
                     };
-                    match ClientMessage::parse(text.as_str(), &limits) {
+                    let parsed = if text.len() <= PARSE_INLINE_BYTES {
+                        ClientMessage::parse(text.as_str(), &limits)
+                    } else {
+                        // Decoding megabytes of JSON and base64 takes milliseconds: not on an
+                        // async worker.
+                        match app
+                            .cpu
+                            .run(move || ClientMessage::parse(text.as_str(), &limits))
+                            .await
+                        {
+                            Ok(ran) => ran.value,
+                            Err(_) => break,
+                        }
+                    };
+                    match parsed {
                         Ok(Some(msg)) => {
                             let sent = tokio::select! {
                                 sent = link.tx.send(RoomCmd::Frame { conn, msg }) => sent.is_ok(),

@@ -66,7 +66,7 @@ pub async fn run(
         store: store.clone(),
         hub: hub.clone(),
         committer,
-        cpu,
+        cpu: cpu.clone(),
         config: config.clone(),
         shutdown: token.clone(),
         tracker: tracker.clone(),
@@ -77,6 +77,7 @@ pub async fn run(
         connections: Arc::new(Semaphore::new(config.max_connections)),
         outbound: outbox::Budget::new(config.conn_out_bytes, config.total_out_bytes),
         inbound: inbound::Inbound::new(config.inbound_bytes),
+        cpu,
     };
     let addr = listener.local_addr()?;
     tracing::info!(

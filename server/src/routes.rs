@@ -29,6 +29,8 @@ pub struct AppState {
     pub outbound: Arc<crate::outbox::Budget>,
     /// Byte budget of frames being parsed.
     pub inbound: crate::inbound::Inbound,
+    /// Where large frames are parsed.
+    pub cpu: crate::cpu::CpuPool,
 }
 
 /// The router of the whole server.

@@ -72,6 +72,11 @@ impl Probe {
 
     /// No freeze: the server answered health checks and acked the bystander throughout.
     fn assert_alive(&self, attack: &str) {
+        self.assert_alive_within(attack, 256);
+    }
+
+    /// [`Probe::assert_alive`] with a bound on the server's memory growth, in MiB.
+    fn assert_alive_within(&self, attack: &str, max_growth_mib: u64) {
         self.report(attack);
         assert!(
             !self.healthz.is_empty() && !self.acks.is_empty(),
@@ -90,7 +95,7 @@ impl Probe {
         // cost before them (hundreds of MB to GB).
         let growth_mib = self.rss_peak.saturating_sub(self.rss_before) / 1024;
         assert!(
-            growth_mib < 256,
+            growth_mib < max_growth_mib,
             "{attack}: server memory grew {growth_mib} MiB"
         );
     }
@@ -692,4 +697,66 @@ pub async fn sigterm_exits_within_grace_whatever_clients_do() {
         "exceeded the grace: {took:?}"
     );
     drop(half);
+}
+
+/// Four connections send maximum-size frames at once (an 11 MiB update each, ~15 MiB of JSON):
+/// the instance parses at most `INBOUND_BYTES` of them at a time, so memory stays a small
+/// multiple of one frame instead of many times all of them.
+pub async fn big_frames_at_once_stay_inside_the_inbound_budget() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let env = [("INBOUND_BYTES", "16777216")];
+    let server = ChildServer::start_env(&db, &env, free_port()).await;
+    let room = unique("big-frames");
+    let url = format!("{}/rooms/{room}/ws", server.ws_base());
+    let mut doc = Document::new(5_151);
+    let update = doc
+        .insert(0, &"p".repeat(11 * 1024 * 1024))
+        .expect("insert");
+    let frame = format!(
+        r#"{{"t":"op","id":"big-1","data":{{"update":"{}"}}}}"#,
+        encode_b64(&update)
+    );
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
+        senders.push(ws);
+    }
+    let (acks, probe) = probe_during(&server, async {
+        let sends = senders.iter_mut().map(|ws| {
+            let frame = frame.clone();
+            async move {
+                ws.send(Message::Text(frame.into())).await.expect("send");
+                // Each sender's op is acked (the later ones as duplicates of the first).
+                loop {
+                    let text = next_text(ws).await;
+                    if text.contains(r#""t":"ack""#) {
+                        return 1usize;
+                    }
+                    assert!(
+                        !text.contains(r#""t":"error""#),
+                        "{}",
+                        &text[..text.len().min(200)]
+                    );
+                }
+            }
+        });
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .sum::<usize>()
+    })
+    .await;
+    // Each connection's WebSocket reader buffers its whole frame (growing its buffer as it
+    // reads) before any budget of ours sees it: about 4x the frames in flight.
+    probe.assert_alive_within("big frames", 512);
+    assert_eq!(acks, 4);
+    println!(
+        "abuse[big frames]: 4 frames of {:.1} MiB at once, all acked; server RSS {:.1} -> peak {:.1} MiB",
+        frame.len() as f64 / 1048576.0,
+        probe.rss_before as f64 / 1024.0,
+        probe.rss_peak as f64 / 1024.0
+    );
 }

@@ -75,6 +75,10 @@ mod abuse_suite {
         crate::abuse::sigterm_exits_within_grace_whatever_clients_do().await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn big_frames_at_once_stay_inside_the_inbound_budget() {
+        crate::abuse::big_frames_at_once_stay_inside_the_inbound_budget().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
         crate::abuse::slowloris_is_timed_out_and_shutdown_is_bounded().await
     }
