@@ -42,6 +42,9 @@ struct Probe {
     /// The server's resident memory before the attack and its high-water mark after, in KiB.
     rss_before: u64,
     rss_peak: u64,
+    /// CPU time the server spent during the attack, and the attack's wall time.
+    cpu: Duration,
+    wall: Duration,
 }
 
 fn pct(v: &[Duration], p: f64) -> Duration {
@@ -56,7 +59,7 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 impl Probe {
     fn report(&self, attack: &str) {
         println!(
-            "abuse[{attack}]: /healthz n={} p50={:?} p99={:?} max={:?}; bystander acks n={} p50={:?} p99={:?}; acked ops lost={}; server RSS {} KiB before, peak {} KiB",
+            "abuse[{attack}]: /healthz n={} p50={:?} p99={:?} max={:?}; bystander acks n={} p50={:?} p99={:?}; acked ops lost={}; server RSS {} KiB before, peak {} KiB; server CPU {:?} in {:?}",
             self.healthz.len(),
             pct(&self.healthz, 0.5),
             pct(&self.healthz, 0.99),
@@ -67,6 +70,8 @@ impl Probe {
             self.lost,
             self.rss_before,
             self.rss_peak,
+            self.cpu,
+            self.wall,
         );
     }
 
@@ -119,6 +124,8 @@ trait Target {
     }
     /// (resident, high-water mark) of the server process in KiB.
     fn memory_kib(&self) -> (u64, u64);
+    /// CPU time the server process has used, in ms.
+    fn cpu_ms(&self) -> u64;
 }
 
 impl Target for ChildServer {
@@ -127,6 +134,9 @@ impl Target for ChildServer {
     }
     fn memory_kib(&self) -> (u64, u64) {
         (self.rss_kib(), self.hwm_kib())
+    }
+    fn cpu_ms(&self) -> u64 {
+        ChildServer::cpu_ms(self)
     }
 }
 
@@ -191,8 +201,11 @@ async fn probe_during<F: std::future::Future>(
     // The attack starts once the bystander is in.
     let _ = ready.await;
     let (rss_before, _) = server.memory_kib();
+    let (cpu_before, started) = (server.cpu_ms(), Instant::now());
     let out = attack.await;
     let (_, rss_peak) = server.memory_kib();
+    let cpu = Duration::from_millis(server.cpu_ms().saturating_sub(cpu_before));
+    let wall = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let healthz = health.await.expect("prober");
     let (acks, lost) = bystander.await.expect("bystander");
@@ -204,6 +217,8 @@ async fn probe_during<F: std::future::Future>(
             lost,
             rss_before,
             rss_peak,
+            cpu,
+            wall,
         },
     )
 }

@@ -216,6 +216,26 @@ impl ChildServer {
         self.status_kib("VmRSS:")
     }
 
+    /// CPU time the server process has used so far (user + system), in milliseconds.
+    pub fn cpu_ms(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at state, field 3;
+        // utime and stime are fields 14 and 15, in clock ticks (100 a second on Linux).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (ticks(11) + ticks(12)) * 10
+    }
+
     /// The process's resident-memory high-water mark, in KiB.
     pub fn hwm_kib(&self) -> u64 {
         self.status_kib("VmHWM:")
