@@ -280,6 +280,8 @@ impl Core {
     }
 
     fn join(&mut self, conn: ConnId, sv: Option<Vec<u8>>, fx: &mut Effects) {
+        // An empty state vector (a fresh client) asks for everything, like none at all.
+        let sv = sv.filter(|sv| sv.as_slice() != [0]);
         if sv.is_none() {
             if let Some(sync) = &self.full_sync {
                 fx.outs.push(Out::Joined {
