@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use concord_engine::{ClientMessage, ConnId, EngineError, ServerMessage};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use concord_engine::{ClientMessage, ConnId, ServerMessage};
 use futures_util::{Sink, SinkExt, StreamExt};
 
 use crate::outbox::{self, Outbound};
-use crate::room::{now_ms, Kill, Member, RoomCmd};
+use crate::room::{error_text, now_ms, Kill, Member, RoomCmd};
 use crate::routes::AppState;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -33,20 +33,6 @@ fn presence_user(conn: ConnId) -> String {
     static TAG: OnceLock<String> = OnceLock::new();
     let tag = TAG.get_or_init(|| format!("{:08x}", rand::random::<u32>()));
     format!("c-{tag}-{}", conn.0)
-}
-
-fn error_frame(code: &str, message: &str) -> Utf8Bytes {
-    Utf8Bytes::from(
-        ServerMessage::Error {
-            code: code.to_owned(),
-            message: message.to_owned(),
-        }
-        .to_json(),
-    )
-}
-
-fn engine_error_frame(e: &EngineError) -> Utf8Bytes {
-    Utf8Bytes::from(ServerMessage::error(e).to_json())
 }
 
 /// One socket operation, bounded in time: `false` if it failed or timed out.
@@ -83,7 +69,7 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
         Ok(link) => link,
         Err(e) => {
             tracing::warn!(room = %room, error = %e, "join failed");
-            let frame = error_frame(
+            let frame = error_text(
                 "unavailable",
                 "the room cannot be opened now; retry shortly",
             );
@@ -217,14 +203,14 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
                         }
                         Ok(None) => {}
                         Err(e) => {
-                            if !out.offer(engine_error_frame(&e)) {
+                            if !out.offer(crate::room::text(&ServerMessage::error(&e))) {
                                 break;
                             }
                         }
                     }
                 }
                 Message::Binary(_) => {
-                    let frame = error_frame(
+                    let frame = error_text(
                         "unsupported_frame",
                         "binary frames are not part of the protocol; send JSON text frames",
                     );

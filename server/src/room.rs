@@ -131,11 +131,13 @@ async fn poll_opt<T>(fut: &mut Option<BoxFut<T>>) -> T {
     }
 }
 
-fn text(msg: &ServerMessage) -> Utf8Bytes {
+/// A server frame as shared text, ready for any number of outbound queues.
+pub(crate) fn text(msg: &ServerMessage) -> Utf8Bytes {
     Utf8Bytes::from(msg.to_json())
 }
 
-fn error_text(code: &str, message: &str) -> Utf8Bytes {
+/// An `error` frame the server itself decides on (not an engine error).
+pub(crate) fn error_text(code: &str, message: &str) -> Utf8Bytes {
     text(&ServerMessage::Error {
         code: code.to_owned(),
         message: message.to_owned(),
@@ -162,17 +164,14 @@ enum Input {
         id: Option<String>,
         update: Vec<u8>,
     },
-    /// Committed elsewhere, read from the store (trusted: the store only holds what a room
-    /// accepted).
+    /// Committed elsewhere.
     Remote {
         seq: u64,
         update: Vec<u8>,
-    },
-    /// Committed elsewhere, as the hub says: checked like a client's update first, and if it
-    /// fails, read from the store instead.
-    FromHub {
-        seq: u64,
-        update: Vec<u8>,
+        /// Said by the hub, so checked like a client's update first (and if it fails, read
+        /// from the store instead); a catch-up read from the store is trusted, since the
+        /// store only holds what a room accepted.
+        from_hub: bool,
     },
     Committed(Result<u64>),
 }
@@ -252,18 +251,18 @@ impl Core {
                     }
                     fx.charges.push((conn, start.elapsed()));
                 }
-                Input::FromHub { seq, update } => {
-                    if let Err(e) = concord_engine::doc::decode_update(&update) {
-                        tracing::warn!(room = %self.id, seq, error = %e, "update from the hub rejected; catching up from the store");
-                        fx.catch_up = true;
-                        continue;
+                Input::Remote {
+                    seq,
+                    update,
+                    from_hub,
+                } => {
+                    if from_hub {
+                        if let Err(e) = concord_engine::doc::decode_update(&update) {
+                            tracing::warn!(room = %self.id, seq, error = %e, "update from the hub rejected; catching up from the store");
+                            fx.catch_up = true;
+                            continue;
+                        }
                     }
-                    self.full_sync = None;
-                    if let Err(e) = self.state.handle_remote(seq, &update) {
-                        tracing::error!(room = %self.id, seq, error = %e, "committed update rejected");
-                    }
-                }
-                Input::Remote { seq, update } => {
                     self.full_sync = None;
                     if let Err(e) = self.state.handle_remote(seq, &update) {
                         tracing::error!(room = %self.id, seq, error = %e, "committed update rejected");
@@ -459,7 +458,11 @@ impl RoomTask {
                     catch_up = None;
                     match result {
                         Ok(ops) => room.inputs.extend(
-                            ops.into_iter().map(|(seq, update)| Input::Remote { seq, update }),
+                            ops.into_iter().map(|(seq, update)| Input::Remote {
+                                seq,
+                                update,
+                                from_hub: false,
+                            }),
                         ),
                         Err(e) => tracing::warn!(room = %room.id, error = %e, "catch-up failed"),
                     }
@@ -832,7 +835,11 @@ impl Room {
                     tracing::warn!(room = %self.id, seq, len = update.len(), "oversized update from the hub; catching up from the store");
                     return true;
                 }
-                self.inputs.push(Input::FromHub { seq, update });
+                self.inputs.push(Input::Remote {
+                    seq,
+                    update,
+                    from_hub: true,
+                });
                 false
             }
             HubEvent::Presence(p) => {
