@@ -332,6 +332,8 @@ impl ClientSession {
                     .push_back(ClientEvent::ServerError { code, message });
                 Ok(())
             }
+            // Access is the embedding's business (the JS client reads it from the frame).
+            ServerMessage::Access { .. } => Ok(()),
         }
     }
 

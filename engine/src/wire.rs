@@ -142,6 +142,9 @@ enum RawServer {
         code: String,
         message: String,
     },
+    Access {
+        role: String,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -199,6 +202,12 @@ pub enum ServerMessage {
         code: String,
         /// Human-readable, safe to show.
         message: String,
+    },
+    /// What this connection may do, when access control is on: sent after `sync` to a reader,
+    /// and whenever a grant changes while connected.
+    Access {
+        /// `"read"` (updates are refused) or `"write"`.
+        role: String,
     },
 }
 
@@ -307,6 +316,7 @@ impl ServerMessage {
             RawServer::Ack { id, seq } => ServerMessage::Ack { id, seq },
             RawServer::Presence(p) => ServerMessage::Presence(p),
             RawServer::Error { code, message } => ServerMessage::Error { code, message },
+            RawServer::Access { role } => ServerMessage::Access { role },
             RawServer::Unknown => return Ok(None),
         }))
     }
@@ -334,6 +344,7 @@ impl ServerMessage {
                 code: code.clone(),
                 message: message.clone(),
             },
+            ServerMessage::Access { role } => RawServer::Access { role: role.clone() },
         };
         to_json(&raw)
     }

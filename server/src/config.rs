@@ -69,6 +69,106 @@ pub struct Config {
     /// timeout. Shorter than the commit timeout so a group commit that hits one room's lock
     /// still has time to retry its other rooms alone.
     pub statement_timeout: Duration,
+
+    /// Access control (`CONCORD_AUTH` and friends; see `crate::auth`).
+    pub auth: crate::auth::AuthSettings,
+    /// Updates a connection may send at once, and per second after that (`UPDATE_BURST`,
+    /// `UPDATE_PER_SEC`); beyond, the server reads its updates at that rate.
+    pub update_rate: (f64, f64),
+    /// How long a connection may stay over its update rate without a pause before it is
+    /// closed with 4429 (`UPDATE_PATIENCE_SECS`).
+    pub update_patience: Duration,
+}
+
+/// A secret from the environment or a file: shown as `***` by `Debug`, so it cannot reach a
+/// log through a printed config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself; only for keying.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Shortest shared secret accepted: HS256 keys should have at least 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+fn auth_settings(d: &crate::auth::AuthSettings) -> Result<crate::auth::AuthSettings> {
+    let mode: crate::auth::Mode = parse("CONCORD_AUTH", d.mode)?;
+    let bad = |name: &'static str, reason: String| ServerError::Config {
+        name,
+        value: "(not shown)".to_owned(),
+        reason,
+    };
+    // A secret on the command line would be visible to every user of the machine (ps), so
+    // only the environment or a file.
+    let secret = match (
+        non_empty("CONCORD_AUTH_SECRET"),
+        non_empty("CONCORD_AUTH_SECRET_FILE"),
+    ) {
+        (Some(s), _) => Some(s),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path.trim())
+                .map_err(|e| {
+                    bad(
+                        "CONCORD_AUTH_SECRET_FILE",
+                        format!("cannot read it: {}", e.kind()),
+                    )
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(s) = &secret {
+        if s.len() < MIN_SECRET_BYTES {
+            return Err(bad(
+                "CONCORD_AUTH_SECRET",
+                format!("must be at least {MIN_SECRET_BYTES} bytes"),
+            ));
+        }
+    }
+    let public_key = match non_empty("CONCORD_AUTH_PUBLIC_KEY") {
+        Some(path) => Some(std::fs::read(path.trim()).map_err(|e| ServerError::Config {
+            name: "CONCORD_AUTH_PUBLIC_KEY",
+            value: path.clone(),
+            reason: format!("cannot read it: {}", e.kind()),
+        })?),
+        None => None,
+    };
+    let l = d.limits;
+    Ok(crate::auth::AuthSettings {
+        mode,
+        secret: secret.map(Secret),
+        public_key,
+        token_ttl: Duration::from_secs(
+            parse("CONCORD_TOKEN_TTL_SECS", d.token_ttl.as_secs())?.max(1),
+        ),
+        grant_cache_ttl: Duration::from_secs(parse(
+            "GRANT_CACHE_SECS",
+            d.grant_cache_ttl.as_secs(),
+        )?),
+        limits: crate::auth::limits::LimitSettings {
+            connect_burst: parse("IP_CONNECT_BURST", l.connect_burst)?.max(1.0),
+            connect_per_sec: parse("IP_CONNECT_PER_SEC", l.connect_per_sec)?.max(0.01),
+            login_burst: parse("LOGIN_BURST", l.login_burst)?.max(1.0),
+            login_per_sec: parse("LOGIN_PER_SEC", l.login_per_sec)?.max(0.01),
+            ..l
+        },
+    })
 }
 
 impl Default for Config {
@@ -97,6 +197,9 @@ impl Default for Config {
             room_limits: concord_engine::RoomLimits::default(),
             commit_timeout: StoreTimeouts::default().commit,
             statement_timeout: StoreTimeouts::default().statement,
+            auth: crate::auth::AuthSettings::default(),
+            update_rate: (2000.0, 500.0),
+            update_patience: Duration::from_secs(10),
         }
     }
 }
@@ -187,6 +290,14 @@ impl Config {
             },
             commit_timeout: millis("COMMIT_TIMEOUT_MS", d.commit_timeout)?,
             statement_timeout: millis("STATEMENT_TIMEOUT_MS", d.statement_timeout)?,
+            auth: auth_settings(&d.auth)?,
+            update_rate: (
+                parse("UPDATE_BURST", d.update_rate.0)?.max(1.0),
+                parse("UPDATE_PER_SEC", d.update_rate.1)?.max(0.01),
+            ),
+            update_patience: Duration::from_secs(
+                parse("UPDATE_PATIENCE_SECS", d.update_patience.as_secs())?.max(1),
+            ),
         })
     }
 

@@ -18,7 +18,9 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use concord_engine::{ClientMessage, ConnId, ServerMessage};
 use futures_util::{Sink, SinkExt, StreamExt};
 
+use crate::auth::{AccessEvent, Admission, Denied, LiveRole, Principal, Role};
 use crate::outbox::{self, Outbound};
+use crate::rate::{Pace, Pacer};
 use crate::room::{error_text, now_ms, Kill, Member, RoomCmd};
 use crate::routes::AppState;
 
@@ -51,18 +53,30 @@ where
     within(limit, sink.send(frame)).await;
 }
 
-/// Serves one upgraded socket for `room` until either side closes.
-pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: AppState) {
+/// Serves one upgraded socket for `room` until either side closes. `admission` is what the
+/// access check decided at upgrade; while the socket is open, [`watch_access`] keeps it true.
+pub async fn serve(
+    socket: WebSocket,
+    room: String,
+    sv: Option<Vec<u8>>,
+    admission: Admission,
+    app: AppState,
+) {
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let config = app.config.clone();
     let write_timeout = config.write_timeout;
     let (out, mut inbox) = outbox::channel(app.outbound.clone(), config.conn_queue);
     let kill = Arc::new(Kill::default());
+    let role = LiveRole::new(admission.role);
     let member = Member {
         out: out.clone(),
         kill: kill.clone(),
         user: presence_user(conn),
+        name: admission.principal.as_ref().map(|p| p.name.clone()),
+        role: role.clone(),
     };
+    // Subscribed before the join, so no grant change between the check and the join is missed.
+    let events = admission.principal.as_ref().map(|_| app.auth.subscribe());
     let (mut sink, mut stream) = socket.split();
 
     let link = match app.rooms.join(&room, conn, sv, member).await {
@@ -151,6 +165,42 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
 
     let limits = config.limits;
     let silence = heartbeat * 3;
+    let (burst, per_sec) = config.update_rate;
+    let mut pacer = Pacer::new(
+        burst,
+        per_sec,
+        config.update_patience.as_millis() as u64,
+        now_ms(),
+    );
+    // Updates beyond the connection's rate wait here, unread; a flood that never pauses is
+    // told so and closed.
+    let pace = |pacer: &mut Pacer| {
+        let decision = pacer.next(now_ms());
+        let (out, kill) = (&out, &kill);
+        async move {
+            match decision {
+                Pace::Go => true,
+                Pace::Wait(ms) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+                        _ = kill.killed() => false,
+                    }
+                }
+                Pace::Flooding => {
+                    tracing::info!(
+                        conn = conn.0,
+                        "connection over its update rate for too long; closing it"
+                    );
+                    out.offer(error_text(
+                        "rate_limited",
+                        "too many updates for too long; batch them and reconnect later",
+                    ));
+                    kill.kill(4429, "update rate exceeded: retry later");
+                    false
+                }
+            }
+        }
+    };
     let reader = async {
         loop {
             let next = tokio::select! {
@@ -192,6 +242,10 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
                     };
                     match parsed {
                         Ok(Some(msg)) => {
+                            if !matches!(msg, ClientMessage::Presence(_)) && !pace(&mut pacer).await
+                            {
+                                break;
+                            }
                             let sent = tokio::select! {
                                 sent = link.tx.send(RoomCmd::Frame { conn, msg }) => sent.is_ok(),
                                 _ = kill.killed() => break,
@@ -229,5 +283,95 @@ pub async fn serve(socket: WebSocket, room: String, sv: Option<Vec<u8>>, app: Ap
         kill.kill(1000, "closing");
     };
 
-    tokio::join!(reader, writer);
+    let watch = async {
+        if let (Some(principal), Some(events)) = (admission.principal.as_ref(), events) {
+            let access = Watch {
+                auth: &app.auth,
+                principal,
+                room: &room,
+                role: &role,
+                out: &out,
+                kill: &kill,
+            };
+            access.run(events).await;
+        }
+    };
+
+    tokio::join!(reader, writer, watch);
+}
+
+/// Keeps a live connection's access true: closes it at its token's expiry (4401), and on every
+/// grant change that concerns it re-checks, downgrading or upgrading it in place (an `access`
+/// frame tells the client) or closing it if it lost the room (4403).
+struct Watch<'a> {
+    auth: &'a crate::auth::Auth,
+    principal: &'a Principal,
+    room: &'a str,
+    role: &'a LiveRole,
+    out: &'a crate::outbox::Outbox,
+    kill: &'a Kill,
+}
+
+impl Watch<'_> {
+    async fn run(&self, mut events: tokio::sync::broadcast::Receiver<AccessEvent>) {
+        let expiry = std::time::UNIX_EPOCH + Duration::from_secs(self.principal.exp);
+        let left = expiry
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let expires = tokio::time::sleep(left);
+        tokio::pin!(expires);
+        loop {
+            let recheck = tokio::select! {
+                _ = &mut expires => {
+                    self.kill.kill(4401, "token expired");
+                    return;
+                }
+                _ = self.kill.killed() => return,
+                event = events.recv() => match event {
+                    Ok(AccessEvent::Changed(change)) => {
+                        change.room == self.room
+                            && change.user.as_deref().is_none_or(|u| u == self.principal.id)
+                    }
+                    Ok(AccessEvent::All) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        // No more changes can come; expiry still applies.
+                        (&mut expires).await;
+                        self.kill.kill(4401, "token expired");
+                        return;
+                    }
+                },
+            };
+            if recheck {
+                self.recheck().await;
+            }
+        }
+    }
+
+    async fn recheck(&self) {
+        match self.auth.role(self.principal, self.room).await {
+            Ok(Some(role)) => {
+                if self.role.set(role) {
+                    let frame = crate::room::text(&ServerMessage::Access {
+                        role: role.as_str().to_owned(),
+                    });
+                    if !self.out.offer(frame) {
+                        self.kill.kill(1013, "too slow: reconnect to resync");
+                    }
+                }
+            }
+            Ok(None) | Err(Denied::Forbidden) => {
+                // Refuse updates at once, even before the close is through.
+                self.role.set(Role::Read);
+                self.kill.kill(4403, "access revoked");
+            }
+            Err(e) => {
+                // The grant store did not answer: fail closed for writes until it does.
+                tracing::warn!(room = %self.room, code = e.code(), "access re-check failed");
+                self.role.set(Role::Read);
+                self.kill
+                    .kill(1013, "access cannot be checked now: retry shortly");
+            }
+        }
+    }
 }

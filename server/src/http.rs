@@ -37,7 +37,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -51,7 +51,11 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers see the peer's address (per-IP limits) as `ConnectInfo`.
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let shutdown = shutdown.clone();
         conns.spawn(async move {
             let _permit = permit;

@@ -12,6 +12,8 @@
 //! - [`rate`]: token buckets for per-connection budgets.
 //! - [`store`]: the `Store` trait, SQLite and Postgres, and group commit.
 //! - [`hub`]: the `Hub` trait: in-memory (one instance) or Redis fan-out and presence.
+//! - [`auth`]: tokens, accounts, grants: the one access check every transport and route runs.
+//! - [`api`]: the JSON REST API under `/api` (accounts, documents, grants).
 //! - [`error`]: the crate's error type, `ServerError`.
 //!
 //! The engine decides (what a frame means, whether an update is new, what to ack and
@@ -20,6 +22,8 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod cpu;
@@ -71,6 +75,12 @@ pub async fn run(
         shutdown: token.clone(),
         tracker: tracker.clone(),
     });
+    let auth = auth::Auth::new(&config.auth, store.clone(), hub.clone(), config.cpu_threads)
+        .map_err(|reason| ServerError::Config {
+            name: "CONCORD_AUTH",
+            value: config.auth.mode.as_str().to_owned(),
+            reason,
+        })?;
     let state = routes::AppState {
         rooms,
         config: config.clone(),
@@ -78,16 +88,25 @@ pub async fn run(
         outbound: outbox::Budget::new(config.conn_out_bytes, config.total_out_bytes),
         inbound: inbound::Inbound::new(config.inbound_bytes),
         cpu,
+        auth,
     };
     let addr = listener.local_addr()?;
+    if config.auth.mode == auth::Mode::Off && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "AUTH IS OFF and the server listens on {addr}, beyond this machine: anyone who can \
+             reach it can read and overwrite every document. Set CONCORD_AUTH=tokens or \
+             accounts (see README, Access control), or HOST=127.0.0.1."
+        );
+    }
     tracing::info!(
-        "concord listening on http://{addr} (store: {}, hub: {})",
+        "concord listening on http://{addr} (store: {}, hub: {}, auth: {})",
         store.describe(),
         if config.redis_url.is_some() {
             "redis"
         } else {
             "memory"
-        }
+        },
+        config.auth.mode.as_str()
     );
 
     let signal = token.clone();

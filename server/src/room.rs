@@ -74,6 +74,11 @@ pub struct Member {
     pub kill: Arc<Kill>,
     /// Who this connection is in presence frames: set by the server, never by the client.
     pub user: String,
+    /// The authenticated user's display name, which replaces any name the client claims in
+    /// presence (`None` with auth off).
+    pub name: Option<String>,
+    /// Read or write; readers' updates are refused here, once for every protocol.
+    pub role: Arc<crate::auth::LiveRole>,
 }
 
 /// What connections ask of a room.
@@ -673,34 +678,39 @@ impl Room {
                 let Some(m) = self.members.get_mut(&conn) else {
                     return;
                 };
-                match msg {
-                    ClientMessage::Op { id, update } => {
-                        if !m.cpu.available(now) {
-                            return self.over_cpu_budget(conn);
-                        }
-                        self.inputs.push(Input::Update { conn, id, update });
-                    }
-                    ClientMessage::Sync { update } => {
-                        if !m.cpu.available(now) {
-                            return self.over_cpu_budget(conn);
-                        }
-                        self.inputs.push(Input::Update {
-                            conn,
-                            id: None,
-                            update,
-                        });
-                    }
+                let (id, update) = match msg {
+                    ClientMessage::Op { id, update } => (id, update),
+                    ClientMessage::Sync { update } => (None, update),
                     ClientMessage::Presence(mut p) => {
                         // Who it is from is the server's to say.
                         p.user = m.member.user.clone();
+                        if let Some(name) = &m.member.name {
+                            p.name = Some(name.clone());
+                        }
                         if m.presence_rate.try_take(now) {
                             m.presence_held = None;
                             self.relay_presence(conn, p);
                         } else {
                             m.presence_held = Some(p);
                         }
+                        return;
                     }
+                };
+                // Access first: a reader's update is refused whatever it costs or holds.
+                if !m.member.role.can_write() {
+                    self.send_to(
+                        conn,
+                        error_text(
+                            "forbidden",
+                            "you have read-only access to this document; the update was not applied",
+                        ),
+                    );
+                    return;
                 }
+                if !m.cpu.available(now) {
+                    return self.over_cpu_budget(conn);
+                }
+                self.inputs.push(Input::Update { conn, id, update });
             }
             RoomCmd::Leave { conn } => {
                 self.joining.remove(&conn);
@@ -777,6 +787,11 @@ impl Room {
                     ..Presence::default()
                 };
                 member.out.offer(text(&ServerMessage::Presence(you)));
+                if !member.role.can_write() {
+                    member.out.offer(text(&ServerMessage::Access {
+                        role: crate::auth::Role::Read.as_str().to_owned(),
+                    }));
+                }
                 let local = self.members.values().filter_map(|m| m.presence.as_ref());
                 let remote = self.remote_presence.values().map(|(p, _)| p);
                 for p in local.chain(remote) {

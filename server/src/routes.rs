@@ -1,4 +1,5 @@
-//! HTTP routes: health, the demo page and its static files, and the WebSocket endpoint.
+//! HTTP routes: health, the demo page and its static files, the WebSocket endpoint, and the
+//! REST API ([`crate::api`]). Every room route runs [`crate::auth::Auth::admit`] first.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tower_http::services::{ServeDir, ServeFile};
 
+use crate::api::{ApiError, ClientIp};
 use crate::config::Config;
 use crate::rooms::Rooms;
 
@@ -31,6 +33,8 @@ pub struct AppState {
     pub inbound: crate::inbound::Inbound,
     /// Where large frames are parsed.
     pub cpu: crate::cpu::CpuPool,
+    /// Who may read and write which room.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The router of the whole server.
@@ -39,6 +43,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/rooms/{id}/ws", get(ws))
+        .merge(crate::api::accounts::routes())
         .route_service("/", ServeFile::new(web.join("demo.html")))
         .route_service("/demo.html", ServeFile::new(web.join("demo.html")))
         .nest_service("/pkg", ServeDir::new(web.join("pkg")))
@@ -48,6 +53,20 @@ pub fn router(state: AppState) -> Router {
 
 /// Per-connection read buffer (see `ws`).
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// The request's token, if any (see [`crate::api::token_of`]).
+struct Token(Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Token {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Token(crate::api::token_of(parts)))
+    }
+}
 
 #[derive(Debug, Deserialize)]
 struct WsQuery {
@@ -62,11 +81,20 @@ async fn ws(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<WsQuery>,
+    ClientIp(ip): ClientIp,
+    Token(token): Token,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    if let Err(retry) = state.auth.limits.connect(ip, crate::room::now_ms()) {
+        return ApiError::rate_limited(retry).into_response();
+    }
     if validate_room_id(&id).is_err() {
         return bad_request("bad room id: use 1-128 characters of A-Z a-z 0-9 _ - .");
     }
+    let admission = match state.auth.admit(token.as_deref(), &id).await {
+        Ok(admission) => admission,
+        Err(denied) => return ApiError::from(denied).into_response(),
+    };
     let sv = match query.sv.as_deref().filter(|s| !s.is_empty()) {
         // A '+' that was not percent-encoded arrives as a space.
         Some(b64) => match decode_b64("sv", &b64.replace(' ', "+")) {
@@ -92,7 +120,7 @@ async fn ws(
         .max_message_size(max.saturating_mul(2))
         .max_frame_size(max.saturating_mul(2))
         .on_upgrade(move |socket| async move {
-            crate::connection::serve(socket, id, sv, state).await;
+            crate::connection::serve(socket, id, sv, admission, state).await;
             drop(permit);
         })
 }

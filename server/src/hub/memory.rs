@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use concord_engine::wire::Presence;
 use tokio::sync::mpsc;
 
-use super::{Hub, Subscription};
+use super::{AccessSignal, Hub, Subscription};
 
 /// The hub of a single instance.
 pub struct MemoryHub;
@@ -29,5 +29,12 @@ impl Hub for MemoryHub {
 
     async fn live_presence(&self, _room: &str) -> Vec<Presence> {
         Vec::new()
+    }
+
+    fn publish_access(&self, _change: &crate::auth::AccessChange) {}
+
+    fn access_feed(&self) -> mpsc::Receiver<AccessSignal> {
+        let (_tx, rx) = mpsc::channel(1);
+        rx
     }
 }

@@ -32,6 +32,15 @@ pub enum HubEvent {
     Resync,
 }
 
+/// What the hub tells [`crate::auth::Auth`] about grants changed on other instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessSignal {
+    /// A grant changed elsewhere.
+    Changed(crate::auth::AccessChange),
+    /// The feed was interrupted (Redis reconnected): changes may have been missed.
+    Missed,
+}
+
 /// A room's subscription; dropping it unsubscribes.
 pub struct Subscription {
     /// Events from other instances.
@@ -64,6 +73,14 @@ pub trait Hub: Send + Sync + 'static {
 
     /// Presences currently live in the room on any instance (for a newcomer).
     async fn live_presence(&self, room: &str) -> Vec<Presence>;
+
+    /// Tells other instances that a grant changed, so they forget it and re-check their live
+    /// connections. Best effort; a missed message is covered by [`AccessSignal::Missed`] and
+    /// the grant cache's expiry.
+    fn publish_access(&self, change: &crate::auth::AccessChange);
+
+    /// Grant changes from other instances. Called once, at startup.
+    fn access_feed(&self) -> mpsc::Receiver<AccessSignal>;
 }
 
 /// Opens the hub named by `REDIS_URL`, or the in-memory one.

@@ -7,6 +7,10 @@
 //! because other instances catch up from the store). The subscriber holds one pub/sub
 //! connection, reconnects with backoff, re-subscribes every loaded room and tells each room to
 //! [`HubEvent::Resync`] after every (re)subscription, since messages may have been missed.
+//!
+//! Grant changes go on the one channel `concord:access`, which every instance subscribes to
+//! (not only instances with the room loaded: their grant caches must forget it too). After a
+//! reconnect the feed says [`AccessSignal::Missed`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +23,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{Hub, HubEvent, Subscription};
+use super::{AccessSignal, Hub, HubEvent, Subscription};
 use crate::error::{Result, ServerError};
 
 /// A message on `room:{id}`.
@@ -35,7 +39,20 @@ struct Wire {
     presence: Option<Presence>,
 }
 
+/// The channel of grant changes.
+const ACCESS_CHANNEL: &str = "concord:access";
+
+/// A message on [`ACCESS_CHANNEL`].
+#[derive(Debug, Serialize, Deserialize)]
+struct AccessWire {
+    o: String,
+    change: crate::auth::AccessChange,
+}
+
 enum PubCmd {
+    Access {
+        payload: String,
+    },
     Update {
         room: String,
         payload: String,
@@ -85,6 +102,7 @@ pub struct RedisHub {
     subscribe: mpsc::UnboundedSender<SubCmd>,
     reads: ConnectionManager,
     next_generation: AtomicU64,
+    access: std::sync::Mutex<Option<mpsc::Receiver<AccessSignal>>>,
 }
 
 fn channel(room: &str) -> String {
@@ -132,8 +150,14 @@ impl RedisHub {
         let instance = format!("{:016x}", rand::random::<u64>());
         let (publish, publish_rx) = mpsc::channel(16_384);
         let (subscribe, subscribe_rx) = mpsc::unbounded_channel();
+        let (access_tx, access_rx) = mpsc::channel(1024);
         tokio::spawn(publisher_task(publisher, publish_rx));
-        tokio::spawn(subscriber_task(client, instance.clone(), subscribe_rx));
+        tokio::spawn(subscriber_task(
+            client,
+            instance.clone(),
+            subscribe_rx,
+            access_tx,
+        ));
         let host = url.rsplit('@').next().unwrap_or(url).to_owned();
         Ok(RedisHub {
             describe: format!("redis {host} (instance {instance})"),
@@ -142,6 +166,7 @@ impl RedisHub {
             subscribe,
             reads,
             next_generation: AtomicU64::new(1),
+            access: std::sync::Mutex::new(Some(access_rx)),
         })
     }
 
@@ -214,6 +239,23 @@ impl Hub for RedisHub {
         });
     }
 
+    fn publish_access(&self, change: &crate::auth::AccessChange) {
+        let wire = AccessWire {
+            o: self.instance.clone(),
+            change: change.clone(),
+        };
+        if let Ok(payload) = serde_json::to_string(&wire) {
+            self.enqueue(PubCmd::Access { payload });
+        }
+    }
+
+    fn access_feed(&self) -> mpsc::Receiver<AccessSignal> {
+        match self.access.lock().ok().and_then(|mut a| a.take()) {
+            Some(rx) => rx,
+            None => mpsc::channel(1).1,
+        }
+    }
+
     async fn live_presence(&self, room: &str) -> Vec<Presence> {
         let mut conn = self.reads.clone();
         let now = unix_ms();
@@ -251,6 +293,13 @@ async fn publisher_task(mut conn: ConnectionManager, mut rx: mpsc::Receiver<PubC
     let mut failing = false;
     while let Some(cmd) = rx.recv().await {
         let result: redis::RedisResult<()> = match cmd {
+            PubCmd::Access { payload } => {
+                redis::cmd("PUBLISH")
+                    .arg(ACCESS_CHANNEL)
+                    .arg(payload)
+                    .query_async(&mut conn)
+                    .await
+            }
             PubCmd::Update { room, payload } => {
                 redis::cmd("PUBLISH")
                     .arg(channel(&room))
@@ -338,6 +387,7 @@ async fn subscriber_task(
     client: redis::Client,
     instance: String,
     mut cmds: mpsc::UnboundedReceiver<SubCmd>,
+    access: mpsc::Sender<AccessSignal>,
 ) {
     let mut subs: Subs = HashMap::new();
     let mut lagged: HashSet<String> = HashSet::new();
@@ -364,7 +414,7 @@ async fn subscriber_task(
             }
         };
         let (mut sink, mut stream) = pubsub.split();
-        let mut ok = true;
+        let mut ok = sink.subscribe(ACCESS_CHANNEL).await.is_ok();
         for room in subs.keys() {
             if sink.subscribe(channel(room)).await.is_err() {
                 ok = false;
@@ -379,6 +429,10 @@ async fn subscriber_task(
                 rooms = subs.len(),
                 "redis subscriber reconnected; rooms catch up from the store"
             );
+        }
+        if connected_before {
+            // Grant changes published while we were away are lost: caches start over.
+            let _ = access.try_send(AccessSignal::Missed);
         }
         connected_before = true;
         backoff = Duration::from_millis(100);
@@ -419,6 +473,16 @@ async fn subscriber_task(
                         tracing::warn!("redis subscriber connection lost");
                         break;
                     };
+                    if msg.get_channel_name() == ACCESS_CHANNEL {
+                        if let Ok(wire) = serde_json::from_slice::<AccessWire>(msg.get_payload_bytes()) {
+                            if wire.o != instance
+                                && access.try_send(AccessSignal::Changed(wire.change)).is_err()
+                            {
+                                let _ = access.try_send(AccessSignal::Missed);
+                            }
+                        }
+                        continue;
+                    }
                     let Some(room) = msg.get_channel_name().strip_prefix("room:") else { continue };
                     let Some((_, tx)) = subs.get(room) else { continue };
                     let Some(event) = decode(&instance, msg.get_payload_bytes()) else { continue };

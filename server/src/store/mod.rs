@@ -8,6 +8,7 @@
 //! Group commit lives in [`committer`]: many rooms' batches share one transaction.
 
 pub mod committer;
+pub mod directory;
 pub mod postgres;
 pub mod sqlite;
 
@@ -134,7 +135,7 @@ pub struct Append {
 
 /// Where rooms live.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: directory::Directory + Send + Sync + 'static {
     /// Short description for the startup log (`sqlite data/concord.db`, `postgres host/db`).
     fn describe(&self) -> String;
 

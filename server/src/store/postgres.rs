@@ -230,3 +230,5 @@ impl PgStore {
         Ok(Some((state, seq_from_db(op_seq))))
     }
 }
+
+super::directory::directory_impl!(PgStore);

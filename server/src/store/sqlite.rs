@@ -205,3 +205,5 @@ async fn read_room(
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok((snapshot, snapshot_seq, ops))
 }
+
+super::directory::directory_impl!(SqliteStore);

@@ -3,6 +3,7 @@
 //! `postgres://postgres@127.0.0.1:5432/test`); with `CI=true` a missing Postgres fails the run.
 
 mod abuse;
+mod auth;
 mod bad_input;
 mod scale_out;
 mod store_faults;
@@ -81,5 +82,28 @@ mod abuse_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
         crate::abuse::slowloris_is_timed_out_and_shutdown_is_bounded().await
+    }
+}
+
+mod auth_suite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_matrix() {
+        crate::auth::token_matrix().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accounts_sqlite() {
+        crate::auth::accounts(crate::support::Backend::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accounts_postgres() {
+        crate::auth::accounts(crate::support::Backend::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revocation_reaches_every_instance() {
+        crate::auth::revocation_reaches_every_instance().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rate_limits_hold_under_a_flood() {
+        crate::auth::rate_limits_hold_under_a_flood().await
     }
 }

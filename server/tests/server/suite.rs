@@ -332,8 +332,10 @@ pub async fn next_text(ws: &mut Ws) -> String {
             .expect("a frame in time")
             .expect("socket open")
             .expect("frame");
-        if let Message::Text(t) = frame {
-            return t.to_string();
+        match frame {
+            Message::Text(t) => return t.to_string(),
+            Message::Close(f) => panic!("socket closed by the server: {f:?}"),
+            _ => {}
         }
     }
 }

@@ -297,6 +297,12 @@ pub struct TestClient {
     pub sent: Vec<(String, Vec<u8>)>,
     pub acked: Vec<String>,
     pub closed: bool,
+    /// `?token=` for servers with access control.
+    pub token: Option<String>,
+    /// The close code the server sent, if it closed the socket.
+    pub close_code: Option<u16>,
+    /// The last `access` frame's role.
+    pub access: Option<String>,
 }
 
 impl TestClient {
@@ -310,6 +316,9 @@ impl TestClient {
             sent: Vec::new(),
             acked: Vec::new(),
             closed: false,
+            token: None,
+            close_code: None,
+            access: None,
         }
     }
 
@@ -320,12 +329,16 @@ impl TestClient {
     /// Opens the socket with `?sv=` and waits for the first sync.
     pub async fn connect(&mut self) {
         let sv = self.session.connect();
-        let url = format!(
+        let mut url = format!(
             "{}/rooms/{}/ws?sv={}",
             self.base,
             self.room,
             url_encode(&sv)
         );
+        if let Some(token) = &self.token {
+            url.push_str("&token=");
+            url.push_str(token);
+        }
         let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
             .await
             .expect("connect in time")
@@ -374,6 +387,10 @@ impl TestClient {
             };
             match frame {
                 Some(Ok(Message::Text(text))) => {
+                    if text.starts_with(r#"{"t":"access""#) {
+                        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+                        self.access = v["role"].as_str().map(str::to_owned);
+                    }
                     let msg = ServerMessage::parse(text.as_str())
                         .expect("server frames parse")
                         .expect("known frame");
@@ -389,7 +406,14 @@ impl TestClient {
                     }
                     self.send_pending().await;
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                Some(Ok(Message::Close(frame))) => {
+                    self.close_code = frame.map(|f| u16::from(f.code));
+                    self.closed = true;
+                    self.ws = None;
+                    self.session.disconnect();
+                    return false;
+                }
+                None | Some(Err(_)) => {
                     self.closed = true;
                     self.ws = None;
                     self.session.disconnect();
