@@ -889,6 +889,7 @@ mod change_tests {
             name: None,
             left: false,
             you: false,
+            ..Presence::default()
         };
         c.set_presence(p.clone());
         assert!(c.poll_transmit().is_none(), "offline: nothing sent yet");

@@ -196,6 +196,16 @@ impl Document {
         Ok(yjs_order::yjs_order(update, &txn.snapshot().delete_set))
     }
 
+    /// [`Document::encode_state_as_update`] in the v1 encoding, for the Yjs protocols
+    /// (y-websocket and Hocuspocus clients speak v1).
+    pub fn encode_state_as_update_v1(&self, sv: Option<&[u8]>) -> Result<Vec<u8>> {
+        let sv = match sv {
+            Some(bytes) => decode_state_vector(bytes)?,
+            None => StateVector::default(),
+        };
+        Ok(self.doc.transact().encode_diff_v1(&sv))
+    }
+
     /// The full state in canonical form: byte-equal on every replica holding the same changes.
     ///
     /// `encode_state_as_update(None)` means the same document on every such replica but not
@@ -481,6 +491,28 @@ fn decode_unchecked(bytes: &[u8]) -> Result<Update> {
         .map_err(|e| EngineError::InvalidUpdate {
             reason: e.to_string(),
         })
+}
+
+/// A v1 update from an untrusted sender (a Yjs client) as v2, the one encoding the room and the
+/// store keep. The v1 bytes are walked under the same bounds as a v2 op before yrs decodes
+/// them, and the v2 result is checked again as an op when the room applies it.
+pub fn update_v1_to_v2(bytes: &[u8]) -> Result<Vec<u8>> {
+    guarded(|| bounds::check_v1(bytes, bounds::Source::Untrusted))
+        .map_err(|reason| EngineError::InvalidUpdate { reason })?
+        .map_err(|reason| EngineError::InvalidUpdate { reason })?;
+    let update = guarded(|| Update::decode_v1(bytes))
+        .map_err(|reason| EngineError::InvalidUpdate { reason })?
+        .map_err(|e| EngineError::InvalidUpdate {
+            reason: e.to_string(),
+        })?;
+    guarded(|| update.encode_v2()).map_err(|reason| EngineError::InvalidUpdate { reason })
+}
+
+/// An update the room accepted (v2) in the v1 encoding, for Yjs clients.
+pub fn update_v2_to_v1(bytes: &[u8]) -> Result<Vec<u8>> {
+    check_bounds(bytes, bounds::Source::Accepted)?;
+    let update = decode_unchecked(bytes)?;
+    guarded(|| update.encode_v1()).map_err(|reason| EngineError::InvalidUpdate { reason })
 }
 
 /// Merges v2 updates into one (no document needed), guarding yrs against hostile input.

@@ -8,6 +8,8 @@
 //! - [`room`]: [`RoomState`], the server side's state machine for one room: validate, dedupe,
 //!   sequence, and the compaction fold.
 //! - [`changes`]: [`TextChange`], what a remote update did to the text, for editor bindings.
+//! - [`yjs`]: the Yjs binary protocol (y-websocket): client frames to room requests, room
+//!   answers to frames, presence as awareness.
 //! - [`error`]: [`EngineError`], the one error type, with stable wire codes.
 //!
 //! The engine never touches sockets, files, clocks or randomness: time and ids come in as
@@ -22,6 +24,7 @@ pub mod doc;
 pub mod error;
 pub mod room;
 pub mod wire;
+pub mod yjs;
 
 pub use changes::TextChange;
 pub use client::{ClientEvent, ClientSession, SessionStatus};

@@ -100,6 +100,28 @@ pub struct Presence {
     /// `user` id its own presence carries (so it can tell its own frames from others').
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub you: bool,
+    /// Set by the server: rises with every change of this presence, so Yjs clients (whose
+    /// awareness keeps the entry with the highest clock) take the latest.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clock: u32,
+    /// Set by the server for a Yjs client's awareness entry: relayed to Yjs clients as it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yjs: Option<YjsAwareness>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A Yjs client's awareness entry, carried inside its [`Presence`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct YjsAwareness {
+    /// Its awareness client id (the Yjs document's client id).
+    pub client: u64,
+    /// Its awareness clock.
+    pub clock: u32,
+    /// Its state, JSON text (`null` once it left).
+    pub state: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -463,6 +485,7 @@ mod tests {
             name: None,
             left: false,
             you: false,
+            ..Presence::default()
         });
         assert_eq!(
             presence.to_json(),

@@ -21,7 +21,7 @@ use futures_util::{Sink, SinkExt, StreamExt};
 use crate::auth::{AccessEvent, Admission, Denied, LiveRole, Principal, Role};
 use crate::outbox::{self, Outbound};
 use crate::rate::{Pace, Pacer};
-use crate::room::{error_text, now_ms, Kill, Member, RoomCmd};
+use crate::room::{error_text, now_ms, Dialect, Kill, Member, Request, RoomCmd};
 use crate::routes::AppState;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -53,14 +53,17 @@ where
     within(limit, sink.send(frame)).await;
 }
 
-/// Serves one upgraded socket for `room` until either side closes. `admission` is what the
-/// access check decided at upgrade; while the socket is open, [`watch_access`] keeps it true.
+/// Serves one upgraded socket for `room` until either side closes, speaking `dialect` (the
+/// JSON protocol, or y-websocket's binary one: each frame goes through its adapter in the
+/// engine, and everything else, from limits to access, is the same). `admission` is what the
+/// access check decided at upgrade; while the socket is open, [`Watch`] keeps it true.
 pub async fn serve(
     socket: WebSocket,
     room: String,
     sv: Option<Vec<u8>>,
     admission: Admission,
     app: AppState,
+    dialect: Dialect,
 ) {
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     let config = app.config.clone();
@@ -69,6 +72,7 @@ pub async fn serve(
     let kill = Arc::new(Kill::default());
     let role = LiveRole::new(admission.role);
     let member = Member {
+        dialect,
         out: out.clone(),
         kill: kill.clone(),
         user: presence_user(conn),
@@ -87,7 +91,9 @@ pub async fn serve(
                 "unavailable",
                 "the room cannot be opened now; retry shortly",
             );
-            within(write_timeout, sink.send(Message::Text(frame))).await;
+            if dialect == Dialect::Json {
+                within(write_timeout, sink.send(Message::Text(frame))).await;
+            }
             close(&mut sink, write_timeout, 1011, "room unavailable").await;
             return;
         }
@@ -102,17 +108,17 @@ pub async fn serve(
         loop {
             tokio::select! {
                 msg = inbox.recv() => match msg {
-                    Some(Outbound::Text(text)) => {
+                    Some(Outbound::Frame(frame)) => {
                         // Everything already queued goes out in one write and one flush.
-                        if !within(write_timeout, sink.feed(Message::Text(text))).await {
+                        if !within(write_timeout, sink.feed(frame.into_message())).await {
                             break;
                         }
                         let mut close_with = None;
                         let mut ok = true;
                         while let Some(next) = inbox.try_recv() {
                             match next {
-                                Outbound::Text(text) => {
-                                    if !within(write_timeout, sink.feed(Message::Text(text))).await {
+                                Outbound::Frame(frame) => {
+                                    if !within(write_timeout, sink.feed(frame.into_message())).await {
                                         ok = false;
                                         break;
                                     }
@@ -147,8 +153,8 @@ pub async fn serve(
                     // Send what is already queued (acks, the closing frame), then close; all
                     // of it within one write timeout.
                     let drain = async {
-                        while let Some(Outbound::Text(text)) = inbox.try_recv() {
-                            if sink.send(Message::Text(text)).await.is_err() {
+                        while let Some(Outbound::Frame(frame)) = inbox.try_recv() {
+                            if sink.send(frame.into_message()).await.is_err() {
                                 break;
                             }
                         }
@@ -220,6 +226,52 @@ pub async fn serve(
                 }
             };
             match msg {
+                Message::Text(_) if dialect == Dialect::Yjs => {
+                    kill.kill(1003, "y-websocket frames are binary");
+                    break;
+                }
+                Message::Binary(bytes) if dialect == Dialect::Yjs => {
+                    let Ok(_parsing) = app.inbound.acquire(bytes.len()).await else {
+                        break;
+                    };
+                    let parsed = if bytes.len() <= PARSE_INLINE_BYTES {
+                        concord_engine::yjs::decode(&bytes, &limits)
+                    } else {
+                        match app
+                            .cpu
+                            .run(move || concord_engine::yjs::decode(&bytes, &limits))
+                            .await
+                        {
+                            Ok(ran) => ran.value,
+                            Err(_) => break,
+                        }
+                    };
+                    let req = match parsed {
+                        Ok(req) => req,
+                        Err(e) => {
+                            tracing::debug!(conn = conn.0, error = %e, "bad y-websocket frame");
+                            let code = match e {
+                                concord_engine::EngineError::TooLarge { .. } => 1009,
+                                _ => 1002,
+                            };
+                            kill.kill(code, "bad y-protocols message");
+                            break;
+                        }
+                    };
+                    if matches!(req, concord_engine::yjs::YjsRequest::Update(_))
+                        && !pace(&mut pacer).await
+                    {
+                        break;
+                    }
+                    let sent = tokio::select! {
+                        sent = link.tx.send(RoomCmd::Frame { conn, msg: Request::Yjs(req) }) => sent.is_ok(),
+                        _ = kill.killed() => break,
+                    };
+                    if !sent {
+                        kill.kill(1012, "room restarting: reconnect");
+                        break;
+                    }
+                }
                 Message::Text(text) => {
                     // Parsing costs a few times the frame's size: the instance parses at most
                     // its inbound budget's worth at once, and a flood waits here.
@@ -247,7 +299,7 @@ pub async fn serve(
                                 break;
                             }
                             let sent = tokio::select! {
-                                sent = link.tx.send(RoomCmd::Frame { conn, msg }) => sent.is_ok(),
+                                sent = link.tx.send(RoomCmd::Frame { conn, msg: Request::Json(msg) }) => sent.is_ok(),
                                 _ = kill.killed() => break,
                             };
                             if !sent {
@@ -286,6 +338,7 @@ pub async fn serve(
     let watch = async {
         if let (Some(principal), Some(events)) = (admission.principal.as_ref(), events) {
             let access = Watch {
+                dialect,
                 auth: &app.auth,
                 principal,
                 room: &room,
@@ -304,6 +357,7 @@ pub async fn serve(
 /// grant change that concerns it re-checks, downgrading or upgrading it in place (an `access`
 /// frame tells the client) or closing it if it lost the room (4403).
 struct Watch<'a> {
+    dialect: Dialect,
     auth: &'a crate::auth::Auth,
     principal: &'a Principal,
     room: &'a str,
@@ -351,7 +405,7 @@ impl Watch<'_> {
     async fn recheck(&self) {
         match self.auth.role(self.principal, self.room).await {
             Ok(Some(role)) => {
-                if self.role.set(role) {
+                if self.role.set(role) && self.dialect == Dialect::Json {
                     let frame = crate::room::text(&ServerMessage::Access {
                         role: role.as_str().to_owned(),
                     });

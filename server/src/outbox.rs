@@ -7,20 +7,65 @@
 //! resyncs on reconnect). A connection with nothing queued always accepts one frame, so a
 //! document larger than the per-connection budget can still be joined.
 //!
-//! Frames are `Utf8Bytes` (reference-counted): a broadcast is encoded once and shared by every
-//! queue, though each queue counts it in full.
+//! Frames are reference-counted (`Utf8Bytes` text for the JSON protocol, `Bytes` for the Yjs
+//! protocols): a broadcast is encoded once per protocol and shared by every queue, though each
+//! queue counts it in full.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, Utf8Bytes};
 use tokio::sync::mpsc;
 
-/// A frame for a connection's writer.
+/// One WebSocket data frame, shared between queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A text frame (the JSON protocol).
+    Text(Utf8Bytes),
+    /// A binary frame (y-websocket, Hocuspocus).
+    Binary(Bytes),
+}
+
+impl Frame {
+    /// A binary frame of these bytes.
+    pub fn binary(bytes: Vec<u8>) -> Frame {
+        Frame::Binary(Bytes::from(bytes))
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) => b.len(),
+        }
+    }
+
+    /// True for an empty frame.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The WebSocket message.
+    pub fn into_message(self) -> Message {
+        match self {
+            Frame::Text(t) => Message::Text(t),
+            Frame::Binary(b) => Message::Binary(b),
+        }
+    }
+}
+
+impl From<Utf8Bytes> for Frame {
+    fn from(text: Utf8Bytes) -> Frame {
+        Frame::Text(text)
+    }
+}
+
+/// What a connection's writer is asked to do.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A text frame.
-    Text(Utf8Bytes),
+    /// Send a frame.
+    Frame(Frame),
     /// Close the socket with this code and reason.
     Close(u16, &'static str),
 }
@@ -81,7 +126,8 @@ pub fn channel(budget: Arc<Budget>, frames: usize) -> (Outbox, Inbox) {
 
 impl Outbox {
     /// Queues `frame` if it fits the budgets; false means "slow consumer" (or closed).
-    pub fn offer(&self, frame: Utf8Bytes) -> bool {
+    pub fn offer(&self, frame: impl Into<Frame>) -> bool {
+        let frame = frame.into();
         let len = frame.len();
         let mine = self.queued.load(Ordering::Relaxed);
         if mine > 0
@@ -91,7 +137,7 @@ impl Outbox {
         }
         self.queued.fetch_add(len, Ordering::Relaxed);
         self.budget.used.fetch_add(len, Ordering::Relaxed);
-        if self.tx.try_send(Outbound::Text(frame)).is_err() {
+        if self.tx.try_send(Outbound::Frame(frame)).is_err() {
             self.queued.fetch_sub(len, Ordering::Relaxed);
             self.budget.used.fetch_sub(len, Ordering::Relaxed);
             return false;
@@ -112,9 +158,9 @@ impl Outbox {
 
 impl Inbox {
     fn taken(&self, msg: &Outbound) {
-        if let Outbound::Text(text) = msg {
-            self.queued.fetch_sub(text.len(), Ordering::Relaxed);
-            self.budget.used.fetch_sub(text.len(), Ordering::Relaxed);
+        if let Outbound::Frame(frame) = msg {
+            self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+            self.budget.used.fetch_sub(frame.len(), Ordering::Relaxed);
         }
     }
 
@@ -156,7 +202,7 @@ mod tests {
         // An empty queue takes one frame of any size.
         assert!(out.offer(frame(500)));
         assert!(!out.offer(frame(1)), "over the per-connection budget");
-        assert!(matches!(inbox.recv().await, Some(Outbound::Text(_))));
+        assert!(matches!(inbox.recv().await, Some(Outbound::Frame(_))));
         assert_eq!(budget.used(), 0);
         // Many small frames fit where their count would not matter.
         for _ in 0..10 {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use concord_engine::wire::Presence;
+use concord_engine::yjs::{self, YjsRequest};
 use concord_engine::{ClientMessage, ConnId, EngineError, RoomEvent, RoomState, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cpu::CpuPool;
 use crate::error::{Result, ServerError};
 use crate::hub::{Hub, HubEvent};
-use crate::outbox::Outbox;
+use crate::outbox::{Frame, Outbox};
 use crate::rate::TokenBucket;
 use crate::rooms::Rooms;
 use crate::store::Loaded;
@@ -65,9 +66,21 @@ impl Kill {
     }
 }
 
+/// The wire format a member speaks: the room answers each member in its own, encoding every
+/// broadcast once per format present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// Concord's JSON protocol (`/rooms/{id}/ws`).
+    Json,
+    /// y-protocols binary messages (`/yjs/{room}`, y-websocket).
+    Yjs,
+}
+
 /// How the room reaches one connection.
 #[derive(Debug, Clone)]
 pub struct Member {
+    /// Its wire format.
+    pub dialect: Dialect,
     /// The connection's outbound queue, bounded in bytes.
     pub out: Outbox,
     /// Closes the connection.
@@ -100,13 +113,22 @@ pub enum RoomCmd {
         /// The connection.
         conn: ConnId,
         /// The frame.
-        msg: ClientMessage,
+        msg: Request,
     },
     /// The connection closed.
     Leave {
         /// The connection.
         conn: ConnId,
     },
+}
+
+/// A member's frame, decoded by its protocol's adapter.
+#[derive(Debug)]
+pub enum Request {
+    /// From the JSON protocol.
+    Json(ClientMessage),
+    /// From y-websocket.
+    Yjs(YjsRequest),
 }
 
 /// A presence entry lives this long unless refreshed (a vanished instance's users expire).
@@ -163,11 +185,22 @@ enum Input {
     Join {
         conn: ConnId,
         sv: Option<Vec<u8>>,
+        dialect: Dialect,
+    },
+    Leave {
+        conn: ConnId,
+    },
+    /// A Yjs client's sync step 1: answer with what its state vector (v1) lacks.
+    SyncStep1 {
+        conn: ConnId,
+        sv: Vec<u8>,
     },
     Update {
         conn: ConnId,
         id: Option<String>,
         update: Vec<u8>,
+        /// v1 bytes (a Yjs client's), converted here before the room sees them.
+        v1: bool,
     },
     /// Committed elsewhere.
     Remote {
@@ -186,16 +219,16 @@ enum Out {
     /// A join's first frame: the member is added right after it.
     Joined {
         conn: ConnId,
-        sync: Utf8Bytes,
+        sync: Frame,
     },
     /// A join that cannot be served (a bad state vector): this frame, then close.
     JoinRefused {
         conn: ConnId,
-        frame: Utf8Bytes,
+        frame: Frame,
     },
-    To(ConnId, Utf8Bytes),
+    To(ConnId, Frame),
     All {
-        frame: Utf8Bytes,
+        frames: Frames,
         except: Option<ConnId>,
     },
     Publish {
@@ -206,6 +239,22 @@ enum Out {
     CommitFailed(ConnId),
     /// Close this member (after the frames already queued for it).
     Close(ConnId, u16, &'static str),
+}
+
+/// One frame in each format present in the room (`None` where no member speaks it).
+#[derive(Debug, Clone, Default)]
+struct Frames {
+    json: Option<Frame>,
+    yjs: Option<Frame>,
+}
+
+impl Frames {
+    fn get(&self, dialect: Dialect) -> Option<&Frame> {
+        match dialect {
+            Dialect::Json => self.json.as_ref(),
+            Dialect::Yjs => self.yjs.as_ref(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -222,21 +271,77 @@ struct Core {
     state: RoomState,
     /// The `sync` frame for joins without `?sv=`, shared until the document changes: a burst
     /// of joins (a reconnect storm, a popular document) encodes the state once.
-    full_sync: Option<Utf8Bytes>,
+    full_sync: Option<Frame>,
+    /// Each member's wire format, and how many speak each.
+    dialects: HashMap<ConnId, Dialect>,
+    json_members: usize,
+    yjs_members: usize,
 }
 
 impl Core {
+    fn dialect(&self, conn: ConnId) -> Dialect {
+        self.dialects.get(&conn).copied().unwrap_or(Dialect::Json)
+    }
+
     fn step(&mut self, inputs: Vec<Input>) -> Effects {
         let mut fx = Effects::default();
         for input in inputs {
             match input {
-                Input::Join { conn, sv } => self.join(conn, sv, &mut fx),
-                Input::Update { conn, id, update } => {
+                Input::Join { conn, sv, dialect } => {
+                    if self.dialects.insert(conn, dialect).is_none() {
+                        match dialect {
+                            Dialect::Json => self.json_members += 1,
+                            Dialect::Yjs => self.yjs_members += 1,
+                        }
+                    }
+                    match dialect {
+                        Dialect::Json => self.join(conn, sv, &mut fx),
+                        Dialect::Yjs => self.join_yjs(conn, &mut fx),
+                    }
+                }
+                Input::Leave { conn } => match self.dialects.remove(&conn) {
+                    Some(Dialect::Json) => self.json_members -= 1,
+                    Some(Dialect::Yjs) => self.yjs_members -= 1,
+                    None => {}
+                },
+                Input::SyncStep1 { conn, sv } => {
+                    match self.state.document().encode_state_as_update_v1(Some(&sv)) {
+                        Ok(diff) => fx
+                            .outs
+                            .push(Out::To(conn, Frame::binary(yjs::sync_step2(diff)))),
+                        Err(e) => {
+                            tracing::debug!(room = %self.id, conn = conn.0, error = %e, "bad sync step 1");
+                            fx.outs.push(Out::Close(conn, 1008, "bad state vector"));
+                        }
+                    }
+                }
+                Input::Update {
+                    conn,
+                    id,
+                    update,
+                    v1,
+                } => {
                     self.full_sync = None;
                     let start = Instant::now();
+                    let update = if v1 {
+                        match concord_engine::doc::update_v1_to_v2(&update) {
+                            Ok(update) => update,
+                            Err(e) => {
+                                // As y-websocket's server does: the message is dropped.
+                                tracing::debug!(room = %self.id, conn = conn.0, error = %e, "v1 update rejected");
+                                fx.charges.push((conn, start.elapsed()));
+                                continue;
+                            }
+                        }
+                    } else {
+                        update
+                    };
                     if let Err(e) = self.state.handle_op(conn, id, &update) {
                         tracing::debug!(room = %self.id, conn = conn.0, error = %e, "update rejected");
-                        fx.outs.push(Out::To(conn, text(&ServerMessage::error(&e))));
+                        if self.dialect(conn) == Dialect::Json {
+                            fx.outs
+                                .push(Out::To(conn, text(&ServerMessage::error(&e)).into()));
+                        }
                         match e {
                             // It cost a rebuild: no second chance on this connection.
                             EngineError::IntegrationFailed { .. } => {
@@ -297,7 +402,7 @@ impl Core {
         }
         match self.state.sync_for(sv.as_deref()) {
             Ok(sync) => {
-                let sync = text(&sync);
+                let sync = Frame::from(text(&sync));
                 if sv.is_none() {
                     self.full_sync = Some(sync.clone());
                 }
@@ -305,8 +410,26 @@ impl Core {
             }
             Err(e) => fx.outs.push(Out::JoinRefused {
                 conn,
-                frame: text(&ServerMessage::error(&e)),
+                frame: text(&ServerMessage::error(&e)).into(),
             }),
+        }
+    }
+
+    /// A Yjs client's first frame is the room's sync step 1, as y-websocket's server sends it:
+    /// the client answers with what the room lacks and asks (its own step 1) for the rest.
+    fn join_yjs(&mut self, conn: ConnId, fx: &mut Effects) {
+        match yjs::sync_step1(&self.state.document().state_vector()) {
+            Ok(step1) => fx.outs.push(Out::Joined {
+                conn,
+                sync: Frame::binary(step1),
+            }),
+            Err(e) => {
+                tracing::error!(room = %self.id, error = %e, "room state vector does not encode");
+                fx.outs.push(Out::JoinRefused {
+                    conn,
+                    frame: Frame::binary(yjs::permission_denied("room unavailable")),
+                });
+            }
         }
     }
 
@@ -330,24 +453,40 @@ impl Core {
         while let Some(event) = self.state.poll_event() {
             match event {
                 RoomEvent::Ack { conn, id, seq } => {
-                    fx.outs
-                        .push(Out::To(conn, text(&ServerMessage::Ack { id, seq })));
+                    if self.dialect(conn) == Dialect::Json {
+                        fx.outs
+                            .push(Out::To(conn, text(&ServerMessage::Ack { id, seq }).into()));
+                    }
                 }
                 RoomEvent::Broadcast {
                     seq,
                     update,
                     origin,
                 } => {
-                    let frame = text(&ServerMessage::Op {
-                        seq,
-                        update: update.clone(),
-                    });
+                    let mut frames = Frames::default();
+                    if self.json_members > 0 {
+                        frames.json = Some(
+                            text(&ServerMessage::Op {
+                                seq,
+                                update: update.clone(),
+                            })
+                            .into(),
+                        );
+                    }
+                    if self.yjs_members > 0 {
+                        match concord_engine::doc::update_v2_to_v1(&update) {
+                            Ok(v1) => frames.yjs = Some(Frame::binary(yjs::update(v1))),
+                            Err(e) => {
+                                tracing::error!(room = %self.id, seq, error = %e, "update does not convert to v1")
+                            }
+                        }
+                    }
                     if origin.is_some() {
                         // Committed here: other instances learn it from the hub.
                         fx.outs.push(Out::Publish { seq, update });
                     }
                     fx.outs.push(Out::All {
-                        frame,
+                        frames,
                         except: origin,
                     });
                 }
@@ -365,6 +504,10 @@ struct MemberState {
     presence_rate: TokenBucket,
     /// Milliseconds of pool time this member may still spend.
     cpu: TokenBucket,
+    /// When its presence last came (a Yjs client's awareness times out without renewal).
+    presence_seen: u64,
+    /// The awareness client id a Yjs member speaks for (the first it announced).
+    awareness_client: Option<u64>,
 }
 
 /// A room's task. Created and registered by [`Rooms`].
@@ -399,6 +542,9 @@ impl RoomTask {
                 id: self.id.clone(),
                 state,
                 full_sync: None,
+                dialects: HashMap::new(),
+                json_members: 0,
+                yjs_members: 0,
             }),
             Err(e) => {
                 tracing::error!(room = %self.id, error = %e, "room data rejected");
@@ -418,6 +564,7 @@ impl RoomTask {
             max_update_bytes: ctx.config.limits.max_update_bytes,
             max_presence_bytes: ctx.config.limits.max_presence_bytes,
             remote_presence: HashMap::new(),
+            presence_clock: 0,
             inputs: Vec::new(),
         };
         for p in ctx.hub.live_presence(&self.id).await {
@@ -509,6 +656,7 @@ impl RoomTask {
                 _ = tick.tick() => {
                     let now = now_ms();
                     room.expire_remote_presence(now);
+                    room.expire_local_awareness(now);
                     room.release_held_presence(now);
                     if now.saturating_sub(last_heartbeat) >= PRESENCE_HEARTBEAT_MS {
                         last_heartbeat = now;
@@ -649,6 +797,8 @@ struct Room {
     max_presence_bytes: usize,
     /// Presences of clients on other instances, with their expiry (monotonic ms).
     remote_presence: HashMap<String, (Presence, u64)>,
+    /// The clock given to the next presence of a Concord client (see [`Presence::clock`]).
+    presence_clock: u32,
     /// Work gathered for the next core job.
     inputs: Vec<Input>,
 }
@@ -670,71 +820,148 @@ impl Room {
                     let _ = reply.send(Err(ServerError::RoomClosing));
                     return;
                 }
+                self.inputs.push(Input::Join {
+                    conn,
+                    sv,
+                    dialect: member.dialect,
+                });
                 self.joining.insert(conn, (member, reply));
-                self.inputs.push(Input::Join { conn, sv });
             }
             RoomCmd::Frame { conn, msg } => {
                 let now = now_ms();
                 let Some(m) = self.members.get_mut(&conn) else {
                     return;
                 };
-                let (id, update) = match msg {
-                    ClientMessage::Op { id, update } => (id, update),
-                    ClientMessage::Sync { update } => (None, update),
-                    ClientMessage::Presence(mut p) => {
-                        // Who it is from is the server's to say.
+                let (id, update, v1) = match msg {
+                    Request::Json(ClientMessage::Op { id, update }) => (id, update, false),
+                    Request::Json(ClientMessage::Sync { update }) => (None, update, false),
+                    Request::Json(ClientMessage::Presence(mut p)) => {
+                        // Who it is from, and its clock, are the server's to say.
                         p.user = m.member.user.clone();
-                        if let Some(name) = &m.member.name {
-                            p.name = Some(name.clone());
-                        }
-                        if m.presence_rate.try_take(now) {
-                            m.presence_held = None;
-                            self.relay_presence(conn, p);
-                        } else {
-                            m.presence_held = Some(p);
-                        }
+                        p.yjs = None;
+                        p.you = false;
+                        p.left = false;
+                        self.presence_clock = self.presence_clock.wrapping_add(1).max(1);
+                        p.clock = self.presence_clock;
+                        return self.presence_from(conn, p, now);
+                    }
+                    Request::Yjs(YjsRequest::Update(update)) => (None, update, true),
+                    Request::Yjs(YjsRequest::SyncStep1(sv)) => {
+                        self.inputs.push(Input::SyncStep1 { conn, sv });
                         return;
                     }
+                    Request::Yjs(YjsRequest::Awareness(update)) => {
+                        let claimed = m.awareness_client;
+                        // A connection speaks for one awareness client: the first it names.
+                        let entry = update
+                            .clients
+                            .iter()
+                            .find(|(id, _)| claimed.is_none_or(|c| c == id.get()));
+                        let Some((client, entry)) = entry else {
+                            return;
+                        };
+                        let client = client.get();
+                        m.awareness_client = Some(client);
+                        let Some(p) = yjs::presence_of(&m.member.user, client, entry) else {
+                            return;
+                        };
+                        if p.left {
+                            m.presence_held = None;
+                            if let Some(old) = m.presence.take() {
+                                self.presence_left(old);
+                            }
+                            return;
+                        }
+                        return self.presence_from(conn, p, now);
+                    }
+                    Request::Yjs(YjsRequest::QueryAwareness) => {
+                        let all = self.all_presence();
+                        let frame = Frame::binary(yjs::awareness(&all.iter().collect::<Vec<_>>()));
+                        return self.send_to(conn, frame);
+                    }
+                    Request::Yjs(YjsRequest::Ignored) => return,
                 };
                 // Access first: a reader's update is refused whatever it costs or holds.
                 if !m.member.role.can_write() {
-                    self.send_to(
-                        conn,
-                        error_text(
+                    let frame = match m.member.dialect {
+                        Dialect::Json => error_text(
                             "forbidden",
                             "you have read-only access to this document; the update was not applied",
-                        ),
-                    );
-                    return;
+                        )
+                        .into(),
+                        Dialect::Yjs => Frame::binary(yjs::permission_denied(
+                            "read-only access: the update was not applied",
+                        )),
+                    };
+                    return self.send_to(conn, frame);
                 }
                 if !m.cpu.available(now) {
                     return self.over_cpu_budget(conn);
                 }
-                self.inputs.push(Input::Update { conn, id, update });
+                self.inputs.push(Input::Update {
+                    conn,
+                    id,
+                    update,
+                    v1,
+                });
             }
             RoomCmd::Leave { conn } => {
                 self.joining.remove(&conn);
+                self.inputs.push(Input::Leave { conn });
                 if let Some(m) = self.members.remove(&conn) {
-                    if let Some(mut p) = m.presence {
-                        p.left = true;
-                        p.cursor = None;
-                        self.hub.publish_presence(&self.id, &p, PRESENCE_TTL_MS);
-                        self.send_all(text(&ServerMessage::Presence(p)), None);
+                    if let Some(p) = m.presence {
+                        self.presence_left(p);
                     }
                 }
             }
         }
     }
 
+    /// A member's presence (set by the server where it must be): relayed now, or held back
+    /// until the member's presence rate allows (the latest wins).
+    fn presence_from(&mut self, conn: ConnId, mut p: Presence, now: u64) {
+        let Some(m) = self.members.get_mut(&conn) else {
+            return;
+        };
+        if let Some(name) = &m.member.name {
+            p.name = Some(name.clone());
+        }
+        m.presence_seen = now;
+        if m.presence_rate.try_take(now) {
+            m.presence_held = None;
+            self.relay_presence(conn, p);
+        } else {
+            m.presence_held = Some(p);
+        }
+    }
+
+    /// Tells everyone (here and on other instances) that this presence left.
+    fn presence_left(&mut self, mut p: Presence) {
+        p.left = true;
+        p.cursor = None;
+        self.hub.publish_presence(&self.id, &p, PRESENCE_TTL_MS);
+        self.send_presence(&p, None);
+    }
+
+    /// Every live presence in the room, local and remote.
+    fn all_presence(&self) -> Vec<Presence> {
+        let local = self.members.values().filter_map(|m| m.presence.clone());
+        let remote = self.remote_presence.values().map(|(p, _)| p.clone());
+        local.chain(remote).collect()
+    }
+
     fn over_cpu_budget(&mut self, conn: ConnId) {
         tracing::info!(room = %self.id, conn = conn.0, "connection over its CPU budget; closing it");
-        self.send_to(
-            conn,
-            error_text(
-                "cpu_budget",
-                "your updates are costing the server too much time; reconnect later",
-            ),
-        );
+        if self.members.get(&conn).map(|m| m.member.dialect) == Some(Dialect::Json) {
+            self.send_to(
+                conn,
+                error_text(
+                    "cpu_budget",
+                    "your updates are costing the server too much time; reconnect later",
+                )
+                .into(),
+            );
+        }
         if let Some(m) = self.members.remove(&conn) {
             m.member
                 .kill
@@ -780,22 +1007,31 @@ impl Room {
                     member.kill.kill(1013, "too slow: reconnect to resync");
                     return;
                 }
-                // Tell the member who it is in presence frames.
-                let you = Presence {
-                    user: member.user.clone(),
-                    you: true,
-                    ..Presence::default()
-                };
-                member.out.offer(text(&ServerMessage::Presence(you)));
-                if !member.role.can_write() {
-                    member.out.offer(text(&ServerMessage::Access {
-                        role: crate::auth::Role::Read.as_str().to_owned(),
-                    }));
-                }
-                let local = self.members.values().filter_map(|m| m.presence.as_ref());
-                let remote = self.remote_presence.values().map(|(p, _)| p);
-                for p in local.chain(remote) {
-                    member.out.offer(text(&ServerMessage::Presence(p.clone())));
+                let all = self.all_presence();
+                match member.dialect {
+                    Dialect::Json => {
+                        // Tell the member who it is in presence frames.
+                        let you = Presence {
+                            user: member.user.clone(),
+                            you: true,
+                            ..Presence::default()
+                        };
+                        member.out.offer(text(&ServerMessage::Presence(you)));
+                        if !member.role.can_write() {
+                            member.out.offer(text(&ServerMessage::Access {
+                                role: crate::auth::Role::Read.as_str().to_owned(),
+                            }));
+                        }
+                        for p in all {
+                            member.out.offer(text(&ServerMessage::Presence(p)));
+                        }
+                    }
+                    Dialect::Yjs => {
+                        if !all.is_empty() {
+                            let all: Vec<&Presence> = all.iter().collect();
+                            member.out.offer(Frame::binary(yjs::awareness(&all)));
+                        }
+                    }
                 }
                 let budget = self.cpu_budget;
                 self.members.insert(
@@ -806,6 +1042,8 @@ impl Room {
                         presence_held: None,
                         presence_rate: TokenBucket::new(PRESENCE_BURST, PRESENCE_PER_SEC, now),
                         cpu: TokenBucket::new(budget.burst_ms, budget.share * 1000.0, now),
+                        presence_seen: now,
+                        awareness_client: None,
                     },
                 );
                 let _ = reply.send(Ok(()));
@@ -818,7 +1056,7 @@ impl Room {
                 }
             }
             Out::To(conn, frame) => self.send_to(conn, frame),
-            Out::All { frame, except } => self.send_all(frame, except),
+            Out::All { frames, except } => self.send_frames(&frames, except),
             Out::Publish { seq, update } => self.hub.publish_update(&self.id, seq, &update),
             Out::Close(conn, code, reason) => {
                 if let Some(m) = self.members.remove(&conn) {
@@ -826,13 +1064,16 @@ impl Room {
                 }
             }
             Out::CommitFailed(conn) => {
-                self.send_to(
-                    conn,
-                    error_text(
-                        "unavailable",
-                        "the store is unavailable; reconnect and resend",
-                    ),
-                );
+                if self.members.get(&conn).map(|m| m.member.dialect) == Some(Dialect::Json) {
+                    self.send_to(
+                        conn,
+                        error_text(
+                            "unavailable",
+                            "the store is unavailable; reconnect and resend",
+                        )
+                        .into(),
+                    );
+                }
                 if let Some(m) = self.members.remove(&conn) {
                     m.member.kill.kill(1011, "store unavailable");
                 }
@@ -871,11 +1112,10 @@ impl Room {
 
     fn relay_presence(&mut self, conn: ConnId, p: Presence) {
         self.hub.publish_presence(&self.id, &p, PRESENCE_TTL_MS);
-        let frame = text(&ServerMessage::Presence(p.clone()));
+        self.send_presence(&p, Some(conn));
         if let Some(m) = self.members.get_mut(&conn) {
             m.presence = Some(p);
         }
-        self.send_all(frame, Some(conn));
     }
 
     /// Presence frames held back by the rate limit go out once their sender has tokens again.
@@ -908,7 +1148,7 @@ impl Room {
         } else {
             return;
         }
-        self.send_all(text(&ServerMessage::Presence(p)), None);
+        self.send_presence(&p, None);
     }
 
     /// Users of a vanished instance stop being refreshed: tell local members they left.
@@ -923,7 +1163,27 @@ impl Room {
             if let Some((mut p, _)) = self.remote_presence.remove(&user) {
                 p.left = true;
                 p.cursor = None;
-                self.send_all(text(&ServerMessage::Presence(p)), None);
+                self.send_presence(&p, None);
+            }
+        }
+    }
+
+    /// A Yjs client that stopped renewing its awareness (y-protocols renews every 15 s) is
+    /// gone for everyone after [`PRESENCE_TTL_MS`], as y-protocols' own timeout says.
+    fn expire_local_awareness(&mut self, now: u64) {
+        let stale: Vec<ConnId> = self
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.member.dialect == Dialect::Yjs
+                    && m.presence.is_some()
+                    && now.saturating_sub(m.presence_seen) >= PRESENCE_TTL_MS
+            })
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in stale {
+            if let Some(p) = self.members.get_mut(&conn).and_then(|m| m.presence.take()) {
+                self.presence_left(p);
             }
         }
     }
@@ -936,7 +1196,7 @@ impl Room {
         }
     }
 
-    fn send_to(&mut self, conn: ConnId, frame: Utf8Bytes) {
+    fn send_to(&mut self, conn: ConnId, frame: Frame) {
         let ok = match self.members.get(&conn) {
             Some(m) => m.member.out.offer(frame),
             None => return,
@@ -946,19 +1206,49 @@ impl Room {
         }
     }
 
-    fn send_all(&mut self, frame: Utf8Bytes, except: Option<ConnId>) {
+    /// Sends each member the frame in its format, encoding each format at most once.
+    fn send_each(
+        &mut self,
+        except: Option<ConnId>,
+        mut frame: impl FnMut(Dialect) -> Option<Frame>,
+    ) {
+        let (mut json, mut yjs) = (None, None);
         let mut slow = Vec::new();
         for (conn, m) in &self.members {
             if Some(*conn) == except {
                 continue;
             }
-            if !m.member.out.offer(frame.clone()) {
-                slow.push(*conn);
+            let slot = match m.member.dialect {
+                Dialect::Json => &mut json,
+                Dialect::Yjs => &mut yjs,
+            };
+            let f = match slot {
+                Some(f) => f,
+                None => slot.insert(frame(m.member.dialect)),
+            };
+            if let Some(f) = f {
+                if !m.member.out.offer(f.clone()) {
+                    slow.push(*conn);
+                }
             }
         }
         for conn in slow {
             self.drop_slow(conn);
         }
+    }
+
+    fn send_frames(&mut self, frames: &Frames, except: Option<ConnId>) {
+        self.send_each(except, |d| frames.get(d).cloned());
+    }
+
+    /// A presence to every member: a `presence` frame, or an awareness message.
+    fn send_presence(&mut self, p: &Presence, except: Option<ConnId>) {
+        self.send_each(except, |d| {
+            Some(match d {
+                Dialect::Json => text(&ServerMessage::Presence(p.clone())).into(),
+                Dialect::Yjs => Frame::binary(yjs::awareness(&[p])),
+            })
+        });
     }
 
     fn drop_slow(&mut self, conn: ConnId) {

@@ -16,6 +16,7 @@ use tower_http::services::{ServeDir, ServeFile};
 
 use crate::api::{ApiError, ClientIp};
 use crate::config::Config;
+use crate::room::Dialect;
 use crate::rooms::Rooms;
 
 /// Shared by every handler.
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/rooms/{id}/ws", get(ws))
+        .route("/yjs/{room}", get(yjs))
         .merge(crate::api::accounts::routes())
         .route_service("/", ServeFile::new(web.join("demo.html")))
         .route_service("/demo.html", ServeFile::new(web.join("demo.html")))
@@ -77,23 +79,60 @@ fn bad_request(message: &'static str) -> Response {
     (StatusCode::BAD_REQUEST, message).into_response()
 }
 
+type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+
+/// What every room socket passes before its upgrade, whatever its protocol: the per-IP
+/// connection rate, a valid room id, and the access check.
+async fn admit(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    token: Option<&str>,
+    id: &str,
+) -> Result<crate::auth::Admission, Response> {
+    if let Err(retry) = state.auth.limits.connect(ip, crate::room::now_ms()) {
+        return Err(ApiError::rate_limited(retry).into_response());
+    }
+    if validate_room_id(id).is_err() {
+        return Err(bad_request(
+            "bad room id: use 1-128 characters of A-Z a-z 0-9 _ - .",
+        ));
+    }
+    state
+        .auth
+        .admit(token, id)
+        .await
+        .map_err(|denied| ApiError::from(denied).into_response())
+}
+
+/// The y-websocket protocol: `new WebsocketProvider('ws://host/yjs', room, doc)` connects here.
+async fn yjs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ClientIp(ip): ClientIp,
+    Token(token): Token,
+    upgrade: Upgrade,
+) -> Response {
+    let admission = match admit(&state, ip, token.as_deref(), &id).await {
+        Ok(admission) => admission,
+        Err(response) => return response,
+    };
+    let Ok(upgrade) = upgrade else {
+        return bad_request("expected a WebSocket upgrade");
+    };
+    upgrade_to(state, upgrade, id, None, admission, Dialect::Yjs)
+}
+
 async fn ws(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<WsQuery>,
     ClientIp(ip): ClientIp,
     Token(token): Token,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Upgrade,
 ) -> Response {
-    if let Err(retry) = state.auth.limits.connect(ip, crate::room::now_ms()) {
-        return ApiError::rate_limited(retry).into_response();
-    }
-    if validate_room_id(&id).is_err() {
-        return bad_request("bad room id: use 1-128 characters of A-Z a-z 0-9 _ - .");
-    }
-    let admission = match state.auth.admit(token.as_deref(), &id).await {
+    let admission = match admit(&state, ip, token.as_deref(), &id).await {
         Ok(admission) => admission,
-        Err(denied) => return ApiError::from(denied).into_response(),
+        Err(response) => return response,
     };
     let sv = match query.sv.as_deref().filter(|s| !s.is_empty()) {
         // A '+' that was not percent-encoded arrives as a space.
@@ -106,6 +145,17 @@ async fn ws(
     let Ok(upgrade) = upgrade else {
         return bad_request("expected a WebSocket upgrade");
     };
+    upgrade_to(state, upgrade, id, sv, admission, Dialect::Json)
+}
+
+fn upgrade_to(
+    state: AppState,
+    upgrade: WebSocketUpgrade,
+    id: String,
+    sv: Option<Vec<u8>>,
+    admission: crate::auth::Admission,
+    dialect: Dialect,
+) -> Response {
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
@@ -120,7 +170,7 @@ async fn ws(
         .max_message_size(max.saturating_mul(2))
         .max_frame_size(max.saturating_mul(2))
         .on_upgrade(move |socket| async move {
-            crate::connection::serve(socket, id, sv, admission, state).await;
+            crate::connection::serve(socket, id, sv, admission, state, dialect).await;
             drop(permit);
         })
 }

@@ -329,6 +329,7 @@ fn presence_goes_out_online_and_comes_in_as_events() {
         name: Some("Zoë 😀".into()),
         left: false,
         you: false,
+        ..Presence::default()
     };
     let js = serde_wasm_bindgen::to_value(&mine).unwrap();
     s.set_presence(js.clone()).unwrap();
@@ -357,6 +358,7 @@ fn presence_goes_out_online_and_comes_in_as_events() {
         name: None,
         left: true,
         you: false,
+        ..Presence::default()
     };
     s.handle_frame(&ServerMessage::Presence(theirs.clone()).to_json())
         .unwrap();

@@ -33,7 +33,7 @@ use yrs::block::{
 use yrs::block::{ClientID, ID};
 use yrs::encoding::read::{Cursor, Read};
 use yrs::types::TypeRef;
-use yrs::updates::decoder::{Decode, Decoder, DecoderV2};
+use yrs::updates::decoder::{Decode, Decoder, DecoderV1, DecoderV2};
 use yrs::StateVector;
 
 /// Deepest `Any` nesting accepted (serde_json's default recursion limit is 128; rich-text
@@ -172,12 +172,30 @@ struct Placement {
 /// for `source`. An error means either "over the bounds" or "malformed" (yrs would fail on it
 /// too).
 pub(crate) fn check(bytes: &[u8], source: Source) -> Result<Refs, String> {
+    let decoder = DecoderV2::new(Cursor::new(bytes)).map_err(|e| e.to_string())?;
+    walk(decoder, bytes.len(), source, false)
+}
+
+/// [`check`] for v1 bytes (the encoding y-websocket and Hocuspocus clients send), before they
+/// are decoded to be converted: v1 reads the same fields from one cursor instead of columns,
+/// and embeds and formats are JSON text (parsed by serde_json, whose recursion is bounded).
+pub(crate) fn check_v1(bytes: &[u8], source: Source) -> Result<Refs, String> {
+    walk(
+        DecoderV1::new(Cursor::new(bytes)),
+        bytes.len(),
+        source,
+        true,
+    )
+}
+
+fn walk<D: Decoder>(decoder: D, len: usize, source: Source, v1: bool) -> Result<Refs, String> {
     let max_elements = match source {
-        Source::Untrusted => max_elements(bytes.len()),
+        Source::Untrusted => max_elements(len),
         Source::Accepted => MAX_STATE_ELEMENTS,
     };
     let mut walk = Walk {
-        decoder: DecoderV2::new(Cursor::new(bytes)).map_err(|e| e.to_string())?,
+        decoder,
+        v1,
         budget: max_elements,
         allow_types: source == Source::Accepted,
         untrusted: source == Source::Untrusted,
@@ -187,10 +205,7 @@ pub(crate) fn check(bytes: &[u8], source: Source) -> Result<Refs, String> {
     };
     walk.update().map_err(|e| match e {
         Stop::Yrs(e) => e.to_string(),
-        Stop::TooMany => format!(
-            "declares more than {max_elements} blocks for its {} bytes",
-            bytes.len()
-        ),
+        Stop::TooMany => format!("declares more than {max_elements} blocks for its {len} bytes"),
         Stop::TooDeep => format!("nests values deeper than {MAX_ANY_DEPTH} levels"),
         Stop::Malformed(what) => what.to_owned(),
         Stop::Crowded => format!("inserts more than {MAX_ITEMS_PER_ANCHOR} items at one position"),
@@ -216,8 +231,10 @@ impl From<yrs::encoding::read::Error> for Stop {
     }
 }
 
-struct Walk<'a> {
-    decoder: DecoderV2<'a>,
+struct Walk<D> {
+    decoder: D,
+    /// v1 bytes: embeds and formats are JSON strings rather than `Any` values.
+    v1: bool,
     budget: u64,
     allow_types: bool,
     /// Apply the placement bounds ([`MAX_ITEMS_PER_ANCHOR`], no repeated placement).
@@ -228,7 +245,7 @@ struct Walk<'a> {
     previous: Option<Placement>,
 }
 
-impl Walk<'_> {
+impl<D: Decoder> Walk<D> {
     fn spend(&mut self, n: u64) -> Result<(), Stop> {
         self.budget = self.budget.checked_sub(n).ok_or(Stop::TooMany)?;
         Ok(())
@@ -343,10 +360,17 @@ impl Walk<'_> {
             BLOCK_ITEM_STRING_REF_NUMBER => {
                 self.decoder.read_string()?;
             }
+            BLOCK_ITEM_EMBED_REF_NUMBER if self.v1 => {
+                self.decoder.read_string()?;
+            }
             BLOCK_ITEM_EMBED_REF_NUMBER => self.any(0)?,
             BLOCK_ITEM_FORMAT_REF_NUMBER => {
                 self.decoder.read_key()?;
-                self.any(0)?;
+                if self.v1 {
+                    self.decoder.read_string()?;
+                } else {
+                    self.any(0)?;
+                }
             }
             BLOCK_ITEM_TYPE_REF_NUMBER | BLOCK_ITEM_DOC_REF_NUMBER if !self.allow_types => {
                 return Err(Stop::Malformed(

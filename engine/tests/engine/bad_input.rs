@@ -575,6 +575,98 @@ fn bad_input_into_the_room() {
     }
 }
 
+/// A hostile y-websocket binary frame: random bytes, or a real sync / update / awareness
+/// message (carrying a v1 update from the pool or the room's state) mutated.
+fn garbage_yjs_frame(rng: &mut SmallRng, pool: &Pool, room_state: &[u8]) -> Vec<u8> {
+    use concord_engine::yjs;
+    let v1 = |u: &[u8]| concord_engine::doc::update_v2_to_v1(u).unwrap_or_default();
+    let valid = match rng.gen_range(0..6) {
+        0 => return random_bytes(rng),
+        1 => yjs::sync_step1(&Document::new(3).state_vector()).unwrap_or_default(),
+        2 => yjs::sync_step2(v1(room_state)),
+        3 => {
+            let p = concord_engine::wire::Presence {
+                user: "u".into(),
+                name: Some("Ada".into()),
+                ..Default::default()
+            };
+            yjs::awareness(&[&p])
+        }
+        _ => yjs::update(v1(&pool.pick(rng))),
+    };
+    if rng.gen_bool(0.1) {
+        valid
+    } else {
+        mutate(rng, valid, pool)
+    }
+}
+
+fn round_yjs(seed: u64, tally: &mut Tally) {
+    use concord_engine::yjs::{self, YjsRequest};
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let pool = Pool::new(&mut rng);
+    let mut r = Round {
+        room: RoomState::new(CompactionPolicy::default(), 0),
+        log: Vec::new(),
+        writer: Document::new(rng.gen_range(10_000..(1u64 << 53))),
+    };
+    let limits = Limits::default();
+    for n in 0..INPUTS_PER_ROUND {
+        if rng.gen_bool(0.1) {
+            r.honest_op(&mut rng, n as u64);
+            tally.valid_ops += 1;
+        }
+        let what = format!("seed {seed} y-websocket frame {n}");
+        let state = r.room.encode_state();
+        let frame = garbage_yjs_frame(&mut rng, &pool, &state);
+        match yjs::decode(&frame, &limits) {
+            Ok(YjsRequest::Update(update)) => match concord_engine::doc::update_v1_to_v2(&update) {
+                Ok(v2) => attack(&mut r, None, &v2, tally, &what),
+                Err(e) => tally.reject(&e),
+            },
+            Ok(YjsRequest::SyncStep1(sv)) => {
+                // Answering it must not fail on whatever state vector decoded.
+                r.room
+                    .document()
+                    .encode_state_as_update_v1(Some(&sv))
+                    .expect("a decoded state vector is answered");
+                tally.accepted_noop += 1;
+            }
+            Ok(_) => tally.accepted_noop += 1,
+            Err(e) => tally.reject(&e),
+        }
+        if n % 100 == 99 {
+            r.check_log(&what);
+        }
+    }
+    r.check_log(&format!("seed {seed} end"));
+}
+
+#[test]
+fn bad_input_yjs_frames() {
+    let base = base_seed(SEED ^ 0x7153);
+    let rounds = iterations(16);
+    let mut tally = Tally::default();
+    for i in 0..rounds {
+        let seed = base.wrapping_add(i);
+        let _guard = SeedGuard(seed, "bad_input_yjs_frames");
+        round_yjs(seed, &mut tally);
+    }
+    let total = tally.rejected + tally.accepted + tally.accepted_noop;
+    eprintln!(
+        "bad_input_yjs_frames: {total} hostile frames: {} rejected, {} accepted and committed, \
+         {} no-ops or ignored; rejections by code: {:?}",
+        tally.rejected, tally.accepted, tally.accepted_noop, tally.by_code
+    );
+    assert!(total >= 10_000 || rounds < 16, "only {total} frames");
+    for code in ["malformed_message", "invalid_update"] {
+        assert!(
+            tally.by_code.contains_key(code),
+            "no frame was rejected as {code}"
+        );
+    }
+}
+
 /// Prints the seed and how to replay it if the test fails while this is alive. (A panic must
 /// fail the test as it is, so nothing catches it; this only adds the seed to the output.)
 struct SeedGuard(u64, &'static str);

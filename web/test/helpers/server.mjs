@@ -119,6 +119,15 @@ export async function startServer(options = {}) {
       await stop();
       await launch();
     },
+    /** Kills the server (SIGKILL: no shutdown, no flush) and starts it again on the same port and database. */
+    async crash() {
+      if (child && child.exitCode === null && child.signalCode === null) {
+        const exit = once(child, 'exit');
+        child.kill('SIGKILL');
+        await exit;
+      }
+      await launch();
+    },
     /** Stops the server and removes its database. */
     async close() {
       await stop();
