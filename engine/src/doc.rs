@@ -25,6 +25,7 @@ use crate::error::{EngineError, Result};
 const CHANGES_OBSERVER: &str = "concord-changes";
 
 mod bounds;
+pub(crate) mod depth;
 mod yjs_order;
 
 pub(crate) use bounds::Refs;
@@ -477,6 +478,11 @@ pub fn decode_update(bytes: &[u8]) -> Result<Update> {
 pub(crate) fn decode_untrusted(bytes: &[u8]) -> Result<(Update, Refs)> {
     let refs = check_bounds(bytes, bounds::Source::Untrusted)?;
     Ok((decode_unchecked(bytes)?, refs))
+}
+
+/// The items of an update the room already holds (for [`depth::Depths`]), without decoding it.
+pub(crate) fn items_of(bytes: &[u8]) -> Result<Vec<bounds::ItemInfo>> {
+    Ok(check_bounds(bytes, bounds::Source::Accepted)?.items)
 }
 
 /// Decodes an update the room already accepted, with the ids it refers to.

@@ -31,7 +31,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use yrs::updates::decoder::Decode;
 use yrs::{ReadTxn, StateVector, Transact};
 
-use crate::doc::{decode_accepted, decode_untrusted, Document};
+use crate::doc::depth::{Depths, MAX_TYPE_DEPTH};
+use crate::doc::{decode_accepted, decode_untrusted, items_of, Document};
 use crate::error::{EngineError, Result};
 use crate::wire::ServerMessage;
 
@@ -152,6 +153,8 @@ pub struct RoomState {
     last_compaction_ms: u64,
     /// Times the document was rebuilt from the checkpoint (see [`RoomState::rebuilds`]).
     rebuilds: u64,
+    /// Where every accepted item sits, to bound how deep shared types nest.
+    depths: Depths,
 }
 
 impl std::fmt::Debug for RoomState {
@@ -193,6 +196,7 @@ impl RoomState {
             limits: RoomLimits::default(),
             last_compaction_ms: now_ms,
             rebuilds: 0,
+            depths: Depths::default(),
         }
     }
 
@@ -254,6 +258,10 @@ impl RoomState {
         }
         let updates: Vec<&[u8]> = ops.iter().map(|(_, u)| u.as_ref()).collect();
         room.doc.apply_updates(&updates)?;
+        let state = room.doc.encode_state_as_update(None)?;
+        if let Ok(resolved) = room.depths.resolve(&items_of(&state)?, None) {
+            room.depths.insert(resolved);
+        }
         room.tail = ops.iter().map(|(s, u)| (*s, u.as_ref().to_vec())).collect();
         room.seq = expected - 1;
         Ok(room)
@@ -346,6 +354,14 @@ impl RoomState {
         if refs.missing_from(&decoded, &have) {
             return Err(EngineError::MissingDependencies);
         }
+        let resolved = self
+            .depths
+            .resolve(&refs.items, Some(MAX_TYPE_DEPTH))
+            .map_err(|depth| EngineError::InvalidUpdate {
+                reason: format!(
+                    "nests shared types {depth} deep, over the limit of {MAX_TYPE_DEPTH}"
+                ),
+            })?;
         let pending_before = self.doc.has_pending();
         let (applied, integrated) = match self.doc.apply_decoded_recording(decoded) {
             Ok(applied) => applied,
@@ -365,6 +381,7 @@ impl RoomState {
             });
         }
         if applied.changed {
+            self.depths.insert(resolved);
             // What the document integrated, not the bytes received: see
             // `Document::apply_decoded_recording`.
             self.staged.push(Staged {
@@ -521,6 +538,12 @@ impl RoomState {
         while let Some(entry) = self.ahead.remove(&(self.seq + 1)) {
             self.seq += 1;
             if let Ahead::Remote(update) = entry {
+                // Checked where it was accepted: only recorded here.
+                if let Ok(Ok(resolved)) =
+                    items_of(&update).map(|items| self.depths.resolve(&items, None))
+                {
+                    self.depths.insert(resolved);
+                }
                 // Committed truth: apply even if part of it waits for a later seq.
                 if let Err(e) = self.doc.apply_update(&update) {
                     // The store only holds updates a room accepted; if one does not apply, the
@@ -626,6 +649,66 @@ mod tests {
 
     fn drain(room: &mut RoomState) -> Vec<RoomEvent> {
         std::iter::from_fn(|| room.poll_event()).collect()
+    }
+
+    /// Builds a chain of XML elements `levels` deep, one update per element, each placed
+    /// beside a sibling (so its parent is known only through that sibling), and feeds the
+    /// updates to `room`; returns the first error.
+    fn xml_chain(room: &mut RoomState, levels: u16) -> Result<()> {
+        use yrs::{Doc, XmlElementPrelim, XmlFragment};
+        let doc = Doc::with_client_id(7);
+        let root = doc.get_or_insert_xml_fragment("prosemirror");
+        let mut send = |f: &dyn Fn(&mut yrs::TransactionMut)| -> Result<()> {
+            let before = doc.transact().state_vector();
+            f(&mut doc.transact_mut());
+            let update = doc.transact().encode_diff_v2(&before);
+            room.handle_op(ConnId(1), None, &update)?;
+            if let Some(batch) = room.take_batch() {
+                let n = batch.len() as u64;
+                room.handle_committed(room.seq() + 1).unwrap();
+                let _ = n;
+            }
+            Ok(())
+        };
+        let first = std::cell::RefCell::new(None);
+        send(&|txn| {
+            root.insert(txn, 0, XmlElementPrelim::empty("p"));
+            let b = root.insert(txn, 1, XmlElementPrelim::empty("p"));
+            *first.borrow_mut() = Some(b);
+        })?;
+        let mut parent = first.borrow_mut().take().unwrap();
+        for _ in 1..levels {
+            let sibling = std::cell::RefCell::new(None);
+            send(&|txn| {
+                parent.insert(txn, 0, XmlElementPrelim::empty("li"));
+            })?;
+            send(&|txn| {
+                *sibling.borrow_mut() = Some(parent.insert(txn, 1, XmlElementPrelim::empty("li")));
+            })?;
+            parent = sibling.borrow_mut().take().unwrap();
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shared_types_nest_to_the_limit_and_no_deeper_across_updates() {
+        let mut ok = room();
+        xml_chain(&mut ok, MAX_TYPE_DEPTH).expect("nesting up to the limit is accepted");
+        let mut deep = room();
+        let err = xml_chain(&mut deep, MAX_TYPE_DEPTH + 1).unwrap_err();
+        assert!(err.to_string().contains("nests shared types"), "{err}");
+        // A room loaded from the accepted state knows the depths too.
+        let state = ok.encode_state();
+        let mut loaded = RoomState::load(
+            Some(&state),
+            1,
+            &[] as &[(u64, Vec<u8>)],
+            CompactionPolicy::default(),
+            0,
+        )
+        .unwrap();
+        assert!(loaded.depths.len() > 0);
+        let _ = &mut loaded;
     }
 
     #[test]

@@ -361,7 +361,13 @@ impl ServerMessage {
                 id: id.clone(),
                 seq: *seq,
             },
-            ServerMessage::Presence(p) => RawServer::Presence(p.clone()),
+            // The clock and the Yjs entry are for the server and Yjs clients; a Concord
+            // client's frame stays as the base contract has it.
+            ServerMessage::Presence(p) => RawServer::Presence(Presence {
+                clock: 0,
+                yjs: None,
+                ..p.clone()
+            }),
             ServerMessage::Error { code, message } => RawServer::Error {
                 code: code.clone(),
                 message: message.clone(),

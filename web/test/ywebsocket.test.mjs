@@ -1,6 +1,6 @@
 // The stock y-websocket `WebsocketProvider` (npm `y-websocket`, with `ws` in Node) pointed at
 // Concord's `/yjs` endpoint: it shares rooms with concord-client users, holds any Yjs shared
-// root type (nested shared types, which XML fragments need, are not accepted yet), survives restarts and kill -9, sees awareness both ways, and is refused writes with
+// shared type (nested ones too, within a depth bound), survives restarts and kill -9, sees awareness both ways, and is refused writes with
 // read-only access.
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
@@ -90,7 +90,7 @@ test('y-websocket and concord-client users type into one room at once and conver
   m.destroy();
 });
 
-test('root maps and arrays converge too, and a late joiner gets them all', async () => {
+test('maps, arrays and XML fragments (nested types) converge too, and a late joiner gets them all', async () => {
   const room = roomName('yws-types');
   const a = yws(room);
   const b = yws(room);
@@ -100,9 +100,17 @@ test('root maps and arrays converge too, and a late joiner gets them all', async
   b.doc.getMap('meta').set('owner', 'Ada');
   a.doc.getArray('list').push([1, 'two', { three: 3 }]);
   b.doc.getArray('list').insert(0, [true]);
+  const para = new Y.XmlElement('paragraph');
+  para.insert(0, [new Y.XmlText('hello')]);
+  a.doc.getXmlFragment('prosemirror').insert(0, [para]);
+  const nested = new Y.Map();
+  nested.set('deep', new Y.Array());
+  b.doc.getMap('meta').set('nested', nested);
   await waitFor(
     () => b.doc.getMap('meta').get('title') === 'Plan' && a.doc.getMap('meta').get('owner') === 'Ada'
-      && a.doc.getArray('list').length === 4 && b.doc.getArray('list').length === 4,
+      && a.doc.getArray('list').length === 4 && b.doc.getArray('list').length === 4
+      && b.doc.getXmlFragment('prosemirror').toString() === '<paragraph>hello</paragraph>'
+      && a.doc.getMap('meta').get('nested')?.get('deep') instanceof Y.Array,
     { message: 'types converge' },
   );
   assertSameDoc(a.doc, b.doc);

@@ -85,6 +85,9 @@ pub(crate) const MAX_STATE_ELEMENTS: u64 = 1 << 27;
 /// the input, because those items cost no bytes (their right origins are an arithmetic run).
 pub(crate) const MAX_ITEMS_PER_ANCHOR: u32 = 1 << 15;
 
+/// A nested shared type costs a `Branch` (a few hundred bytes): it counts as this many elements.
+const TYPE_ELEMENT_COST: u64 = 4;
+
 /// Sub-documents cost a whole `Doc` each when decoded: they count as this many elements.
 const DOC_ELEMENT_COST: u64 = 64;
 
@@ -106,6 +109,30 @@ pub(crate) enum Source {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Refs {
     ends: HashMap<ClientID, u32>,
+    /// Every item of the update, in order: where it sits, for the nesting depth of shared
+    /// types (see `doc/depth.rs`).
+    pub(crate) items: Vec<ItemInfo>,
+}
+
+/// Where an item is placed, as far as the bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In a root type.
+    Root,
+    /// In the shared type created by this item.
+    In(ID),
+    /// In the same parent as this item (its origin, or right origin).
+    Beside(ID),
+}
+
+/// One item of an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ItemInfo {
+    pub(crate) id: ID,
+    pub(crate) len: u32,
+    pub(crate) place: Place,
+    /// It creates a nested shared type.
+    pub(crate) is_type: bool,
 }
 
 impl Refs {
@@ -202,6 +229,8 @@ fn walk<D: Decoder>(decoder: D, len: usize, source: Source, v1: bool) -> Result<
         refs: Refs::default(),
         anchors: HashMap::new(),
         previous: None,
+        clock: 0,
+        client: None,
     };
     walk.update().map_err(|e| match e {
         Stop::Yrs(e) => e.to_string(),
@@ -243,6 +272,9 @@ struct Walk<D> {
     anchors: HashMap<Anchor, u32>,
     /// The placement of the previous item of the current client.
     previous: Option<Placement>,
+    /// Where the current client's next block starts, and that client.
+    clock: u32,
+    client: Option<ClientID>,
 }
 
 impl<D: Decoder> Walk<D> {
@@ -256,8 +288,9 @@ impl<D: Decoder> Walk<D> {
         let clients: u32 = self.decoder.read_var()?;
         for _ in 0..clients {
             let blocks = self.decoder.read_var::<u32>()?;
-            self.decoder.read_client()?;
-            let _clock: u32 = self.decoder.read_var()?;
+            let client = self.decoder.read_client()?;
+            self.clock = self.decoder.read_var()?;
+            self.client = Some(client);
             // yrs reserves room for `blocks` up front, so the declared count is what costs.
             self.spend(u64::from(blocks))?;
             self.previous = None;
@@ -272,12 +305,15 @@ impl<D: Decoder> Walk<D> {
     fn block(&mut self) -> Result<(), Stop> {
         let d = &mut self.decoder;
         let info = d.read_info()?;
+        let start = self.clock;
         match info {
             BLOCK_SKIP_REF_NUMBER => {
-                let _len: u32 = d.read_var()?;
+                let len: u32 = d.read_var()?;
+                self.clock = self.clock.saturating_add(len);
             }
             BLOCK_GC_REF_NUMBER => {
-                d.read_len()?;
+                let len = d.read_len()?;
+                self.clock = self.clock.saturating_add(len);
             }
             info => {
                 let cant_copy_parent_info = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
@@ -310,6 +346,13 @@ impl<D: Decoder> Walk<D> {
                 if let Parent::Item(id) = parent {
                     self.refs.add(id);
                 }
+                let place = match (&parent, origin, right) {
+                    (Parent::Root(_), ..) => Place::Root,
+                    (Parent::Item(id), ..) => Place::In(*id),
+                    (Parent::OfRightOrigin, Some(o), _) => Place::Beside(o),
+                    (Parent::OfRightOrigin, None, Some(r)) => Place::Beside(r),
+                    (Parent::OfRightOrigin, None, None) => Place::Root,
+                };
                 if self.untrusted {
                     let anchor = match origin {
                         Some(id) => Anchor::After(id),
@@ -317,7 +360,16 @@ impl<D: Decoder> Walk<D> {
                     };
                     self.place(Placement { anchor, right })?;
                 }
-                self.content(info)?;
+                let (len, is_type) = self.content(info)?;
+                self.clock = self.clock.saturating_add(len);
+                if let Some(client) = self.client {
+                    self.refs.items.push(ItemInfo {
+                        id: ID::new(client, start),
+                        len,
+                        place,
+                        is_type,
+                    });
+                }
             }
         }
         Ok(())
@@ -338,11 +390,9 @@ impl<D: Decoder> Walk<D> {
     }
 
     /// Mirrors `ItemContent::decode`.
-    fn content(&mut self, info: u8) -> Result<(), Stop> {
+    fn content(&mut self, info: u8) -> Result<(u32, bool), Stop> {
         match info & 0b1111 {
-            BLOCK_ITEM_DELETED_REF_NUMBER => {
-                self.decoder.read_len()?;
-            }
+            BLOCK_ITEM_DELETED_REF_NUMBER => return Ok((self.decoder.read_len()?, false)),
             BLOCK_ITEM_JSON_REF_NUMBER => {
                 // yrs: `remaining = read_len() as i32`, then `remaining + 1` strings.
                 let remaining = self.decoder.read_len()? as i32;
@@ -353,12 +403,14 @@ impl<D: Decoder> Walk<D> {
                 for _ in 0..=remaining {
                     self.decoder.read_string()?;
                 }
+                return Ok((remaining as u32 + 1, false));
             }
             BLOCK_ITEM_BINARY_REF_NUMBER => {
                 self.decoder.read_buf()?;
             }
             BLOCK_ITEM_STRING_REF_NUMBER => {
-                self.decoder.read_string()?;
+                let len = self.decoder.read_string()?.encode_utf16().count();
+                return Ok((len as u32, false));
             }
             BLOCK_ITEM_EMBED_REF_NUMBER if self.v1 => {
                 self.decoder.read_string()?;
@@ -372,14 +424,13 @@ impl<D: Decoder> Walk<D> {
                     self.any(0)?;
                 }
             }
-            BLOCK_ITEM_TYPE_REF_NUMBER | BLOCK_ITEM_DOC_REF_NUMBER if !self.allow_types => {
-                return Err(Stop::Malformed(
-                    "nested shared types and sub-documents are not accepted: \
-                     a Concord document is one text",
-                ));
+            BLOCK_ITEM_DOC_REF_NUMBER if !self.allow_types => {
+                return Err(Stop::Malformed("sub-documents are not accepted"));
             }
             BLOCK_ITEM_TYPE_REF_NUMBER => {
+                self.spend(TYPE_ELEMENT_COST)?;
                 TypeRef::decode(&mut self.decoder)?;
+                return Ok((1, true));
             }
             BLOCK_ITEM_ANY_REF_NUMBER => {
                 let len = self.decoder.read_len()?;
@@ -387,6 +438,7 @@ impl<D: Decoder> Walk<D> {
                 for _ in 0..len {
                     self.any(0)?;
                 }
+                return Ok((len, false));
             }
             BLOCK_ITEM_DOC_REF_NUMBER => {
                 self.spend(DOC_ELEMENT_COST)?;
@@ -396,7 +448,7 @@ impl<D: Decoder> Walk<D> {
             }
             _ => return Err(Stop::Malformed("unknown content type")),
         }
-        Ok(())
+        Ok((1, false))
     }
 
     /// Mirrors `Any::decode` on the decoder's main cursor (where `read_any` reads), bounded in
@@ -616,7 +668,7 @@ mod tests {
     }
 
     #[test]
-    fn nested_shared_types_are_not_accepted_from_clients() {
+    fn nested_shared_types_are_bounded_in_depth_by_the_room() {
         // `n` maps, each inside the previous one: info 7 (type content) forever, parent ids
         // (1, 0), (1, 1), ... as one run. Applied unchecked, deleting the outer map recurses `n`
         // deep in yrs; at 100,000 that overflows the stack and aborts the process.
@@ -648,10 +700,18 @@ mod tests {
         };
         let small = nested(10);
         assert!(Document::new(9).apply_update(&small).unwrap().changed);
-        for n in [10, 100_000] {
-            let err = decode_update(&nested(n)).unwrap_err();
-            assert!(err.to_string().contains("nested shared types"), "{err}");
-        }
+        // The bytes pass (types are allowed); the room refuses the depth (see `doc/depth.rs`).
+        let mut room = crate::RoomState::new(Default::default(), 0);
+        room.handle_op(crate::ConnId(1), None, &small).unwrap();
+        let mut room = crate::RoomState::new(Default::default(), 0);
+        let err = room
+            .handle_op(crate::ConnId(1), None, &nested(100_000))
+            .unwrap_err();
+        assert!(err.to_string().contains("nests shared types"), "{err}");
+        assert_eq!(
+            room.encode_state(),
+            crate::RoomState::new(Default::default(), 0).encode_state()
+        );
         let sub_docs = forged(9, 3);
         let err = decode_update(&sub_docs).unwrap_err();
         assert!(err.to_string().contains("sub-documents"), "{err}");
