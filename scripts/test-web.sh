@@ -37,6 +37,7 @@ run_suite "web: text diff / position mapping / CodeMirror change sets (unit)" te
 run_suite "web: ConcordProvider in Node against a real server" test/provider.test.mjs
 run_suite "web: a plain Yjs client (base wire contract) and concord-client converge" test/yjs.test.mjs
 run_suite "web: the stock y-websocket provider against /yjs (types, offline, restart, kill -9, awareness, tokens)" test/ywebsocket.test.mjs
+run_suite "web: the stock Hocuspocus provider v3 and v4 against /hocuspocus (multiplexing, durable SyncStatus, kill -9, awareness, stateless, tokens, two instances)" test/hocuspocus.test.mjs
 run_suite "web: npm pack, install the tarball into a fresh project, use it from Node" test/pack.test.mjs
 run_suite "web: demo.html and CodeMirror 6 in headless Chromium (Playwright)" test/e2e.test.mjs
 

@@ -207,6 +207,32 @@ impl Document {
         Ok(self.doc.transact().encode_diff_v1(&sv))
     }
 
+    /// Whether a v1 update would change this document: items it does not hold, or deletions
+    /// of items not yet deleted. For a client that may not write: Hocuspocus answers a
+    /// read-only provider's sync step 2 with `SyncStatus` 1 when it adds nothing (the usual
+    /// case, a client holding only what the room sent it) and 0 when it was refused.
+    pub fn would_change_v1(&self, bytes: &[u8]) -> Result<bool> {
+        guarded(|| bounds::check_v1(bytes, bounds::Source::Untrusted))
+            .map_err(|reason| EngineError::InvalidUpdate { reason })?
+            .map_err(|reason| EngineError::InvalidUpdate { reason })?;
+        let update = guarded(|| Update::decode_v1(bytes))
+            .map_err(|reason| EngineError::InvalidUpdate { reason })?
+            .map_err(|e| EngineError::InvalidUpdate {
+                reason: e.to_string(),
+            })?;
+        let txn = self.doc.transact();
+        let have = txn.state_vector();
+        if update
+            .state_vector()
+            .iter()
+            .any(|(client, clock)| *clock > have.get(client))
+        {
+            return Ok(true);
+        }
+        let deleted = txn.snapshot().delete_set;
+        Ok(!update.delete_set().diff(&deleted).is_empty())
+    }
+
     /// The full state in canonical form: byte-equal on every replica holding the same changes.
     ///
     /// `encode_state_as_update(None)` means the same document on every such replica but not
@@ -580,6 +606,33 @@ mod tests {
         assert_eq!(doc.text(), "a😀中b");
         doc.delete(1, 2).unwrap();
         assert_eq!(doc.text(), "a中b");
+    }
+
+    #[test]
+    fn a_readers_step_2_changes_nothing_unless_it_carries_edits() {
+        let mut room = Document::new(1);
+        room.insert(0, "hello world").unwrap();
+        room.delete(0, 6).unwrap(); // the delete set is not empty
+        let state = room.encode_state_as_update_v1(None).unwrap();
+        let mut reader = Document::new(2);
+        reader
+            .apply_update(&room.encode_state_as_update(None).unwrap())
+            .unwrap();
+        // What a provider sends in answer to the room's step 1: its diff, with its whole
+        // delete set.
+        let room_sv = room.state_vector();
+        let step2 = reader.encode_state_as_update_v1(Some(&room_sv)).unwrap();
+        assert!(!room.would_change_v1(&step2).unwrap());
+        assert!(!room.would_change_v1(&state).unwrap());
+        reader.insert(0, "x").unwrap();
+        let step2 = reader.encode_state_as_update_v1(Some(&room_sv)).unwrap();
+        assert!(room.would_change_v1(&step2).unwrap());
+        let mut deleter =
+            Document::from_update(3, &room.encode_state_as_update(None).unwrap()).unwrap();
+        deleter.delete(0, 1).unwrap();
+        let step2 = deleter.encode_state_as_update_v1(Some(&room_sv)).unwrap();
+        assert!(room.would_change_v1(&step2).unwrap());
+        assert!(room.would_change_v1(&[0xff, 0xff]).is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`changes`]: [`TextChange`], what a remote update did to the text, for editor bindings.
 //! - [`yjs`]: the Yjs binary protocol (y-websocket): client frames to room requests, room
 //!   answers to frames, presence as awareness.
+//! - [`hocuspocus`]: the Hocuspocus protocol: many documents on one socket, auth per document,
+//!   `SyncStatus`, stateless strings, v4 ping; a per-socket state machine.
 //! - [`error`]: [`EngineError`], the one error type, with stable wire codes.
 //!
 //! The engine never touches sockets, files, clocks or randomness: time and ids come in as
@@ -22,6 +24,7 @@ pub mod changes;
 pub mod client;
 pub mod doc;
 pub mod error;
+pub mod hocuspocus;
 pub mod room;
 pub mod wire;
 pub mod yjs;

@@ -40,6 +40,17 @@ use crate::wire::ServerMessage;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
+/// An op id for an update whose sender names none (a Hocuspocus provider's, acked with
+/// `SyncStatus`): unlike a client's id (printable ASCII, see [`crate::wire::validate_op_id`]) it
+/// holds a space, so the two can never meet.
+pub fn server_op_id(n: u64) -> String {
+    format!(" {n}")
+}
+
+fn is_server_op_id(id: &str) -> bool {
+    id.starts_with(' ')
+}
+
 /// What the room decided; the server carries these out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomEvent {
@@ -570,6 +581,10 @@ impl RoomState {
     }
 
     fn remember_id(&mut self, id: String, seq: u64) {
+        if is_server_op_id(&id) {
+            // Never resent, so never deduplicated: it would only push clients' ids out.
+            return;
+        }
         if self.recent_ids.insert(id.clone(), seq).is_none() {
             self.recent_order.push_back(id);
             if self.recent_order.len() > RECENT_IDS {

@@ -19,30 +19,38 @@ use concord_engine::{ClientMessage, ConnId, ServerMessage};
 use futures_util::{Sink, SinkExt, StreamExt};
 
 use crate::auth::{AccessEvent, Admission, Denied, LiveRole, Principal, Role};
-use crate::outbox::{self, Outbound};
+use crate::outbox::{self, Frame, Outbound};
 use crate::rate::{Pace, Pacer};
 use crate::room::{error_text, now_ms, Dialect, Kill, Member, Request, RoomCmd};
 use crate::routes::AppState;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// A fresh connection id (one per room membership: a Hocuspocus socket has one per document).
+pub(crate) fn new_conn() -> ConnId {
+    ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Frames up to this size are parsed on the reader's task; larger ones on the CPU pool.
 const PARSE_INLINE_BYTES: usize = 64 * 1024;
 
 /// The presence id of a connection: unique across instances (a random tag per process), so
 /// presence relayed through the hub never collides, and never chosen by the client.
-fn presence_user(conn: ConnId) -> String {
+pub(crate) fn presence_user(conn: ConnId) -> String {
     static TAG: OnceLock<String> = OnceLock::new();
     let tag = TAG.get_or_init(|| format!("{:08x}", rand::random::<u32>()));
     format!("c-{tag}-{}", conn.0)
 }
 
 /// One socket operation, bounded in time: `false` if it failed or timed out.
-async fn within<F: std::future::Future<Output = Result<(), E>>, E>(limit: Duration, op: F) -> bool {
+pub(crate) async fn within<F: std::future::Future<Output = Result<(), E>>, E>(
+    limit: Duration,
+    op: F,
+) -> bool {
     matches!(tokio::time::timeout(limit, op).await, Ok(Ok(())))
 }
 
-async fn close<S>(sink: &mut S, limit: Duration, code: u16, reason: &'static str)
+pub(crate) async fn close<S>(sink: &mut S, limit: Duration, code: u16, reason: &'static str)
 where
     S: Sink<Message> + Unpin,
 {
@@ -51,6 +59,93 @@ where
         reason: reason.into(),
     }));
     within(limit, sink.send(frame)).await;
+}
+
+/// The WebSocket close code for a frame the engine refused to decode.
+pub(crate) fn close_code(e: &concord_engine::EngineError) -> u16 {
+    match e {
+        concord_engine::EngineError::TooLarge { .. } => 1009,
+        _ => 1002,
+    }
+}
+
+/// Runs a parser on this task for small frames, on the CPU pool for large ones (decoding
+/// megabytes takes milliseconds: not on an async worker). `None` if the pool is gone.
+pub(crate) async fn parse<T, F>(cpu: &crate::cpu::CpuPool, len: usize, f: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if len <= PARSE_INLINE_BYTES {
+        Some(f())
+    } else {
+        cpu.run(f).await.ok().map(|ran| ran.value)
+    }
+}
+
+/// The next message from the peer; `None` once the socket ended, the connection was killed,
+/// or the peer was silent for `silence` while nothing could be written to it either.
+pub(crate) async fn next_message<S>(
+    stream: &mut S,
+    kill: &Kill,
+    silence: Duration,
+    wrote_at: &AtomicU64,
+) -> Option<Message>
+where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(silence, stream.next()) => next,
+            _ = kill.killed() => return None,
+        };
+        match next {
+            Ok(Some(Ok(msg))) => return Some(msg),
+            Ok(Some(Err(_))) | Ok(None) => return None,
+            Err(_) => {
+                let wrote = wrote_at.load(Ordering::Relaxed);
+                if now_ms().saturating_sub(wrote) < silence.as_millis() as u64 {
+                    continue; // busy writing to it: alive
+                }
+                kill.kill(1001, "heartbeat timeout");
+                return None;
+            }
+        }
+    }
+}
+
+/// Holds an update back while the connection is over its rate (unread, so TCP pushes back);
+/// a flood that never pauses is told so (on `notice`, in JSON) and closed with 4429. `false`
+/// once the connection is closing.
+pub(crate) async fn pace(
+    pacer: &mut Pacer,
+    kill: &Kill,
+    conn: ConnId,
+    notice: Option<&outbox::Outbox>,
+) -> bool {
+    match pacer.next(now_ms()) {
+        Pace::Go => true,
+        Pace::Wait(ms) => {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
+                _ = kill.killed() => false,
+            }
+        }
+        Pace::Flooding => {
+            tracing::info!(
+                conn = conn.0,
+                "connection over its update rate for too long; closing it"
+            );
+            if let Some(out) = notice {
+                out.offer(error_text(
+                    "rate_limited",
+                    "too many updates for too long; batch them and reconnect later",
+                ));
+            }
+            kill.kill(4429, "update rate exceeded: retry later");
+            false
+        }
+    }
 }
 
 /// Serves one upgraded socket for `room` until either side closes, speaking `dialect` (the
@@ -65,7 +160,7 @@ pub async fn serve(
     app: AppState,
     dialect: Dialect,
 ) {
-    let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+    let conn = new_conn();
     let config = app.config.clone();
     let write_timeout = config.write_timeout;
     let (out, mut inbox) = outbox::channel(app.outbound.clone(), config.conn_queue);
@@ -102,129 +197,39 @@ pub async fn serve(
     let heartbeat = config.heartbeat;
     // When the writer last got bytes to the peer (monotonic ms).
     let wrote_at = AtomicU64::new(now_ms());
-    let writer = async {
-        let mut ping = tokio::time::interval(heartbeat);
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                msg = inbox.recv() => match msg {
-                    Some(Outbound::Frame(frame)) => {
-                        // Everything already queued goes out in one write and one flush.
-                        if !within(write_timeout, sink.feed(frame.into_message())).await {
-                            break;
-                        }
-                        let mut close_with = None;
-                        let mut ok = true;
-                        while let Some(next) = inbox.try_recv() {
-                            match next {
-                                Outbound::Frame(frame) => {
-                                    if !within(write_timeout, sink.feed(frame.into_message())).await {
-                                        ok = false;
-                                        break;
-                                    }
-                                }
-                                Outbound::Close(code, reason) => {
-                                    close_with = Some((code, reason));
-                                    break;
-                                }
-                            }
-                        }
-                        if !ok || !within(write_timeout, sink.flush()).await {
-                            break;
-                        }
-                        wrote_at.store(now_ms(), Ordering::Relaxed);
-                        if let Some((code, reason)) = close_with {
-                            close(&mut sink, write_timeout, code, reason).await;
-                            break;
-                        }
-                    }
-                    Some(Outbound::Close(code, reason)) => {
-                        close(&mut sink, write_timeout, code, reason).await;
-                        break;
-                    }
-                    None => break,
-                },
-                _ = ping.tick() => {
-                    if !within(write_timeout, sink.send(Message::Ping(Default::default()))).await {
-                        break;
-                    }
-                }
-                _ = kill.killed() => {
-                    // Send what is already queued (acks, the closing frame), then close; all
-                    // of it within one write timeout.
-                    let drain = async {
-                        while let Some(Outbound::Frame(frame)) = inbox.try_recv() {
-                            if sink.send(frame.into_message()).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let _ = tokio::time::timeout(write_timeout, drain).await;
-                    let (code, reason) = kill.reason().unwrap_or((1000, "closing"));
-                    close(&mut sink, write_timeout, code, reason).await;
-                    break;
-                }
-            }
-        }
-        kill.kill(1000, "closing");
-    };
+    let writer = write(
+        &mut sink,
+        &mut inbox,
+        &kill,
+        &wrote_at,
+        Timing {
+            heartbeat,
+            write_timeout,
+        },
+        &|| None,
+    );
 
     let limits = config.limits;
     let silence = heartbeat * 3;
-    let (burst, per_sec) = config.update_rate;
     let mut pacer = Pacer::new(
-        burst,
-        per_sec,
+        config.update_rate.0,
+        config.update_rate.1,
         config.update_patience.as_millis() as u64,
         now_ms(),
     );
-    // Updates beyond the connection's rate wait here, unread; a flood that never pauses is
-    // told so and closed.
-    let pace = |pacer: &mut Pacer| {
-        let decision = pacer.next(now_ms());
-        let (out, kill) = (&out, &kill);
-        async move {
-            match decision {
-                Pace::Go => true,
-                Pace::Wait(ms) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(ms)) => true,
-                        _ = kill.killed() => false,
-                    }
-                }
-                Pace::Flooding => {
-                    tracing::info!(
-                        conn = conn.0,
-                        "connection over its update rate for too long; closing it"
-                    );
-                    out.offer(error_text(
-                        "rate_limited",
-                        "too many updates for too long; batch them and reconnect later",
-                    ));
-                    kill.kill(4429, "update rate exceeded: retry later");
-                    false
-                }
-            }
-        }
-    };
+    let flood_notice = (dialect == Dialect::Json).then_some(&out);
     let reader = async {
-        loop {
-            let next = tokio::select! {
-                next = tokio::time::timeout(silence, stream.next()) => next,
-                _ = kill.killed() => break,
+        let forward = |msg: Request| async {
+            let sent = tokio::select! {
+                sent = link.tx.send(RoomCmd::Frame { conn, msg }) => sent.is_ok(),
+                _ = kill.killed() => return false,
             };
-            let msg = match next {
-                Ok(Some(Ok(msg))) => msg,
-                Ok(Some(Err(_))) | Ok(None) => break,
-                Err(_) => {
-                    let wrote = wrote_at.load(Ordering::Relaxed);
-                    if now_ms().saturating_sub(wrote) < silence.as_millis() as u64 {
-                        continue; // busy writing to it: alive
-                    }
-                    kill.kill(1001, "heartbeat timeout");
-                    break;
-                }
-            };
+            if !sent {
+                kill.kill(1012, "room restarting: reconnect");
+            }
+            sent
+        };
+        while let Some(msg) = next_message(&mut stream, &kill, silence, &wrote_at).await {
             match msg {
                 Message::Text(_) if dialect == Dialect::Yjs => {
                     kill.kill(1003, "y-websocket frames are binary");
@@ -234,41 +239,24 @@ pub async fn serve(
                     let Ok(_parsing) = app.inbound.acquire(bytes.len()).await else {
                         break;
                     };
-                    let parsed = if bytes.len() <= PARSE_INLINE_BYTES {
+                    let parsed = parse(&app.cpu, bytes.len(), move || {
                         concord_engine::yjs::decode(&bytes, &limits)
-                    } else {
-                        match app
-                            .cpu
-                            .run(move || concord_engine::yjs::decode(&bytes, &limits))
-                            .await
-                        {
-                            Ok(ran) => ran.value,
-                            Err(_) => break,
-                        }
-                    };
-                    let req = match parsed {
-                        Ok(req) => req,
-                        Err(e) => {
+                    });
+                    let req = match parsed.await {
+                        Some(Ok(req)) => req,
+                        Some(Err(e)) => {
                             tracing::debug!(conn = conn.0, error = %e, "bad y-websocket frame");
-                            let code = match e {
-                                concord_engine::EngineError::TooLarge { .. } => 1009,
-                                _ => 1002,
-                            };
-                            kill.kill(code, "bad y-protocols message");
+                            kill.kill(close_code(&e), "bad y-protocols message");
                             break;
                         }
+                        None => break,
                     };
                     if matches!(req, concord_engine::yjs::YjsRequest::Update(_))
-                        && !pace(&mut pacer).await
+                        && !pace(&mut pacer, &kill, conn, flood_notice).await
                     {
                         break;
                     }
-                    let sent = tokio::select! {
-                        sent = link.tx.send(RoomCmd::Frame { conn, msg: Request::Yjs(req) }) => sent.is_ok(),
-                        _ = kill.killed() => break,
-                    };
-                    if !sent {
-                        kill.kill(1012, "room restarting: reconnect");
+                    if !forward(Request::Yjs(req)).await {
                         break;
                     }
                 }
@@ -278,41 +266,27 @@ pub async fn serve(
                     let Ok(_parsing) = app.inbound.acquire(text.len()).await else {
                         break;
                     };
-                    let parsed = if text.len() <= PARSE_INLINE_BYTES {
+                    let parsed = parse(&app.cpu, text.len(), move || {
                         ClientMessage::parse(text.as_str(), &limits)
-                    } else {
-                        // Decoding megabytes of JSON and base64 takes milliseconds: not on an
-                        // async worker.
-                        match app
-                            .cpu
-                            .run(move || ClientMessage::parse(text.as_str(), &limits))
-                            .await
-                        {
-                            Ok(ran) => ran.value,
-                            Err(_) => break,
-                        }
-                    };
-                    match parsed {
-                        Ok(Some(msg)) => {
-                            if !matches!(msg, ClientMessage::Presence(_)) && !pace(&mut pacer).await
+                    });
+                    match parsed.await {
+                        Some(Ok(Some(msg))) => {
+                            if !matches!(msg, ClientMessage::Presence(_))
+                                && !pace(&mut pacer, &kill, conn, flood_notice).await
                             {
                                 break;
                             }
-                            let sent = tokio::select! {
-                                sent = link.tx.send(RoomCmd::Frame { conn, msg: Request::Json(msg) }) => sent.is_ok(),
-                                _ = kill.killed() => break,
-                            };
-                            if !sent {
-                                kill.kill(1012, "room restarting: reconnect");
+                            if !forward(Request::Json(msg)).await {
                                 break;
                             }
                         }
-                        Ok(None) => {}
-                        Err(e) => {
+                        Some(Ok(None)) => {}
+                        Some(Err(e)) => {
                             if !out.offer(crate::room::text(&ServerMessage::error(&e))) {
                                 break;
                             }
                         }
+                        None => break,
                     }
                 }
                 Message::Binary(_) => {
@@ -336,15 +310,15 @@ pub async fn serve(
     };
 
     let watch = async {
-        if let (Some(principal), Some(events)) = (admission.principal.as_ref(), events) {
+        if let (Some(principal), Some(events)) = (admission.principal.clone(), events) {
             let access = Watch {
                 dialect,
-                auth: &app.auth,
+                auth: app.auth.clone(),
                 principal,
-                room: &room,
-                role: &role,
-                out: &out,
-                kill: &kill,
+                room: room.clone(),
+                role: role.clone(),
+                out: out.clone(),
+                kill: kill.clone(),
             };
             access.run(events).await;
         }
@@ -356,18 +330,18 @@ pub async fn serve(
 /// Keeps a live connection's access true: closes it at its token's expiry (4401), and on every
 /// grant change that concerns it re-checks, downgrading or upgrading it in place (an `access`
 /// frame tells the client) or closing it if it lost the room (4403).
-struct Watch<'a> {
-    dialect: Dialect,
-    auth: &'a crate::auth::Auth,
-    principal: &'a Principal,
-    room: &'a str,
-    role: &'a LiveRole,
-    out: &'a crate::outbox::Outbox,
-    kill: &'a Kill,
+pub(crate) struct Watch {
+    pub(crate) dialect: Dialect,
+    pub(crate) auth: Arc<crate::auth::Auth>,
+    pub(crate) principal: Principal,
+    pub(crate) room: String,
+    pub(crate) role: Arc<LiveRole>,
+    pub(crate) out: crate::outbox::Outbox,
+    pub(crate) kill: Arc<Kill>,
 }
 
-impl Watch<'_> {
-    async fn run(&self, mut events: tokio::sync::broadcast::Receiver<AccessEvent>) {
+impl Watch {
+    pub(crate) async fn run(&self, mut events: tokio::sync::broadcast::Receiver<AccessEvent>) {
         let expiry = std::time::UNIX_EPOCH + Duration::from_secs(self.principal.exp);
         let left = expiry
             .duration_since(std::time::SystemTime::now())
@@ -403,15 +377,26 @@ impl Watch<'_> {
     }
 
     async fn recheck(&self) {
-        match self.auth.role(self.principal, self.room).await {
+        match self.auth.role(&self.principal, &self.room).await {
             Ok(Some(role)) => {
-                if self.role.set(role) && self.dialect == Dialect::Json {
-                    let frame = crate::room::text(&ServerMessage::Access {
-                        role: role.as_str().to_owned(),
-                    });
-                    if !self.out.offer(frame) {
-                        self.kill.kill(1013, "too slow: reconnect to resync");
-                    }
+                if !self.role.set(role) {
+                    return;
+                }
+                // Told in the client's protocol (y-websocket has no word for it).
+                let frame: Option<Frame> = match self.dialect {
+                    Dialect::Json => Some(
+                        crate::room::text(&ServerMessage::Access {
+                            role: role.as_str().to_owned(),
+                        })
+                        .into(),
+                    ),
+                    Dialect::Hocuspocus => Some(Frame::binary(
+                        concord_engine::hocuspocus::authenticated(&self.room, role == Role::Read),
+                    )),
+                    Dialect::Yjs => None,
+                };
+                if frame.is_some_and(|frame| !self.out.offer(frame)) {
+                    self.kill.kill(1013, "too slow: reconnect to resync");
                 }
             }
             Ok(None) | Err(Denied::Forbidden) => {
@@ -428,4 +413,105 @@ impl Watch<'_> {
             }
         }
     }
+}
+
+/// How often a socket is pinged, and how long one write may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) heartbeat: Duration,
+    pub(crate) write_timeout: Duration,
+}
+
+/// A socket's writer: drains its outbound queue (batched into one flush), pings every
+/// heartbeat (with `keepalive`'s frame too, if the protocol has one and the socket was quiet),
+/// and closes with the room's or the connection's reason. Ends when either side is done.
+pub(crate) async fn write<S>(
+    sink: &mut S,
+    inbox: &mut outbox::Inbox,
+    kill: &Kill,
+    wrote_at: &AtomicU64,
+    timing: Timing,
+    keepalive: &(dyn Fn() -> Option<Frame> + Sync),
+) where
+    S: Sink<Message> + Unpin,
+{
+    let Timing {
+        heartbeat,
+        write_timeout,
+    } = timing;
+    let mut ping = tokio::time::interval(heartbeat);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            msg = inbox.recv() => match msg {
+                Some(Outbound::Frame(frame)) => {
+                    // Everything already queued goes out in one write and one flush.
+                    if !within(write_timeout, sink.feed(frame.into_message())).await {
+                        break;
+                    }
+                    let mut close_with = None;
+                    let mut ok = true;
+                    while let Some(next) = inbox.try_recv() {
+                        match next {
+                            Outbound::Frame(frame) => {
+                                if !within(write_timeout, sink.feed(frame.into_message())).await {
+                                    ok = false;
+                                    break;
+                                }
+                            }
+                            Outbound::Close(code, reason) => {
+                                close_with = Some((code, reason));
+                                break;
+                            }
+                        }
+                    }
+                    if !ok || !within(write_timeout, sink.flush()).await {
+                        break;
+                    }
+                    wrote_at.store(now_ms(), Ordering::Relaxed);
+                    if let Some((code, reason)) = close_with {
+                        close(sink, write_timeout, code, reason).await;
+                        break;
+                    }
+                }
+                Some(Outbound::Close(code, reason)) => {
+                    close(sink, write_timeout, code, reason).await;
+                    break;
+                }
+                None => break,
+            },
+            _ = ping.tick() => {
+                if !within(write_timeout, sink.send(Message::Ping(Default::default()))).await {
+                    break;
+                }
+                // WebSocket pings are invisible to page scripts; a protocol that needs traffic
+                // the client's code can see gets its keep-alive after half a period of quiet.
+                let quiet = now_ms().saturating_sub(wrote_at.load(Ordering::Relaxed));
+                if quiet >= heartbeat.as_millis() as u64 / 2 {
+                    if let Some(frame) = keepalive() {
+                        if !within(write_timeout, sink.send(frame.into_message())).await {
+                            break;
+                        }
+                        wrote_at.store(now_ms(), Ordering::Relaxed);
+                    }
+                }
+            }
+            _ = kill.killed() => {
+                // Send what is already queued (acks, the closing frame), then close; all
+                // of it within one write timeout.
+                let drain = async {
+                    while let Some(Outbound::Frame(frame)) = inbox.try_recv() {
+                        if sink.send(frame.into_message()).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(write_timeout, drain).await;
+                let (code, reason) = kill.reason().unwrap_or((1000, "closing"));
+                close(sink, write_timeout, code, reason).await;
+                break;
+            }
+        }
+    }
+    kill.kill(1000, "closing");
 }

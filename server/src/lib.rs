@@ -28,6 +28,7 @@ pub mod config;
 pub mod connection;
 pub mod cpu;
 pub mod error;
+pub mod hocuspocus;
 pub mod http;
 pub mod hub;
 pub mod inbound;

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
+use concord_engine::hocuspocus;
 use concord_engine::wire::Presence;
 use concord_engine::yjs::{self, YjsRequest};
 use concord_engine::{ClientMessage, ConnId, EngineError, RoomEvent, RoomState, ServerMessage};
@@ -74,6 +75,25 @@ pub enum Dialect {
     Json,
     /// y-protocols binary messages (`/yjs/{room}`, y-websocket).
     Yjs,
+    /// Hocuspocus (`/hocuspocus`): y-protocols messages behind the document's name, a
+    /// `SyncStatus` for each update once it is durable.
+    Hocuspocus,
+}
+
+impl Dialect {
+    /// Speaks y-protocols messages (y-websocket, or Hocuspocus around them).
+    fn is_yjs(self) -> bool {
+        matches!(self, Dialect::Yjs | Dialect::Hocuspocus)
+    }
+}
+
+/// A y-protocols message as `dialect` carries it in room `room`: as is for y-websocket,
+/// behind the document name for Hocuspocus (whose document names are room ids).
+fn yjs_frame(room: &str, dialect: Dialect, body: Vec<u8>) -> Frame {
+    match dialect {
+        Dialect::Hocuspocus => Frame::binary(hocuspocus::wrap(room, &body)),
+        _ => Frame::binary(body),
+    }
 }
 
 /// How the room reaches one connection.
@@ -127,8 +147,10 @@ pub enum RoomCmd {
 pub enum Request {
     /// From the JSON protocol.
     Json(ClientMessage),
-    /// From y-websocket.
+    /// From y-websocket or Hocuspocus.
     Yjs(YjsRequest),
+    /// A Hocuspocus stateless string, relayed to the room's other Hocuspocus members.
+    Stateless(String),
 }
 
 /// A presence entry lives this long unless refreshed (a vanished instance's users expire).
@@ -202,6 +224,12 @@ enum Input {
         /// v1 bytes (a Yjs client's), converted here before the room sees them.
         v1: bool,
     },
+    /// An update from a Hocuspocus member that may not write: not applied; its `SyncStatus`
+    /// says whether it would have changed anything (a provider's sync step 2 usually does not).
+    ReadonlyUpdate {
+        conn: ConnId,
+        update: Vec<u8>,
+    },
     /// Committed elsewhere.
     Remote {
         seq: u64,
@@ -246,6 +274,7 @@ enum Out {
 struct Frames {
     json: Option<Frame>,
     yjs: Option<Frame>,
+    hocuspocus: Option<Frame>,
 }
 
 impl Frames {
@@ -253,6 +282,7 @@ impl Frames {
         match dialect {
             Dialect::Json => self.json.as_ref(),
             Dialect::Yjs => self.yjs.as_ref(),
+            Dialect::Hocuspocus => self.hocuspocus.as_ref(),
         }
     }
 }
@@ -274,13 +304,38 @@ struct Core {
     full_sync: Option<Frame>,
     /// Each member's wire format, and how many speak each.
     dialects: HashMap<ConnId, Dialect>,
-    json_members: usize,
-    yjs_members: usize,
+    /// Members per dialect, indexed by [`Core::slot`].
+    speakers: [usize; 3],
 }
 
 impl Core {
     fn dialect(&self, conn: ConnId) -> Dialect {
         self.dialects.get(&conn).copied().unwrap_or(Dialect::Json)
+    }
+
+    fn slot(dialect: Dialect) -> usize {
+        match dialect {
+            Dialect::Json => 0,
+            Dialect::Yjs => 1,
+            Dialect::Hocuspocus => 2,
+        }
+    }
+
+    fn speaks(&self, dialect: Dialect) -> bool {
+        self.speakers[Self::slot(dialect)] > 0
+    }
+
+    /// A y-protocols message for `conn`, in its dialect.
+    fn yjs_to(&self, conn: ConnId, body: Vec<u8>) -> Frame {
+        yjs_frame(&self.id, self.dialect(conn), body)
+    }
+
+    /// A `SyncStatus` for `conn`, if it speaks Hocuspocus.
+    fn sync_status(&self, conn: ConnId, applied: bool, fx: &mut Effects) {
+        if self.dialect(conn) == Dialect::Hocuspocus {
+            let frame = Frame::binary(hocuspocus::sync_status(&self.id, applied));
+            fx.outs.push(Out::To(conn, frame));
+        }
     }
 
     fn step(&mut self, inputs: Vec<Input>) -> Effects {
@@ -289,26 +344,24 @@ impl Core {
             match input {
                 Input::Join { conn, sv, dialect } => {
                     if self.dialects.insert(conn, dialect).is_none() {
-                        match dialect {
-                            Dialect::Json => self.json_members += 1,
-                            Dialect::Yjs => self.yjs_members += 1,
-                        }
+                        self.speakers[Self::slot(dialect)] += 1;
                     }
                     match dialect {
                         Dialect::Json => self.join(conn, sv, &mut fx),
-                        Dialect::Yjs => self.join_yjs(conn, &mut fx),
+                        Dialect::Yjs | Dialect::Hocuspocus => self.join_yjs(conn, &mut fx),
                     }
                 }
-                Input::Leave { conn } => match self.dialects.remove(&conn) {
-                    Some(Dialect::Json) => self.json_members -= 1,
-                    Some(Dialect::Yjs) => self.yjs_members -= 1,
-                    None => {}
-                },
+                Input::Leave { conn } => {
+                    if let Some(dialect) = self.dialects.remove(&conn) {
+                        self.speakers[Self::slot(dialect)] -= 1;
+                    }
+                }
                 Input::SyncStep1 { conn, sv } => {
                     match self.state.document().encode_state_as_update_v1(Some(&sv)) {
-                        Ok(diff) => fx
-                            .outs
-                            .push(Out::To(conn, Frame::binary(yjs::sync_step2(diff)))),
+                        Ok(diff) => {
+                            let frame = self.yjs_to(conn, yjs::sync_step2(diff));
+                            fx.outs.push(Out::To(conn, frame));
+                        }
                         Err(e) => {
                             tracing::debug!(room = %self.id, conn = conn.0, error = %e, "bad sync step 1");
                             fx.outs.push(Out::Close(conn, 1008, "bad state vector"));
@@ -329,6 +382,7 @@ impl Core {
                             Err(e) => {
                                 // As y-websocket's server does: the message is dropped.
                                 tracing::debug!(room = %self.id, conn = conn.0, error = %e, "v1 update rejected");
+                                self.sync_status(conn, false, &mut fx);
                                 fx.charges.push((conn, start.elapsed()));
                                 continue;
                             }
@@ -342,6 +396,7 @@ impl Core {
                             fx.outs
                                 .push(Out::To(conn, text(&ServerMessage::error(&e)).into()));
                         }
+                        self.sync_status(conn, false, &mut fx);
                         match e {
                             // It cost a rebuild: no second chance on this connection.
                             EngineError::IntegrationFailed { .. } => {
@@ -359,6 +414,12 @@ impl Core {
                             _ => {}
                         }
                     }
+                    fx.charges.push((conn, start.elapsed()));
+                }
+                Input::ReadonlyUpdate { conn, update } => {
+                    let start = Instant::now();
+                    let changes = self.state.document().would_change_v1(&update);
+                    self.sync_status(conn, matches!(changes, Ok(false)), &mut fx);
                     fx.charges.push((conn, start.elapsed()));
                 }
                 Input::Remote {
@@ -421,14 +482,17 @@ impl Core {
         match yjs::sync_step1(&self.state.document().state_vector()) {
             Ok(step1) => fx.outs.push(Out::Joined {
                 conn,
-                sync: Frame::binary(step1),
+                sync: self.yjs_to(conn, step1),
             }),
             Err(e) => {
                 tracing::error!(room = %self.id, error = %e, "room state vector does not encode");
-                fx.outs.push(Out::JoinRefused {
-                    conn,
-                    frame: Frame::binary(yjs::permission_denied("room unavailable")),
-                });
+                let frame = match self.dialect(conn) {
+                    Dialect::Hocuspocus => {
+                        Frame::binary(hocuspocus::close(&self.id, "room unavailable"))
+                    }
+                    _ => Frame::binary(yjs::permission_denied("room unavailable")),
+                };
+                fx.outs.push(Out::JoinRefused { conn, frame });
             }
         }
     }
@@ -452,19 +516,22 @@ impl Core {
     fn dispatch_events(&mut self, fx: &mut Effects) {
         while let Some(event) = self.state.poll_event() {
             match event {
-                RoomEvent::Ack { conn, id, seq } => {
-                    if self.dialect(conn) == Dialect::Json {
+                RoomEvent::Ack { conn, id, seq } => match self.dialect(conn) {
+                    Dialect::Json => {
                         fx.outs
                             .push(Out::To(conn, text(&ServerMessage::Ack { id, seq }).into()));
                     }
-                }
+                    // Durable now: the provider counts it as synced.
+                    Dialect::Hocuspocus => self.sync_status(conn, true, fx),
+                    Dialect::Yjs => {}
+                },
                 RoomEvent::Broadcast {
                     seq,
                     update,
                     origin,
                 } => {
                     let mut frames = Frames::default();
-                    if self.json_members > 0 {
+                    if self.speaks(Dialect::Json) {
                         frames.json = Some(
                             text(&ServerMessage::Op {
                                 seq,
@@ -473,9 +540,18 @@ impl Core {
                             .into(),
                         );
                     }
-                    if self.yjs_members > 0 {
+                    if self.speaks(Dialect::Yjs) || self.speaks(Dialect::Hocuspocus) {
                         match concord_engine::doc::update_v2_to_v1(&update) {
-                            Ok(v1) => frames.yjs = Some(Frame::binary(yjs::update(v1))),
+                            Ok(v1) => {
+                                let body = yjs::update(v1);
+                                if self.speaks(Dialect::Hocuspocus) {
+                                    frames.hocuspocus =
+                                        Some(Frame::binary(hocuspocus::wrap(&self.id, &body)));
+                                }
+                                if self.speaks(Dialect::Yjs) {
+                                    frames.yjs = Some(Frame::binary(body));
+                                }
+                            }
                             Err(e) => {
                                 tracing::error!(room = %self.id, seq, error = %e, "update does not convert to v1")
                             }
@@ -543,8 +619,7 @@ impl RoomTask {
                 state,
                 full_sync: None,
                 dialects: HashMap::new(),
-                json_members: 0,
-                yjs_members: 0,
+                speakers: [0; 3],
             }),
             Err(e) => {
                 tracing::error!(room = %self.id, error = %e, "room data rejected");
@@ -566,6 +641,7 @@ impl RoomTask {
             remote_presence: HashMap::new(),
             presence_clock: 0,
             inputs: Vec::new(),
+            server_ops: 0,
         };
         for p in ctx.hub.live_presence(&self.id).await {
             room.hub_event(HubEvent::Presence(p));
@@ -801,6 +877,8 @@ struct Room {
     presence_clock: u32,
     /// Work gathered for the next core job.
     inputs: Vec<Input>,
+    /// Hocuspocus updates given an op id so far (see [`concord_engine::room::server_op_id`]).
+    server_ops: u64,
 }
 
 impl Room {
@@ -845,7 +923,35 @@ impl Room {
                         p.clock = self.presence_clock;
                         return self.presence_from(conn, p, now);
                     }
-                    Request::Yjs(YjsRequest::Update(update)) => (None, update, true),
+                    Request::Yjs(YjsRequest::Update(update)) => {
+                        if m.member.dialect != Dialect::Hocuspocus {
+                            (None, update, true)
+                        } else if m.member.role.can_write() {
+                            // Acked (as `SyncStatus`) once durable, like a JSON op.
+                            self.server_ops += 1;
+                            (
+                                Some(concord_engine::room::server_op_id(self.server_ops)),
+                                update,
+                                true,
+                            )
+                        } else {
+                            if !m.cpu.available(now) {
+                                return self.over_cpu_budget(conn);
+                            }
+                            self.inputs.push(Input::ReadonlyUpdate { conn, update });
+                            return;
+                        }
+                    }
+                    Request::Stateless(payload) => {
+                        // Relayed like presence, under the same rate.
+                        if m.presence_rate.try_take(now) {
+                            let frame = Frame::binary(hocuspocus::stateless(&self.id, &payload));
+                            self.send_each(Some(conn), |d| {
+                                (d == Dialect::Hocuspocus).then(|| frame.clone())
+                            });
+                        }
+                        return;
+                    }
                     Request::Yjs(YjsRequest::SyncStep1(sv)) => {
                         self.inputs.push(Input::SyncStep1 { conn, sv });
                         return;
@@ -875,8 +981,10 @@ impl Room {
                         return self.presence_from(conn, p, now);
                     }
                     Request::Yjs(YjsRequest::QueryAwareness) => {
+                        let dialect = m.member.dialect;
                         let all = self.all_presence();
-                        let frame = Frame::binary(yjs::awareness(&all.iter().collect::<Vec<_>>()));
+                        let body = yjs::awareness(&all.iter().collect::<Vec<_>>());
+                        let frame = yjs_frame(&self.id, dialect, body);
                         return self.send_to(conn, frame);
                     }
                     Request::Yjs(YjsRequest::Ignored) => return,
@@ -892,6 +1000,8 @@ impl Room {
                         Dialect::Yjs => Frame::binary(yjs::permission_denied(
                             "read-only access: the update was not applied",
                         )),
+                        // Handled above (as a read-only update).
+                        Dialect::Hocuspocus => Frame::binary(hocuspocus::sync_status(&self.id, false)),
                     };
                     return self.send_to(conn, frame);
                 }
@@ -1026,10 +1136,11 @@ impl Room {
                             member.out.offer(text(&ServerMessage::Presence(p)));
                         }
                     }
-                    Dialect::Yjs => {
+                    Dialect::Yjs | Dialect::Hocuspocus => {
                         if !all.is_empty() {
                             let all: Vec<&Presence> = all.iter().collect();
-                            member.out.offer(Frame::binary(yjs::awareness(&all)));
+                            let body = yjs::awareness(&all);
+                            member.out.offer(yjs_frame(&self.id, member.dialect, body));
                         }
                     }
                 }
@@ -1175,7 +1286,7 @@ impl Room {
             .members
             .iter()
             .filter(|(_, m)| {
-                m.member.dialect == Dialect::Yjs
+                m.member.dialect.is_yjs()
                     && m.presence.is_some()
                     && now.saturating_sub(m.presence_seen) >= PRESENCE_TTL_MS
             })
@@ -1212,7 +1323,7 @@ impl Room {
         except: Option<ConnId>,
         mut frame: impl FnMut(Dialect) -> Option<Frame>,
     ) {
-        let (mut json, mut yjs) = (None, None);
+        let (mut json, mut yjs, mut hp) = (None, None, None);
         let mut slow = Vec::new();
         for (conn, m) in &self.members {
             if Some(*conn) == except {
@@ -1221,6 +1332,7 @@ impl Room {
             let slot = match m.member.dialect {
                 Dialect::Json => &mut json,
                 Dialect::Yjs => &mut yjs,
+                Dialect::Hocuspocus => &mut hp,
             };
             let f = match slot {
                 Some(f) => f,
@@ -1243,10 +1355,11 @@ impl Room {
 
     /// A presence to every member: a `presence` frame, or an awareness message.
     fn send_presence(&mut self, p: &Presence, except: Option<ConnId>) {
+        let room = self.id.clone();
         self.send_each(except, |d| {
             Some(match d {
                 Dialect::Json => text(&ServerMessage::Presence(p.clone())).into(),
-                Dialect::Yjs => Frame::binary(yjs::awareness(&[p])),
+                Dialect::Yjs | Dialect::Hocuspocus => yjs_frame(&room, d, yjs::awareness(&[p])),
             })
         });
     }

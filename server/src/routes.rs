@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/rooms/{id}/ws", get(ws))
         .route("/yjs/{room}", get(yjs))
+        .route("/hocuspocus", get(hocuspocus))
         .merge(crate::api::accounts::routes())
         .route_service("/", ServeFile::new(web.join("demo.html")))
         .route_service("/demo.html", ServeFile::new(web.join("demo.html")))
@@ -122,6 +123,29 @@ async fn yjs(
     upgrade_to(state, upgrade, id, None, admission, Dialect::Yjs)
 }
 
+/// The Hocuspocus protocol: `new HocuspocusProvider({url: 'ws://host/hocuspocus', name})`.
+/// Documents are authenticated one by one inside the socket, so only the connection rate is
+/// checked here.
+async fn hocuspocus(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    upgrade: Upgrade,
+) -> Response {
+    if let Err(retry) = state.auth.limits.connect(ip, crate::room::now_ms()) {
+        return ApiError::rate_limited(retry).into_response();
+    }
+    let Ok(upgrade) = upgrade else {
+        return bad_request("expected a WebSocket upgrade");
+    };
+    let Some((upgrade, permit)) = prepare(&state, upgrade) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    };
+    upgrade.on_upgrade(move |socket| async move {
+        crate::hocuspocus::serve(socket, state).await;
+        drop(permit);
+    })
+}
+
 async fn ws(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -156,11 +180,23 @@ fn upgrade_to(
     admission: crate::auth::Admission,
     dialect: Dialect,
 ) -> Response {
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+    let Some((upgrade, permit)) = prepare(&state, upgrade) else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
+    upgrade.on_upgrade(move |socket| async move {
+        crate::connection::serve(socket, id, sv, admission, state, dialect).await;
+        drop(permit);
+    })
+}
+
+/// A connection permit and the socket's buffer and frame limits; `None` at the connection cap.
+fn prepare(
+    state: &AppState,
+    upgrade: WebSocketUpgrade,
+) -> Option<(WebSocketUpgrade, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = state.connections.clone().try_acquire_owned().ok()?;
     let max = state.config.limits.max_frame_bytes;
-    upgrade
+    let upgrade = upgrade
         // tungstenite zero-fills its whole read buffer before every socket read: at the default
         // 128 KiB that was a quarter of the server's CPU under load. Frames are mostly small;
         // larger ones are read in several reads.
@@ -168,9 +204,6 @@ fn upgrade_to(
         // Frames up to twice the limit are read and answered with an error frame; beyond that
         // the socket is closed (1009) without buffering them.
         .max_message_size(max.saturating_mul(2))
-        .max_frame_size(max.saturating_mul(2))
-        .on_upgrade(move |socket| async move {
-            crate::connection::serve(socket, id, sv, admission, state, dialect).await;
-            drop(permit);
-        })
+        .max_frame_size(max.saturating_mul(2));
+    Some((upgrade, permit))
 }

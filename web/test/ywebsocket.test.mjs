@@ -1,15 +1,15 @@
 // The stock y-websocket `WebsocketProvider` (npm `y-websocket`, with `ws` in Node) pointed at
 // Concord's `/yjs` endpoint: it shares rooms with concord-client users, holds any Yjs shared
-// shared type (nested ones too, within a depth bound), survives restarts and kill -9, sees awareness both ways, and is refused writes with
-// read-only access.
+// type (nested ones too, within a depth bound), survives restarts and kill -9, sees awareness
+// both ways, and is refused writes with read-only access.
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHmac } from 'node:crypto';
 import WebSocket from 'ws';
 import * as Y from 'yjs';
 import { WebsocketProvider } from 'y-websocket';
 import { createProvider } from '../src/index.js';
 import { startServer, waitFor, roomName } from './helpers/server.mjs';
+import { assertSameDoc, awarenessNames, jwt, mirror, randomEdit, seeded } from './helpers/yjs.mjs';
 
 let server;
 const cleanup = [];
@@ -47,36 +47,16 @@ async function concordUser(room, options = {}) {
 
 const synced = (c) => waitFor(() => c.provider.synced, { message: 'y-websocket synced' });
 
-/** The same document: the same state vector and the same snapshot (inserts and deletes). */
-function assertSameDoc(a, b) {
-  assert.deepEqual(Y.decodeStateVector(Y.encodeStateVector(a)), Y.decodeStateVector(Y.encodeStateVector(b)));
-  assert.ok(Y.equalSnapshots(Y.snapshot(a), Y.snapshot(b)), 'snapshots differ');
-}
-
-/** concord-client's replica as a Y.Doc. */
-function mirror(provider) {
-  const doc = new Y.Doc();
-  Y.applyUpdateV2(doc, provider.session.encodeStateAsUpdate());
-  return doc;
-}
-
 test('y-websocket and concord-client users type into one room at once and converge', async () => {
   const room = roomName('yws');
-  const seed = 4242;
-  console.log(`seed ${seed}`);
-  let rnd = seed;
-  const random = () => ((rnd = (rnd * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const random = seeded(4242);
   const a = yws(room);
   const b = yws(room);
   const carol = await concordUser(room);
   await synced(a);
   await synced(b);
   for (let i = 0; i < 60; i++) {
-    for (const c of [a, b]) {
-      const t = c.text;
-      if (t.length > 3 && random() < 0.3) t.delete(Math.floor(random() * (t.length - 1)), 1);
-      else t.insert(Math.floor(random() * (t.length + 1)), random() < 0.1 ? '😀' : 'xyz'[i % 3]);
-    }
+    for (const c of [a, b]) randomEdit(c.text, random, i);
     carol.insert(Math.floor(random() * (carol.length + 1)), 'c');
     if (i % 10 === 0) await new Promise((r) => setImmediate(r));
   }
@@ -169,7 +149,7 @@ test('awareness: Yjs clients see each other and concord presence, and leaving re
   const b = yws(room, { name: 'Bob' });
   await synced(a);
   await synced(b);
-  const names = (c) => [...c.provider.awareness.getStates().values()].map((s) => s.user?.name).filter(Boolean).sort();
+  const names = (c) => awarenessNames(c.provider.awareness);
   await waitFor(() => names(a).join() === 'Ada,Bob' && names(b).join() === 'Ada,Bob', {
     message: () => `awareness: a=${names(a)} b=${names(b)}`,
   });
@@ -183,13 +163,6 @@ test('awareness: Yjs clients see each other and concord presence, and leaving re
   await waitFor(() => names(a).join() === 'Ada,Carol', { message: () => `Bob gone: ${names(a)}` });
   await waitFor(() => ![...carol.presences.values()].some((p) => p.name === 'Bob'), { message: 'carol: Bob gone' });
 });
-
-/** An HS256 JWT, as an integrator's backend mints it. */
-function jwt(secret, claims) {
-  const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const body = `${enc({ alg: 'HS256', typ: 'JWT' })}.${enc(claims)}`;
-  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
-}
 
 test('with tokens: no token is refused at upgrade, a reader is denied writes, a writer writes', async () => {
   const secret = 'a-test-secret-of-at-least-32-bytes!!';

@@ -450,6 +450,15 @@ struct Round {
 }
 
 impl Round {
+    /// An empty room, and a writer with a random client id.
+    fn new(rng: &mut SmallRng) -> Round {
+        Round {
+            room: RoomState::new(CompactionPolicy::default(), 0),
+            log: Vec::new(),
+            writer: Document::new(rng.gen_range(10_000..(1u64 << 53))),
+        }
+    }
+
     fn commit(&mut self) {
         if let Some(batch) = self.room.take_batch() {
             let first = self.room.seq() + 1;
@@ -494,11 +503,7 @@ impl Round {
 fn round(seed: u64, tally: &mut Tally) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let pool = Pool::new(&mut rng);
-    let mut r = Round {
-        room: RoomState::new(CompactionPolicy::default(), 0),
-        log: Vec::new(),
-        writer: Document::new(rng.gen_range(10_000..(1u64 << 53))),
-    };
+    let mut r = Round::new(&mut rng);
     let limits = Limits::default();
     for n in 0..INPUTS_PER_ROUND {
         if rng.gen_bool(0.1) {
@@ -601,15 +606,31 @@ fn garbage_yjs_frame(rng: &mut SmallRng, pool: &Pool, room_state: &[u8]) -> Vec<
     }
 }
 
+/// What the server's room does with a decoded y-protocols request, under attack.
+fn yjs_request(r: &mut Round, req: concord_engine::yjs::YjsRequest, tally: &mut Tally, what: &str) {
+    use concord_engine::yjs::YjsRequest;
+    match req {
+        YjsRequest::Update(update) => match concord_engine::doc::update_v1_to_v2(&update) {
+            Ok(v2) => attack(r, None, &v2, tally, what),
+            Err(e) => tally.reject(&e),
+        },
+        YjsRequest::SyncStep1(sv) => {
+            // Answering it must not fail on whatever state vector decoded.
+            r.room
+                .document()
+                .encode_state_as_update_v1(Some(&sv))
+                .expect("a decoded state vector is answered");
+            tally.accepted_noop += 1;
+        }
+        _ => tally.accepted_noop += 1,
+    }
+}
+
 fn round_yjs(seed: u64, tally: &mut Tally) {
-    use concord_engine::yjs::{self, YjsRequest};
+    use concord_engine::yjs;
     let mut rng = SmallRng::seed_from_u64(seed);
     let pool = Pool::new(&mut rng);
-    let mut r = Round {
-        room: RoomState::new(CompactionPolicy::default(), 0),
-        log: Vec::new(),
-        writer: Document::new(rng.gen_range(10_000..(1u64 << 53))),
-    };
+    let mut r = Round::new(&mut rng);
     let limits = Limits::default();
     for n in 0..INPUTS_PER_ROUND {
         if rng.gen_bool(0.1) {
@@ -620,19 +641,7 @@ fn round_yjs(seed: u64, tally: &mut Tally) {
         let state = r.room.encode_state();
         let frame = garbage_yjs_frame(&mut rng, &pool, &state);
         match yjs::decode(&frame, &limits) {
-            Ok(YjsRequest::Update(update)) => match concord_engine::doc::update_v1_to_v2(&update) {
-                Ok(v2) => attack(&mut r, None, &v2, tally, &what),
-                Err(e) => tally.reject(&e),
-            },
-            Ok(YjsRequest::SyncStep1(sv)) => {
-                // Answering it must not fail on whatever state vector decoded.
-                r.room
-                    .document()
-                    .encode_state_as_update_v1(Some(&sv))
-                    .expect("a decoded state vector is answered");
-                tally.accepted_noop += 1;
-            }
-            Ok(_) => tally.accepted_noop += 1,
+            Ok(req) => yjs_request(&mut r, req, tally, &what),
             Err(e) => tally.reject(&e),
         }
         if n % 100 == 99 {
@@ -660,6 +669,121 @@ fn bad_input_yjs_frames() {
     );
     assert!(total >= 10_000 || rounds < 16, "only {total} frames");
     for code in ["malformed_message", "invalid_update"] {
+        assert!(
+            tally.by_code.contains_key(code),
+            "no frame was rejected as {code}"
+        );
+    }
+}
+
+/// A hostile Hocuspocus frame: a y-websocket one behind a document name, or an auth,
+/// stateless or close message; often mutated (names and lengths included), sometimes random.
+fn garbage_hocuspocus_frame(rng: &mut SmallRng, pool: &Pool, room_state: &[u8]) -> Vec<u8> {
+    use concord_engine::hocuspocus;
+    let name = if rng.gen_bool(0.9) { "doc" } else { "other" };
+    let valid = match rng.gen_range(0..8) {
+        0 => return random_bytes(rng),
+        1 => {
+            // Auth with a token (v4 adds the provider version).
+            let mut f = hocuspocus::wrap(name, &[2, 0]);
+            f.push(3);
+            f.extend_from_slice(b"tok");
+            f
+        }
+        2 => hocuspocus::stateless(name, "{\"x\":1}"),
+        3 => hocuspocus::close(name, ""),
+        4 => hocuspocus::PING.to_vec(),
+        _ => {
+            let inner = garbage_yjs_frame(rng, pool, room_state);
+            return hocuspocus::wrap(name, &inner);
+        }
+    };
+    if rng.gen_bool(0.2) {
+        valid
+    } else {
+        mutate(rng, valid, pool)
+    }
+}
+
+/// Frames through the per-socket state machine into one room; documents are let in as their
+/// auth comes, half of them read-only (whose updates are only checked for changes).
+fn round_hocuspocus(seed: u64, tally: &mut Tally) {
+    use concord_engine::hocuspocus::{self, Action, DocMessage, Session};
+    use concord_engine::yjs::YjsRequest;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let pool = Pool::new(&mut rng);
+    let mut r = Round::new(&mut rng);
+    let limits = Limits::default();
+    let mut session = Session::new();
+    let readonly = rng.gen_bool(0.5);
+    for n in 0..INPUTS_PER_ROUND {
+        if rng.gen_bool(0.1) {
+            r.honest_op(&mut rng, n as u64);
+            tally.valid_ops += 1;
+        }
+        let what = format!("seed {seed} Hocuspocus frame {n}");
+        let state = r.room.encode_state();
+        let frame = garbage_hocuspocus_frame(&mut rng, &pool, &state);
+        let incoming = match hocuspocus::decode(&frame, &limits) {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                tally.reject(&e);
+                continue;
+            }
+        };
+        let mut deliver = Vec::new();
+        match session.receive(incoming, frame.len()) {
+            Action::Authenticate { name, .. } => {
+                deliver.extend(session.opened(&name).into_iter().flatten());
+            }
+            Action::Deliver { msg, .. } => deliver.push(msg),
+            Action::Close { .. } => {
+                // The socket would close; a new one starts clean.
+                session = Session::new();
+                tally.accepted_noop += 1;
+            }
+            _ => tally.accepted_noop += 1,
+        }
+        for msg in deliver {
+            match msg {
+                DocMessage::Yjs(YjsRequest::Update(update)) if readonly => {
+                    let before = r.room.encode_state();
+                    let _ = r.room.document().would_change_v1(&update);
+                    assert!(
+                        before == r.room.encode_state(),
+                        "{what}: a check changed the room"
+                    );
+                    tally.accepted_noop += 1;
+                }
+                DocMessage::Yjs(req) => yjs_request(&mut r, req, tally, &what),
+                _ => tally.accepted_noop += 1,
+            }
+        }
+        if n % 100 == 99 {
+            r.check_log(&what);
+        }
+    }
+    r.check_log(&format!("seed {seed} end"));
+}
+
+#[test]
+fn bad_input_hocuspocus_frames() {
+    let base = base_seed(SEED ^ 0x40c5);
+    let rounds = iterations(16);
+    let mut tally = Tally::default();
+    for i in 0..rounds {
+        let seed = base.wrapping_add(i);
+        let _guard = SeedGuard(seed, "bad_input_hocuspocus_frames");
+        round_hocuspocus(seed, &mut tally);
+    }
+    let total = tally.rejected + tally.accepted + tally.accepted_noop;
+    eprintln!(
+        "bad_input_hocuspocus_frames: {total} hostile frames: {} rejected, {} accepted and \
+         committed, {} no-ops or ignored; rejections by code: {:?}",
+        tally.rejected, tally.accepted, tally.accepted_noop, tally.by_code
+    );
+    assert!(total >= 10_000 || rounds < 16, "only {total} frames");
+    for code in ["malformed_message", "invalid_update", "too_large"] {
         assert!(
             tally.by_code.contains_key(code),
             "no frame was rejected as {code}"
