@@ -12,8 +12,14 @@
 //! Load clients do not apply other clients' updates (that would measure the load generator,
 //! not the server); they read the op's seq and move on.
 //!
+//! `--protocol` picks the wire: `json` (Concord's, acked per op), `y-websocket` (`/yjs/{room}`:
+//! no acks, so lost edits are counted against those sent) or `hocuspocus` (`/hocuspocus`: the
+//! ack is `SyncStatus`, which comes in send order). Over the Yjs protocols fan-out is matched
+//! by the id of the update's first item instead of a seq.
+//!
 //! ```text
 //! concord-load --url ws://127.0.0.1:8080 --clients 1000 --rooms 100 --rate 20 --secs 30
+//! concord-load --protocol hocuspocus --clients 1000 --rooms 100 --rate 1 --secs 20
 //! ```
 
 use std::collections::HashMap;
@@ -37,13 +43,22 @@ struct Args {
     prefix: String,
     seed: u64,
     json: bool,
+    protocol: Protocol,
+}
+
+/// The wire format the load clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Json,
+    YWebsocket,
+    Hocuspocus,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: concord-load [--url ws://127.0.0.1:8080]... [--clients 1000] [--rooms 100] \
          [--rate 10 (edits/s per client)] [--secs 30] [--server-pid PID]... [--prefix load] \
-         [--seed 1] [--json]"
+         [--seed 1] [--json] [--protocol json|y-websocket|hocuspocus]"
     );
     std::process::exit(2)
 }
@@ -59,6 +74,7 @@ fn parse_args() -> Args {
         prefix: format!("load{}", std::process::id()),
         seed: 1,
         json: false,
+        protocol: Protocol::Json,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,6 +91,14 @@ fn parse_args() -> Args {
             "--prefix" => args.prefix = value(),
             "--seed" => args.seed = value().parse().unwrap_or_else(|_| usage()),
             "--json" => args.json = true,
+            "--protocol" => {
+                args.protocol = match value().as_str() {
+                    "json" => Protocol::Json,
+                    "y-websocket" => Protocol::YWebsocket,
+                    "hocuspocus" => Protocol::Hocuspocus,
+                    _ => usage(),
+                }
+            }
             _ => usage(),
         }
     }
@@ -239,6 +263,207 @@ async fn run_client(
     report
 }
 
+/// The id of an update's first item (v1: clients, then per client its struct count, client
+/// and clock), folded into one key: what matches a delivery to its send over the Yjs protocols.
+fn first_item_key(update_v1: &[u8]) -> Option<u64> {
+    use yrs::encoding::read::{Cursor, Read};
+    let mut cur = Cursor::new(update_v1);
+    let clients: u32 = cur.read_var().ok()?;
+    let structs: u32 = cur.read_var().ok()?;
+    if clients == 0 || structs == 0 {
+        return None;
+    }
+    let client: u64 = cur.read_var().ok()?;
+    let clock: u32 = cur.read_var().ok()?;
+    Some(client.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(clock))
+}
+
+/// A y-protocols frame a load client cares about, read by hand (cheaply: a load generator that
+/// decodes every update measures itself).
+enum YjsFrame<'a> {
+    Step1,
+    Step2(&'a [u8]),
+    Update(&'a [u8]),
+    SyncStatus,
+    Other,
+}
+
+fn read_yjs_frame(frame: &[u8], hocuspocus: bool) -> YjsFrame<'_> {
+    use yrs::encoding::read::{Cursor, Read};
+    let mut cur = Cursor::new(frame);
+    if hocuspocus && cur.read_string().is_err() {
+        return YjsFrame::Other;
+    }
+    match cur.read_var::<u32>() {
+        Ok(0) => {}
+        Ok(8) if hocuspocus => return YjsFrame::SyncStatus,
+        _ => return YjsFrame::Other,
+    }
+    let kind: u32 = match cur.read_var() {
+        Ok(kind) => kind,
+        Err(_) => return YjsFrame::Other,
+    };
+    if kind == 0 {
+        return YjsFrame::Step1;
+    }
+    let Ok(len) = cur.read_var::<u32>() else {
+        return YjsFrame::Other;
+    };
+    let Some(update) = frame.get(cur.next..cur.next + len as usize) else {
+        return YjsFrame::Other;
+    };
+    match kind {
+        1 => YjsFrame::Step2(update),
+        2 => YjsFrame::Update(update),
+        _ => YjsFrame::Other,
+    }
+}
+
+/// One load client over y-websocket or Hocuspocus (see the module docs).
+#[allow(clippy::too_many_arguments)]
+async fn run_yjs_client(
+    index: usize,
+    url: String,
+    room: String,
+    marker: char,
+    rate: f64,
+    start: Instant,
+    end: Instant,
+    sent_by_key: SentBySeq,
+    seed: u64,
+    protocol: Protocol,
+) -> ClientReport {
+    use concord_engine::{doc, hocuspocus, yjs};
+    let hp = protocol == Protocol::Hocuspocus;
+    let mut report = ClientReport::default();
+    let mut rng =
+        SmallRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut document = concord_engine::Document::new(rng.gen_range(1..(1u64 << 32)));
+    let endpoint = if hp {
+        format!("{url}/hocuspocus")
+    } else {
+        format!("{url}/yjs/{room}")
+    };
+    let ws =
+        match tokio_tungstenite::connect_async_with_config(endpoint, Some(socket_config()), false)
+            .await
+        {
+            Ok((ws, _)) => ws,
+            Err(e) => {
+                eprintln!("client {index}: connect failed: {e}");
+                report.errors += 1;
+                return report;
+            }
+        };
+    let (mut sink, mut stream) = ws.split();
+    let frame = |body: Vec<u8>| {
+        let bytes = if hp {
+            hocuspocus::wrap(&room, &body)
+        } else {
+            body
+        };
+        Message::Binary(bytes.into())
+    };
+    if hp {
+        // Auth (no token: auth off), as the provider sends it first.
+        let mut auth = hocuspocus::wrap(&room, &[2, 0, 0]);
+        auth.extend_from_slice(&[5, b'4', b'.', b'8', b'.', b'0']);
+        if sink.send(Message::Binary(auth.into())).await.is_err() {
+            report.errors += 1;
+            return report;
+        }
+    }
+    let step1 = yjs::sync_step1(&document.state_vector()).unwrap_or_default();
+    if sink.send(frame(step1)).await.is_err() {
+        report.errors += 1;
+        return report;
+    }
+    // Sends waiting for their SyncStatus, in order (`None`: a sync step 2, not an edit).
+    let mut in_flight: std::collections::VecDeque<Option<Instant>> = Default::default();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let phase = Duration::from_secs_f64(rng.gen_range(0.0..period.as_secs_f64()));
+    let mut ticker = tokio::time::interval_at((start + phase).into(), period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let drain_deadline = end + Duration::from_secs(15);
+    let mut synced = false;
+    loop {
+        let now = Instant::now();
+        if now >= end && (!hp || in_flight.is_empty()) {
+            break;
+        }
+        if now >= drain_deadline {
+            break;
+        }
+        tokio::select! {
+            _ = ticker.tick(), if synced && Instant::now() < end => {
+                let len = document.len();
+                let at = if len == 0 { 0 } else { rng.gen_range(0..=len) };
+                let v1 = match document.insert(at, &marker.to_string()).and_then(|u| doc::update_v2_to_v1(&u)) {
+                    Ok(v1) => v1,
+                    Err(_) => {
+                        report.errors += 1;
+                        continue;
+                    }
+                };
+                let sent = Instant::now();
+                if let (Some(key), Ok(mut map)) = (first_item_key(&v1), sent_by_key.lock()) {
+                    map.insert(key, sent);
+                }
+                report.sent += 1;
+                if hp {
+                    in_flight.push_back(Some(sent));
+                }
+                if sink.send(frame(yjs::update(v1))).await.is_err() {
+                    report.errors += 1;
+                    return report;
+                }
+            }
+            msg = tokio::time::timeout_at(drain_deadline.into(), stream.next()) => {
+                let bytes = match msg {
+                    Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
+                    Ok(Some(Ok(_))) => continue,
+                    _ => break,
+                };
+                let at = Instant::now();
+                match read_yjs_frame(&bytes, hp) {
+                    YjsFrame::Update(update) => {
+                        if let Some(key) = first_item_key(update) {
+                            report.received.push((key, at));
+                        }
+                    }
+                    YjsFrame::Step1 => {
+                        // What the room lacks of ours: nothing but our edits, which it has.
+                        let diff = document.encode_state_as_update_v1(None).unwrap_or_default();
+                        if hp {
+                            in_flight.push_back(None);
+                        }
+                        if sink.send(frame(yjs::sync_step2(diff))).await.is_err() {
+                            report.errors += 1;
+                            return report;
+                        }
+                    }
+                    YjsFrame::Step2(update) => {
+                        if let Ok(v2) = doc::update_v1_to_v2(update) {
+                            let _ = document.apply_update(&v2);
+                        }
+                        synced = true;
+                    }
+                    YjsFrame::SyncStatus => {
+                        if let Some(Some(sent)) = in_flight.pop_front() {
+                            report.acked += 1;
+                            report.ack_latency_us.push(at.duration_since(sent).as_micros() as u64);
+                        }
+                    }
+                    YjsFrame::Other => {}
+                }
+            }
+        }
+    }
+    report.unacked_at_end = in_flight.iter().filter(|s| s.is_some()).count() as u64;
+    let _ = sink.close().await;
+    report
+}
+
 /// The room's text as the server has it now (a fresh connection's first sync).
 async fn fetch_text(url: &str, room: &str) -> Option<String> {
     let (mut ws, _) = tokio_tungstenite::connect_async(room_url(url, room, None))
@@ -295,17 +520,19 @@ async fn main() {
     for i in 0..args.clients {
         let room_index = i % args.rooms;
         let url = args.urls[(i / args.rooms) % args.urls.len()].clone();
-        tasks.push(tokio::spawn(run_client(
-            i,
-            url,
+        let (room, marker, sent) = (
             rooms[room_index].clone(),
             marker(i / args.rooms),
-            args.rate,
-            start,
-            end,
             sent_by_seq[room_index].clone(),
-            args.seed,
-        )));
+        );
+        tasks.push(match args.protocol {
+            Protocol::Json => tokio::spawn(run_client(
+                i, url, room, marker, args.rate, start, end, sent, args.seed,
+            )),
+            protocol => tokio::spawn(run_yjs_client(
+                i, url, room, marker, args.rate, start, end, sent, args.seed, protocol,
+            )),
+        });
     }
     // Sample the servers' RSS while the clients run.
     let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -371,7 +598,12 @@ async fn main() {
             .filter(|(i, _)| i % args.rooms == r)
         {
             let present = counts.get(&marker(i / args.rooms)).copied().unwrap_or(0);
-            lost += report.acked.saturating_sub(present);
+            // y-websocket has no acks: every edit sent must be there.
+            let promised = match args.protocol {
+                Protocol::YWebsocket => report.sent,
+                _ => report.acked,
+            };
+            lost += promised.saturating_sub(present);
             duplicated += present.saturating_sub(report.sent);
         }
     }
@@ -386,6 +618,7 @@ async fn main() {
         println!(
             "{}",
             serde_json::json!({
+                "protocol": format!("{:?}", args.protocol),
                 "clients": args.clients, "rooms": args.rooms, "instances": args.urls.len(),
                 "rate_per_client": args.rate, "secs": args.secs,
                 "sent": sent, "acked": acked, "acked_per_sec": acked_per_sec,
@@ -399,7 +632,8 @@ async fn main() {
         );
     } else {
         println!(
-            "clients {} over {} rooms on {} instance(s), {} edits/s each, {} s",
+            "{:?}: clients {} over {} rooms on {} instance(s), {} edits/s each, {} s",
+            args.protocol,
             args.clients,
             args.rooms,
             args.urls.len(),
