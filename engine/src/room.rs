@@ -63,14 +63,29 @@ pub enum RoomEvent {
         /// Room seq at which the op (or the content it duplicates) is durable.
         seq: u64,
     },
-    /// Send this committed update to every local connection except `origin`.
+    /// Send this update to every local connection except `origin`.
+    ///
+    /// A local client's update is broadcast as soon as the room has integrated it, before it
+    /// is durable (`seq` 0: not known until the commit assigns it); its ack still waits for
+    /// the commit. That is safe because every replica that received it holds it: if the
+    /// commit fails, [`RoomState::handle_commit_failed`] asks for every member to resync, and
+    /// two-way sync on reconnect gives the room back whatever it lost. Updates committed
+    /// elsewhere (hub, catch-up) carry their seq.
     Broadcast {
-        /// Room seq of the update.
+        /// Room seq of the update, or 0 if it is not committed yet.
         seq: u64,
         /// v2 update bytes.
         update: Vec<u8>,
         /// The local connection that sent it, if any (it already has it).
         origin: Option<ConnId>,
+    },
+    /// This room's update is now committed at `seq`: tell other instances (it was already
+    /// broadcast to local connections).
+    Committed {
+        /// Room seq of the update.
+        seq: u64,
+        /// v2 update bytes.
+        update: Vec<u8>,
     },
     /// Seqs after `after` are missing here: read ops with `seq > after` from the store and feed
     /// them to [`RoomState::handle_remote`].
@@ -393,6 +408,12 @@ impl RoomState {
         }
         if applied.changed {
             self.depths.insert(resolved);
+            // Fan-out does not wait for durability (see `RoomEvent::Broadcast`).
+            self.events.push_back(RoomEvent::Broadcast {
+                seq: 0,
+                update: integrated.clone(),
+                origin: Some(conn),
+            });
             // What the document integrated, not the bytes received: see
             // `Document::apply_decoded_recording`.
             self.staged.push(Staged {
@@ -453,10 +474,9 @@ impl RoomState {
             for (conn, id) in dup_acks {
                 self.events.push_back(RoomEvent::Ack { conn, id, seq });
             }
-            self.events.push_back(RoomEvent::Broadcast {
+            self.events.push_back(RoomEvent::Committed {
                 seq,
                 update: update.clone(),
-                origin: Some(conn),
             });
             if seq > self.seq {
                 // Replaces a catch-up's copy of this same op if one came first (not applied
@@ -475,6 +495,11 @@ impl RoomState {
     /// acked while they cannot integrate. So do the duplicates waiting for a staged update's
     /// commit: what they duplicate may have been in the failed batch. Returns the connections
     /// that should be told (and closed so they resync).
+    ///
+    /// The failed updates were already broadcast, so every connection of the room may hold
+    /// content the room no longer has, and later edits built on it would be refused as
+    /// missing dependencies: the server closes *every* member, and two-way sync on reconnect
+    /// (each replica sends what the room lacks) brings the lost updates back.
     pub fn handle_commit_failed(&mut self) -> Vec<ConnId> {
         let mut failed = std::mem::take(&mut self.in_flight);
         failed.extend(self.rebuild_dropping_dangling());
@@ -732,9 +757,14 @@ mod tests {
         let mut a = Document::new(1);
         let u = a.insert(0, "hi").unwrap();
         r.handle_op(ConnId(1), Some("a-1".into()), &u).unwrap();
-        assert!(
-            drain(&mut r).is_empty(),
-            "nothing is acked before the commit"
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomEvent::Broadcast {
+                seq: 0,
+                update: u.clone(),
+                origin: Some(ConnId(1))
+            }],
+            "broadcast at once, nothing acked before the commit"
         );
         assert_eq!(r.take_batch().unwrap(), vec![u.clone()]);
         r.handle_committed(1).unwrap();
@@ -747,7 +777,7 @@ mod tests {
                 seq: 1
             }
         );
-        assert!(matches!(events[1], RoomEvent::Broadcast { seq: 1, .. }));
+        assert!(matches!(events[1], RoomEvent::Committed { seq: 1, .. }));
         assert_eq!(r.seq(), 1);
     }
 
@@ -949,7 +979,12 @@ mod tests {
             r.take_batch().is_none(),
             "a-2 cannot be committed without a-1"
         );
-        assert!(drain(&mut r).is_empty(), "nothing acked");
+        assert!(
+            !drain(&mut r)
+                .iter()
+                .any(|e| matches!(e, RoomEvent::Ack { .. })),
+            "nothing acked"
+        );
     }
 
     #[test]

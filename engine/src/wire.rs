@@ -113,6 +113,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_seq(n: &u64) -> bool {
+    *n == 0
+}
+
 /// A Yjs client's awareness entry, carried inside its [`Presence`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct YjsAwareness {
@@ -151,7 +155,7 @@ enum RawServer {
         seq: Option<u64>,
     },
     Op {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_zero_seq")]
         seq: u64,
         data: RawOpData,
     },
@@ -204,7 +208,8 @@ pub enum ServerMessage {
     },
     /// An update from someone else, in room order.
     Op {
-        /// Room seq of this update.
+        /// Room seq of this update; 0 (absent on the wire) when it is broadcast before its
+        /// commit, which is how a local client's update is fanned out.
         seq: u64,
         /// v2 update bytes.
         update: Vec<u8>,

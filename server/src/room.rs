@@ -265,6 +265,8 @@ enum Out {
     },
     /// The commit of this member's op failed: tell it and close it so it resends.
     CommitFailed(ConnId),
+    /// Close every member so it resyncs: a commit failed after its updates were broadcast.
+    ResyncAll,
     /// Close this member (after the frames already queued for it).
     Close(ConnId, u16, &'static str),
 }
@@ -506,8 +508,15 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(room = %self.id, error = %e, "commit failed; closing its senders");
-                for conn in self.state.handle_commit_failed() {
+                let senders = self.state.handle_commit_failed();
+                let lost = !senders.is_empty();
+                for conn in senders {
                     fx.outs.push(Out::CommitFailed(conn));
+                }
+                if lost {
+                    // The lost updates were broadcast already: everyone resyncs (two-way
+                    // sync gives the room back what it lost), see `handle_commit_failed`.
+                    fx.outs.push(Out::ResyncAll);
                 }
             }
         }
@@ -557,15 +566,14 @@ impl Core {
                             }
                         }
                     }
-                    if origin.is_some() {
-                        // Committed here: other instances learn it from the hub.
-                        fx.outs.push(Out::Publish { seq, update });
-                    }
                     fx.outs.push(Out::All {
                         frames,
                         except: origin,
                     });
                 }
+                // Committed here (and already broadcast here): other instances learn it from
+                // the hub.
+                RoomEvent::Committed { seq, update } => fx.outs.push(Out::Publish { seq, update }),
                 RoomEvent::CatchUp { .. } => fx.catch_up = true,
             }
         }
@@ -1187,6 +1195,13 @@ impl Room {
                 }
                 if let Some(m) = self.members.remove(&conn) {
                     m.member.kill.kill(1011, "store unavailable");
+                }
+            }
+            Out::ResyncAll => {
+                for (_, m) in self.members.drain() {
+                    m.member
+                        .kill
+                        .kill(1011, "store unavailable: reconnect to resync");
                 }
             }
         }

@@ -369,6 +369,8 @@ impl Server {
                     }
                 }
                 RoomEvent::CatchUp { .. } => unreachable!("one instance, no gaps"),
+                // One instance: no hub to tell.
+                RoomEvent::Committed { .. } => {}
             }
         }
         out

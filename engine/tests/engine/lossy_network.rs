@@ -382,13 +382,16 @@ impl Sim {
             Some(at) if now >= at => {
                 self.commit_at = None;
                 if self.rng.gen_bool(self.commit_failure_chance) {
-                    // The store's transaction failed: the batch is not in the log, the room
-                    // takes it back out, and the connections it names are closed so they resync.
+                    // The store's transaction failed: the batch is not in the log and the
+                    // room takes it back out. It was broadcast already, so, as the server
+                    // does, every connection is closed and resyncs (two-way sync gives the
+                    // room back what only the replicas still hold).
                     let first = self.room.seq() + 1;
                     self.store.log.retain(|(seq, _)| *seq < first);
                     self.stats.failed_commits += 1;
-                    for conn in self.room.handle_commit_failed() {
-                        if let Some(&i) = self.conns.get(&conn) {
+                    if !self.room.handle_commit_failed().is_empty() {
+                        let open: Vec<usize> = self.conns.values().copied().collect();
+                        for i in open {
                             self.disconnect(i);
                         }
                     }
@@ -435,6 +438,8 @@ impl Sim {
                     }
                 }
                 RoomEvent::CatchUp { after } => panic!("catch-up after {after} with one room"),
+                // One instance: no hub to tell.
+                RoomEvent::Committed { .. } => {}
             }
         }
     }

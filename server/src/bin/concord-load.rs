@@ -3,19 +3,19 @@
 //!
 //! Each client types one character per tick at a random offset and flushes it as one op, so
 //! every edit is an acked op. It reports durable-ack latency (send -> ack), fan-out latency
-//! (send -> another client receives the op with that seq, across instances too), acked ops/s,
+//! (send -> another client receives the op, across instances too), acked ops/s,
 //! the server's RSS (`--server-pid`, repeatable), and the number of lost or duplicated edits,
 //! counted from a fresh read of every room after the run: each client types only its own
 //! marker character, so a room's final text must hold exactly as many of each marker as that
 //! client had acked.
 //!
 //! Load clients do not apply other clients' updates (that would measure the load generator,
-//! not the server); they read the op's seq and move on.
+//! not the server); they read the id of the op's first item and move on.
 //!
 //! `--protocol` picks the wire: `json` (Concord's, acked per op), `y-websocket` (`/yjs/{room}`:
 //! no acks, so lost edits are counted against those sent) or `hocuspocus` (`/hocuspocus`: the
-//! ack is `SyncStatus`, which comes in send order). Over the Yjs protocols fan-out is matched
-//! by the id of the update's first item instead of a seq.
+//! ack is `SyncStatus`, which comes in send order). Fan-out is matched by the id of the
+//! update's first item: the server broadcasts before the commit assigns a seq.
 //!
 //! ```text
 //! concord-load --url ws://127.0.0.1:8080 --clients 1000 --rooms 100 --rate 20 --secs 30
@@ -117,14 +117,14 @@ struct ClientReport {
     sent: u64,
     acked: u64,
     ack_latency_us: Vec<u64>,
-    /// (seq, when received) of other clients' ops.
+    /// (first-item key, when received) of other clients' ops.
     received: Vec<(u64, Instant)>,
     errors: u64,
     unacked_at_end: u64,
 }
 
-/// Per room: when the op that got each seq was sent.
-type SentBySeq = Arc<Mutex<HashMap<u64, Instant>>>;
+/// Per room: when the op with each first-item key was sent.
+type SentByKey = Arc<Mutex<HashMap<u64, Instant>>>;
 
 fn marker(index_in_room: usize) -> char {
     // Distinct printable characters per client of a room (CJK block: plenty, one UTF-16 unit).
@@ -149,11 +149,15 @@ fn socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig 
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
-/// Reads `"seq":N` from an op frame without a full parse (the server's field order is fixed).
-fn op_seq(frame: &str) -> Option<u64> {
-    let rest = frame.strip_prefix(r#"{"t":"op","seq":"#)?;
-    let end = rest.find(|c: char| !c.is_ascii_digit())?;
-    rest[..end].parse().ok()
+/// [`first_item_key`] of a v2 update (a JSON op's): the first inserted id. The server fans an
+/// update out before its commit gives it a seq, so deliveries are matched by content.
+fn first_item_key_v2(update_v2: &[u8]) -> Option<u64> {
+    use yrs::updates::decoder::Decode;
+    let update = yrs::Update::decode_v2(update_v2).ok()?;
+    let insertions = update.insertions(true);
+    let (client, ranges) = insertions.iter().next()?;
+    let clock = ranges.iter().next()?.start;
+    Some(client.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(clock))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -165,7 +169,7 @@ async fn run_client(
     rate: f64,
     start: Instant,
     end: Instant,
-    sent_by_seq: SentBySeq,
+    sent_by_key: SentByKey,
     seed: u64,
 ) -> ClientReport {
     let mut report = ClientReport::default();
@@ -213,9 +217,13 @@ async fn run_client(
                     continue;
                 }
                 while let Some(msg) = session.poll_transmit() {
-                    if let ClientMessage::Op { id: Some(id), .. } = &msg {
-                        in_flight.insert(id.clone(), Instant::now());
+                    if let ClientMessage::Op { id: Some(id), update } = &msg {
+                        let now = Instant::now();
+                        in_flight.insert(id.clone(), now);
                         report.sent += 1;
+                        if let (Some(key), Ok(mut map)) = (first_item_key_v2(update), sent_by_key.lock()) {
+                            map.insert(key, now);
+                        }
                     }
                     if sink.send(Message::Text(msg.to_json().into())).await.is_err() {
                         report.errors += 1;
@@ -230,18 +238,16 @@ async fn run_client(
                     _ => break,
                 };
                 let at = Instant::now();
-                if let Some(seq) = op_seq(frame.as_str()) {
-                    report.received.push((seq, at));
-                    continue;
-                }
                 match ServerMessage::parse(frame.as_str()) {
+                    Ok(Some(ServerMessage::Op { update, .. })) => {
+                        if let Some(key) = first_item_key_v2(&update) {
+                            report.received.push((key, at));
+                        }
+                    }
                     Ok(Some(ServerMessage::Ack { id, seq })) => {
                         if let Some(sent) = in_flight.remove(&id) {
                             report.acked += 1;
                             report.ack_latency_us.push(at.duration_since(sent).as_micros() as u64);
-                            if let Ok(mut map) = sent_by_seq.lock() {
-                                map.insert(seq, sent);
-                            }
                         }
                         let _ = session.handle_message(ServerMessage::Ack { id, seq });
                     }
@@ -329,7 +335,7 @@ async fn run_yjs_client(
     rate: f64,
     start: Instant,
     end: Instant,
-    sent_by_key: SentBySeq,
+    sent_by_key: SentByKey,
     seed: u64,
     protocol: Protocol,
 ) -> ClientReport {
@@ -511,7 +517,7 @@ async fn main() {
     let rooms: Vec<String> = (0..args.rooms)
         .map(|r| format!("{}-{r}", args.prefix))
         .collect();
-    let sent_by_seq: Vec<SentBySeq> = (0..args.rooms).map(|_| SentBySeq::default()).collect();
+    let sent_by_key: Vec<SentByKey> = (0..args.rooms).map(|_| SentByKey::default()).collect();
     // Connections ramp up for a moment before typing starts.
     let ramp = Duration::from_millis((args.clients as u64 * 3).clamp(500, 10_000));
     let start = Instant::now() + ramp;
@@ -523,7 +529,7 @@ async fn main() {
         let (room, marker, sent) = (
             rooms[room_index].clone(),
             marker(i / args.rooms),
-            sent_by_seq[room_index].clone(),
+            sent_by_key[room_index].clone(),
         );
         tasks.push(match args.protocol {
             Protocol::Json => tokio::spawn(run_client(
@@ -558,7 +564,7 @@ async fn main() {
     stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak_rss = sampler.await.unwrap_or_default();
 
-    let sent_maps: Vec<HashMap<u64, Instant>> = sent_by_seq
+    let sent_maps: Vec<HashMap<u64, Instant>> = sent_by_key
         .iter()
         .map(|m| m.lock().map(|m| m.clone()).unwrap_or_default())
         .collect();
@@ -572,8 +578,8 @@ async fn main() {
         unacked += r.unacked_at_end;
         ack_lat.extend_from_slice(&r.ack_latency_us);
         let sent_at = &sent_maps[i % args.rooms];
-        for (seq, at) in &r.received {
-            if let Some(sent) = sent_at.get(seq) {
+        for (key, at) in &r.received {
+            if let Some(sent) = sent_at.get(key) {
                 fanout.push(at.saturating_duration_since(*sent).as_micros() as u64);
             }
         }

@@ -157,9 +157,13 @@ pub trait Store: directory::Directory + Send + Sync + 'static {
     /// itself: the committer bounds the group and its retries together.
     async fn append(&self, batch: &[Append]) -> Result<Vec<u64>>;
 
-    /// Folds the snapshot and the ops after it into a new snapshot and deletes those ops, in one
-    /// transaction. Returns the new snapshot and its op seq, or `None` if there was nothing to
-    /// fold.
+    /// Folds the snapshot and the ops after it into a new snapshot and deletes those ops.
+    /// Returns the new snapshot and its op seq, or `None` if there was nothing to fold (or a
+    /// concurrent compaction of the same room won).
+    ///
+    /// The read and the fold hold no lock: only the final write (snapshot upsert and delete,
+    /// conditional on the snapshot being the one that was read) takes the room's write lock,
+    /// so commits to the room never wait for a fold. That wait was the commit tail under load.
     async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>>;
 }
 

@@ -203,14 +203,30 @@ impl PgStore {
     }
 
     async fn compact_unbounded(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
-        let (snapshot, _, ops) = Self::read_room(&mut tx, room).await?;
+        // One consistent snapshot of both tables, with no lock: commits go on meanwhile.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let (snapshot, snapshot_seq, ops) = Self::read_room(&mut tx, room).await?;
+        tx.commit().await?;
         let Some(&(op_seq, _)) = ops.last() else {
             return Ok(None);
         };
         let state =
             fold_blocking(room, snapshot, ops.into_iter().map(|(_, u)| u).collect()).await?;
+
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT op_seq FROM snapshots WHERE room_id = $1")
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.unwrap_or(0) != snapshot_seq {
+            // Another instance compacted the room since the read: keep its work.
+            return Ok(None);
+        }
         sqlx::query(
             "INSERT INTO snapshots (room_id, state, op_seq, updated_at) VALUES ($1, $2, $3, now()) \
              ON CONFLICT (room_id) DO UPDATE SET state = EXCLUDED.state, \

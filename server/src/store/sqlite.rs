@@ -28,6 +28,38 @@ pub struct SqliteStore {
     pool: SqlitePool,
     path: String,
     timeouts: StoreTimeouts,
+    /// Held by every write transaction of the op log. SQLite has one writer; a second one
+    /// waiting on the file lock sleeps in SQLite's busy handler (steps of up to 100 ms),
+    /// while a waiter on this lock wakes the moment the writer is done.
+    writer: tokio::sync::Mutex<()>,
+    /// The background WAL checkpoint task, stopped with the store.
+    checkpointer: tokio::task::AbortHandle,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpointer.abort();
+    }
+}
+
+/// How often the WAL is checkpointed in the background.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies committed WAL pages into the database file, beside the writer. `PASSIVE` never
+/// blocks a writer or a reader; once a pass has copied everything, the next write starts the
+/// WAL from its beginning again, so the file stays as large as about one interval of commits.
+async fn checkpoint_loop(pool: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
 }
 
 impl SqliteStore {
@@ -38,7 +70,10 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(timeouts.statement);
+            .busy_timeout(timeouts.statement)
+            // Checkpoints run in the background (see `checkpoint_loop`), not inside whichever
+            // commit happened to fill the WAL: that commit's ack waited for the copy and fsync.
+            .pragma("wal_autocheckpoint", "0");
         let path = options.get_filename().display().to_string();
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() {
@@ -51,10 +86,13 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("../db/migrations/sqlite").run(&pool).await?;
+        let checkpointer = tokio::spawn(checkpoint_loop(pool.clone())).abort_handle();
         Ok(SqliteStore {
             pool,
             path,
             timeouts,
+            writer: tokio::sync::Mutex::new(()),
+            checkpointer,
         })
     }
 }
@@ -121,6 +159,7 @@ impl Store for SqliteStore {
 
 impl SqliteStore {
     async fn append_unbounded(&self, batch: &[Append]) -> Result<Vec<u64>> {
+        let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut firsts = Vec::with_capacity(batch.len());
         for append in batch {
@@ -151,13 +190,28 @@ impl SqliteStore {
     }
 
     async fn compact_unbounded(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (snapshot, _, ops) = read_room(&mut tx, room).await?;
+        // A deferred (read) transaction: in WAL mode it sees one consistent snapshot of both
+        // tables and never blocks the committer.
+        let mut tx = self.pool.begin().await?;
+        let (snapshot, snapshot_seq, ops) = read_room(&mut tx, room).await?;
+        tx.commit().await?;
         let Some(&(op_seq, _)) = ops.last() else {
             return Ok(None);
         };
         let ops = ops.into_iter().map(|(_, u)| u).collect();
         let state = fold_blocking(room, snapshot, ops).await?;
+
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT op_seq FROM snapshots WHERE room_id = ?")
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.unwrap_or(0) != snapshot_seq {
+            // Another compaction moved the snapshot since the read: keep its work.
+            return Ok(None);
+        }
         sqlx::query(
             "INSERT INTO snapshots (room_id, state, op_seq, updated_at) \
              VALUES (?1, ?2, ?3, CAST(strftime('%s','now') AS INTEGER)) \

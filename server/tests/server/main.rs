@@ -45,6 +45,7 @@ for_each_store!(
     offline_edits_replay_on_reconnect,
     restart_keeps_every_room,
     crash_keeps_every_acked_op,
+    broadcast_before_commit_survives_a_crash,
     compaction_bounds_the_log,
     presence_is_relayed_and_left_on_close,
     routes_and_upgrade_errors,

@@ -122,8 +122,11 @@ impl Holder {
     }
 }
 
+/// One real update (client `n` types a character): compaction folds what it reads, so the
+/// ops must be updates, and independent ones, so any subset folds.
 fn op(n: u8) -> Vec<Vec<u8>> {
-    vec![vec![n; 8]]
+    let mut doc = concord_engine::Document::new(u64::from(n));
+    vec![doc.insert(0, "x").expect("an insert encodes")]
 }
 
 /// Runs `call`, returning its result and how long it took.
@@ -134,7 +137,8 @@ async fn timed<T>(call: impl std::future::Future<Output = T>) -> (T, Duration) {
 }
 
 /// The store's write lock held by another connection past the commit bound: the commit (and a
-/// compaction) fail with a typed timeout within the bound, nothing is half-written, and the
+/// compaction, whose read and fold go on but whose write waits) fail with a typed timeout
+/// within the bound, nothing is half-written, and the
 /// next commit after the release succeeds on the same store.
 pub async fn stalled_store_times_out_then_recovers(backend: Backend) {
     let Some(db) = Db::open(backend).await else {

@@ -339,3 +339,84 @@ pub async fn next_text(ws: &mut Ws) -> String {
         }
     }
 }
+
+/// Fan-out does not wait for durability: an update reaches the other clients while its commit
+/// is stuck, the server is killed (-9) before the commit lands, and its sender never comes
+/// back. The update is not lost: the bystander that received it holds it, and two-way sync at
+/// its reconnect gives it back to the room, where it becomes durable.
+pub async fn broadcast_before_commit_survives_a_crash(backend: Backend) {
+    use sqlx::{Connection, Executor};
+    let Some(db) = database(backend).await else {
+        return;
+    };
+    // Bounds far beyond the test, so the stuck commit is still waiting at the kill.
+    let env = [
+        ("COMMIT_TIMEOUT_MS", "60000"),
+        ("STATEMENT_TIMEOUT_MS", "60000"),
+    ];
+    let server = ChildServer::start_env(&db, &env, free_port()).await;
+    let room = unique("early");
+    let mut sender = TestClient::new(&server.ws_base(), &room, 1);
+    let mut bystander = TestClient::new(&server.ws_base(), &room, 2);
+    sender.connect().await;
+    bystander.connect().await;
+    sender.session.insert(0, "durable ").unwrap();
+    sender.pump_until(|c| c.session.pending_count() == 0).await;
+    bystander.pump_until(|c| c.text() == "durable ").await;
+
+    // Stall every commit: the store's write lock is held elsewhere.
+    let holder: Box<dyn std::any::Any> = match backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db).await.expect("sqlite");
+            conn.execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
+                .await
+                .expect("BEGIN IMMEDIATE");
+            Box::new(conn)
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db).await.expect("pg");
+            conn.execute(sqlx::raw_sql("BEGIN; LOCK TABLE ops IN EXCLUSIVE MODE"))
+                .await
+                .expect("LOCK TABLE");
+            Box::new(conn)
+        }
+    };
+    let len = sender.session.document().len();
+    sender.session.insert(len, "broadcast first").unwrap();
+    sender.send_pending().await;
+    bystander
+        .pump_until(|c| c.text() == "durable broadcast first")
+        .await;
+    assert_eq!(
+        sender.session.pending_count(),
+        1,
+        "the bystander saw the update before it was acked"
+    );
+    server.kill9();
+    drop(holder);
+    drop(sender); // never reconnects
+
+    let server = ChildServer::start_env(&db, &env, free_port()).await;
+    let mut fresh = TestClient::new(&server.ws_base(), &room, 3);
+    fresh.connect().await;
+    assert_eq!(fresh.text(), "durable ", "the stuck commit did not land");
+    drop(fresh);
+
+    // The bystander reconnects: its sync hands the room what it lacks. One more edit of its
+    // own, acked after that sync (same connection, committed in order), marks it durable.
+    bystander.disconnect();
+    bystander.set_base(&server.ws_base());
+    bystander.connect().await;
+    let len = bystander.session.document().len();
+    bystander.session.insert(len, "!").unwrap();
+    bystander
+        .pump_until(|c| c.session.pending_count() == 0)
+        .await;
+    server.kill9();
+
+    let server = ChildServer::start_env(&db, &env, free_port()).await;
+    let mut fresh = TestClient::new(&server.ws_base(), &room, 4);
+    fresh.connect().await;
+    assert_eq!(fresh.text(), "durable broadcast first!");
+    assert_eq!(fresh.state(), bystander.state());
+}
