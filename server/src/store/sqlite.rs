@@ -10,6 +10,7 @@
 //! drops a stalled commit, but the connection's worker thread stays inside SQLite until the
 //! busy timeout lets go, so a longer one would keep the next commit waiting too.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ use sqlx::{Row, SqlitePool};
 use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store, StoreTimeouts};
 use crate::error::Result;
 
-/// Rows per multi-row INSERT (3 parameters each, far below SQLite's parameter limit).
+/// Rows per multi-row INSERT (3 parameters each, far below SQLite's parameter limit), and
+/// rooms per seq lookup.
 const INSERT_CHUNK: usize = 256;
 
 /// SQLite-backed store.
@@ -28,10 +30,15 @@ pub struct SqliteStore {
     pool: SqlitePool,
     path: String,
     timeouts: StoreTimeouts,
-    /// Held by every write transaction of the op log. SQLite has one writer; a second one
-    /// waiting on the file lock sleeps in SQLite's busy handler (steps of up to 100 ms),
-    /// while a waiter on this lock wakes the moment the writer is done.
-    writer: tokio::sync::Mutex<()>,
+    /// The op log's writer: its own connection (a burst of compaction reads cannot leave the
+    /// committer waiting for one), behind a lock held by every write transaction of the op
+    /// log. SQLite has one writer; a second one waiting on the file lock sleeps in SQLite's
+    /// busy handler (steps of up to 100 ms), while a waiter on this lock wakes the moment the
+    /// writer is done.
+    writer: tokio::sync::Mutex<SqlitePool>,
+    /// Compactions at once: each reads and re-encodes a whole room, and a burst of them (rooms
+    /// loaded together fall due together) would take every connection and core.
+    compactions: tokio::sync::Semaphore,
     /// The background WAL checkpoint task, stopped with the store.
     checkpointer: tokio::task::AbortHandle,
 }
@@ -80,9 +87,15 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir)?;
             }
         }
+        let acquire = timeouts.statement.max(Duration::from_millis(100));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(timeouts.statement.max(Duration::from_millis(100)))
+            .acquire_timeout(acquire)
+            .connect_with(options.clone())
+            .await?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire)
             .connect_with(options)
             .await?;
         sqlx::migrate!("../db/migrations/sqlite").run(&pool).await?;
@@ -91,7 +104,8 @@ impl SqliteStore {
             pool,
             path,
             timeouts,
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(writer),
+            compactions: tokio::sync::Semaphore::new(1),
             checkpointer,
         })
     }
@@ -151,6 +165,11 @@ impl Store for SqliteStore {
     }
 
     async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        let _turn = self
+            .compactions
+            .acquire()
+            .await
+            .map_err(|_| crate::error::ServerError::Unavailable)?;
         self.timeouts
             .bound("compact", self.compact_unbounded(room))
             .await
@@ -159,31 +178,45 @@ impl Store for SqliteStore {
 
 impl SqliteStore {
     async fn append_unbounded(&self, batch: &[Append]) -> Result<Vec<u64>> {
-        let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut firsts = Vec::with_capacity(batch.len());
-        for append in batch {
-            let last: i64 = sqlx::query_scalar(
-                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM ops WHERE room_id = ?1), 0), \
-                            COALESCE((SELECT op_seq FROM snapshots WHERE room_id = ?1), 0))",
-            )
-            .bind(&append.room)
-            .fetch_one(&mut *tx)
-            .await?;
-            let first = last + 1;
-            // One statement per chunk of rows: sqlx runs SQLite on a worker thread, and a
-            // round trip per row was a large share of the commit cost.
-            for (c, chunk) in append.updates.chunks(INSERT_CHUNK).enumerate() {
-                let mut insert = sqlx::QueryBuilder::new("INSERT INTO ops (room_id, seq, op) ");
-                insert.push_values(chunk.iter().enumerate(), |mut row, (i, update)| {
-                    let seq = first + (c * INSERT_CHUNK + i) as i64;
-                    row.push_bind(append.room.as_str())
-                        .push_bind(seq)
-                        .push_bind(update.as_slice());
-                });
-                insert.build().execute(&mut *tx).await?;
+        let writer = self.writer.lock().await;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        // A constant number of statements per group, whatever the number of rooms: sqlx runs
+        // SQLite on a worker thread, and a round trip per room (or per row) was most of the
+        // commit's time under load.
+        let mut lasts: HashMap<String, i64> = HashMap::with_capacity(batch.len());
+        for chunk in batch.chunks(INSERT_CHUNK) {
+            let mut query = sqlx::QueryBuilder::new("WITH r(room_id) AS (VALUES ");
+            let mut rooms = query.separated(", ");
+            for append in chunk {
+                rooms.push("(");
+                rooms.push_bind_unseparated(append.room.as_str());
+                rooms.push_unseparated(")");
             }
+            query.push(
+                ") SELECT r.room_id, MAX(\
+                   COALESCE((SELECT MAX(seq) FROM ops WHERE ops.room_id = r.room_id), 0), \
+                   COALESCE((SELECT op_seq FROM snapshots s WHERE s.room_id = r.room_id), 0)) \
+                 FROM r",
+            );
+            for row in query.build().fetch_all(&mut *tx).await? {
+                lasts.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        let mut firsts = Vec::with_capacity(batch.len());
+        let mut rows: Vec<(&str, i64, &[u8])> = Vec::new();
+        for append in batch {
+            let first = lasts.get(&append.room).copied().unwrap_or(0) + 1;
             firsts.push(seq_from_db(first));
+            for (k, update) in append.updates.iter().enumerate() {
+                rows.push((append.room.as_str(), first + k as i64, update.as_slice()));
+            }
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut insert = sqlx::QueryBuilder::new("INSERT INTO ops (room_id, seq, op) ");
+            insert.push_values(chunk, |mut row, (room, seq, update)| {
+                row.push_bind(*room).push_bind(*seq).push_bind(*update);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(firsts)
@@ -201,8 +234,8 @@ impl SqliteStore {
         let ops = ops.into_iter().map(|(_, u)| u).collect();
         let state = fold_blocking(room, snapshot, ops).await?;
 
-        let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let writer = self.writer.lock().await;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT op_seq FROM snapshots WHERE room_id = ?")
                 .bind(room)
