@@ -44,6 +44,9 @@ struct Args {
     seed: u64,
     json: bool,
     protocol: Protocol,
+    /// The server is not Concord (a peer run side by side): no room read at the end; lost
+    /// edits are judged from deliveries instead.
+    peer: bool,
 }
 
 /// The wire format the load clients speak.
@@ -58,7 +61,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: concord-load [--url ws://127.0.0.1:8080]... [--clients 1000] [--rooms 100] \
          [--rate 10 (edits/s per client)] [--secs 30] [--server-pid PID]... [--prefix load] \
-         [--seed 1] [--json] [--protocol json|y-websocket|hocuspocus]"
+         [--seed 1] [--json] [--protocol json|y-websocket|hocuspocus] [--peer]"
     );
     std::process::exit(2)
 }
@@ -75,6 +78,7 @@ fn parse_args() -> Args {
         seed: 1,
         json: false,
         protocol: Protocol::Json,
+        peer: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +95,7 @@ fn parse_args() -> Args {
             "--prefix" => args.prefix = value(),
             "--seed" => args.seed = value().parse().unwrap_or_else(|_| usage()),
             "--json" => args.json = true,
+            "--peer" => args.peer = true,
             "--protocol" => {
                 args.protocol = match value().as_str() {
                     "json" => Protocol::Json,
@@ -386,6 +391,7 @@ async fn run_yjs_client(
     }
     // Sends waiting for their SyncStatus, in order (`None`: a sync step 2, not an edit).
     let mut in_flight: std::collections::VecDeque<Option<Instant>> = Default::default();
+    let mut own: std::collections::HashSet<u64> = Default::default();
     let period = Duration::from_secs_f64(1.0 / rate);
     let phase = Duration::from_secs_f64(rng.gen_range(0.0..period.as_secs_f64()));
     let mut ticker = tokio::time::interval_at((start + phase).into(), period);
@@ -412,8 +418,11 @@ async fn run_yjs_client(
                     }
                 };
                 let sent = Instant::now();
-                if let (Some(key), Ok(mut map)) = (first_item_key(&v1), sent_by_key.lock()) {
-                    map.insert(key, sent);
+                if let Some(key) = first_item_key(&v1) {
+                    own.insert(key);
+                    if let Ok(mut map) = sent_by_key.lock() {
+                        map.insert(key, sent);
+                    }
                 }
                 report.sent += 1;
                 if hp {
@@ -433,7 +442,8 @@ async fn run_yjs_client(
                 let at = Instant::now();
                 match read_yjs_frame(&bytes, hp) {
                     YjsFrame::Update(update) => {
-                        if let Some(key) = first_item_key(update) {
+                        // Peers echo a client's own updates back to it: not a delivery.
+                        if let Some(key) = first_item_key(update).filter(|k| !own.contains(k)) {
                             report.received.push((key, at));
                         }
                     }
@@ -499,6 +509,16 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time (user + system) the process has used, in ms (clock ticks of 10 ms).
+fn cpu_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -557,12 +577,28 @@ async fn main() {
             peak
         })
     };
+    // Server CPU over the typing window (connections are made before it starts).
+    let cpu_window = {
+        let pids = args.server_pids.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            let before: Vec<u64> = pids.iter().map(|p| cpu_ms(*p).unwrap_or(0)).collect();
+            tokio::time::sleep_until(end.into()).await;
+            let after: Vec<u64> = pids.iter().map(|p| cpu_ms(*p).unwrap_or(0)).collect();
+            after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .sum::<u64>()
+        })
+    };
     let mut reports = Vec::with_capacity(args.clients);
     for task in tasks {
         reports.push(task.await.unwrap_or_default());
     }
     stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak_rss = sampler.await.unwrap_or_default();
+    let server_cpu_ms = cpu_window.await.unwrap_or(0);
 
     let sent_maps: Vec<HashMap<u64, Instant>> = sent_by_key
         .iter()
@@ -587,9 +623,23 @@ async fn main() {
     ack_lat.sort_unstable();
     fanout.sort_unstable();
 
-    // Every acked edit must be in its room exactly once.
+    // Every edit sent should reach every other client of its room.
+    let mut deliveries_expected = 0u64;
+    for r in 0..args.rooms {
+        let in_room: Vec<&ClientReport> = reports
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % args.rooms == r)
+            .map(|(_, c)| c)
+            .collect();
+        let sent: u64 = in_room.iter().map(|c| c.sent).sum();
+        deliveries_expected += sent * (in_room.len() as u64).saturating_sub(1);
+    }
+    let deliveries = fanout.len() as u64;
+
+    // Every acked edit must be in its room exactly once (read back from a Concord server).
     let (mut lost, mut duplicated, mut unreadable) = (0u64, 0u64, 0u64);
-    for (r, room) in rooms.iter().enumerate() {
+    for (r, room) in rooms.iter().enumerate().filter(|_| !args.peer) {
         let Some(text) = fetch_text(&args.urls[0], room).await else {
             unreadable += 1;
             continue;
@@ -634,6 +684,8 @@ async fn main() {
                 "fanout_max_us": fanout.last().copied().unwrap_or(0), "fanout_samples": fanout.len(),
                 "server_peak_rss_kib": peak_rss, "lost": lost, "duplicated": duplicated,
                 "errors": errors, "unacked_at_end": unacked, "unreadable_rooms": unreadable,
+                "deliveries": deliveries, "deliveries_expected": deliveries_expected,
+                "server_cpu_ms": server_cpu_ms, "peer": args.peer,
             })
         );
     } else {
@@ -668,7 +720,17 @@ async fn main() {
                 rss.join(", ")
             }
         );
-        println!("lost edits {lost}, duplicated edits {duplicated}, errors {errors}, unacked at end {unacked}, unreadable rooms {unreadable}");
+        println!(
+            "server CPU           {server_cpu_ms} ms over the {} s window ({:.1} us per edit sent)",
+            args.secs,
+            server_cpu_ms as f64 * 1000.0 / sent.max(1) as f64
+        );
+        println!("deliveries           {deliveries} of {deliveries_expected} expected");
+        if args.peer {
+            println!("(peer server: rooms not read back; errors {errors})");
+        } else {
+            println!("lost edits {lost}, duplicated edits {duplicated}, errors {errors}, unacked at end {unacked}, unreadable rooms {unreadable}");
+        }
     }
     if lost > 0 || duplicated > 0 || unreadable > 0 {
         std::process::exit(1);
