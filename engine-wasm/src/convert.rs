@@ -45,7 +45,8 @@ pub fn status(status: SessionStatus) -> &'static str {
 
 /// A session event as a plain JS object: `{type: 'synced', seq}`,
 /// `{type: 'remote', changed, changes: [{index, delete, insert}]}`,
-/// `{type: 'acked', id, seq}`, `{type: 'presence', presence}`, `{type: 'error', code, message}`.
+/// `{type: 'acked', id, seq}`, `{type: 'presence', presence}`, `{type: 'access', role}`,
+/// `{type: 'error', code, message}`.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 enum JsEvent<'a> {
@@ -63,6 +64,9 @@ enum JsEvent<'a> {
     Presence {
         presence: &'a concord_engine::wire::Presence,
     },
+    Access {
+        role: &'static str,
+    },
     Error {
         code: &'a str,
         message: &'a str,
@@ -79,6 +83,9 @@ pub fn event(ev: &ClientEvent) -> crate::Result<JsValue> {
         },
         ClientEvent::Acked { id, seq } => JsEvent::Acked { id, seq: *seq },
         ClientEvent::Presence(p) => JsEvent::Presence { presence: p },
+        ClientEvent::Access { role } => JsEvent::Access {
+            role: role.as_str(),
+        },
         ClientEvent::ServerError { code, message } => JsEvent::Error { code, message },
     };
     to_js(&js)

@@ -82,6 +82,13 @@ impl ClientSession {
         status(self.inner.status()).to_owned()
     }
 
+    /// `write`, or `read` after the server said so: local edits then throw (`code`
+    /// `read_only`) and nothing is queued.
+    #[wasm_bindgen(getter)]
+    pub fn role(&self) -> String {
+        self.inner.role().as_str().to_owned()
+    }
+
     /// Ops not yet acknowledged as durable by the server.
     #[wasm_bindgen(getter, js_name = pendingCount)]
     pub fn pending_count(&self) -> u32 {

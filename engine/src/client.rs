@@ -9,6 +9,11 @@
 //! - After every call, drain [`ClientSession::poll_transmit`] (frames to send) and
 //!   [`ClientSession::poll_event`] (what the UI may want to know).
 //!
+//! Access: a connection is a writer unless the server's `access` frame says `read` (right
+//! after its `sync`, or when a grant changes live). While [`ClientSession::role`] is
+//! [`Role::Read`] local edits are refused with [`EngineError::ReadOnly`] and nothing is queued;
+//! every change of role is a [`ClientEvent::Access`].
+//!
 //! Pending ops stay until acked. While offline they are merged into one update, so a long
 //! offline session replays as one message; on `sync` the session sends exactly what the
 //! server's state vector says it lacks (which covers every pending op) as one op, and the ack of
@@ -32,6 +37,36 @@ pub enum SessionStatus {
     Connecting,
     /// Synced; ops go out as they are flushed.
     Online,
+}
+
+/// What this replica may do in its room, as the server says (`access` frames). Without access
+/// control every connection is a writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Edits are accepted.
+    #[default]
+    Write,
+    /// The room's updates arrive but local edits are refused (here, and by the server).
+    Read,
+}
+
+impl Role {
+    /// `"write"` or `"read"`, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Write => "write",
+            Role::Read => "read",
+        }
+    }
+
+    /// Parses the wire's `"write"` / `"read"`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "write" => Some(Role::Write),
+            "read" => Some(Role::Read),
+            _ => None,
+        }
+    }
 }
 
 /// Things the UI may want to react to.
@@ -58,6 +93,11 @@ pub enum ClientEvent {
     },
     /// Someone's presence.
     Presence(Presence),
+    /// What this replica may do changed: an editor binding goes read-only or writable again.
+    Access {
+        /// The new role.
+        role: Role,
+    },
     /// The server rejected something.
     ServerError {
         /// Stable code.
@@ -146,6 +186,7 @@ pub struct ClientSession {
     outbox: VecDeque<ClientMessage>,
     events: VecDeque<ClientEvent>,
     presence: Option<Presence>,
+    role: Role,
 }
 
 impl std::fmt::Debug for ClientSession {
@@ -177,6 +218,7 @@ impl ClientSession {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             presence: None,
+            role: Role::Write,
         }
     }
 
@@ -211,6 +253,19 @@ impl ClientSession {
         self.status
     }
 
+    /// What this replica may do: [`Role::Read`] after the server said so (an `access` frame),
+    /// until it says otherwise or a later connection syncs as a writer.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    fn set_role(&mut self, role: Role) {
+        if role != self.role {
+            self.role = role;
+            self.events.push_back(ClientEvent::Access { role });
+        }
+    }
+
     /// Ops not yet acked, counting unflushed edits as one.
     pub fn pending_count(&self) -> usize {
         self.pending.len() + usize::from(!self.unflushed.is_empty())
@@ -231,10 +286,15 @@ impl ClientSession {
         self.replace(index, len, "")
     }
 
-    /// Replaces a UTF-16 range; queued until the next [`ClientSession::flush`].
+    /// Replaces a UTF-16 range; queued until the next [`ClientSession::flush`]. Refused with
+    /// [`EngineError::ReadOnly`] (nothing changes, nothing is queued) while the role is
+    /// [`Role::Read`]: the server would refuse the op.
     pub fn replace(&mut self, index: u32, len: u32, text: &str) -> Result<()> {
         if len == 0 && text.is_empty() {
             return Ok(());
+        }
+        if self.role == Role::Read {
+            return Err(EngineError::ReadOnly);
         }
         let update = self.doc.replace(index, len, text)?;
         self.unflushed.push(update);
@@ -332,8 +392,13 @@ impl ClientSession {
                     .push_back(ClientEvent::ServerError { code, message });
                 Ok(())
             }
-            // Access is the embedding's business (the JS client reads it from the frame).
-            ServerMessage::Access { .. } => Ok(()),
+            ServerMessage::Access { role } => {
+                // An unknown role (a newer server) changes nothing rather than guessing.
+                if let Some(role) = Role::parse(&role) {
+                    self.set_role(role);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -426,6 +491,9 @@ impl ClientSession {
         }
         self.server_seq = seq;
         self.status = SessionStatus::Online;
+        // A connection is a writer unless the server says otherwise right after its `sync`
+        // (readers get an `access` frame then), so a grant upgraded while offline is seen.
+        self.set_role(Role::Write);
         self.flush()?;
         let server_lacks = match server_sv {
             Some(sv) => self.server_lacks_inserts(sv)?,
@@ -1026,5 +1094,98 @@ mod handle_frames_tests {
                 + &String::from_utf16(&units[end..]).unwrap();
         }
         assert_eq!(text, burst.text(), "the change ranges rebuild the text");
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+    use crate::room::{ConnId, RoomState};
+    use crate::CompactionPolicy;
+
+    fn access(role: &str) -> String {
+        ServerMessage::Access { role: role.into() }.to_json()
+    }
+
+    fn roles(c: &mut ClientSession) -> Vec<Role> {
+        std::iter::from_fn(|| c.poll_event())
+            .filter_map(|e| match e {
+                ClientEvent::Access { role } => Some(role),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sync(c: &mut ClientSession, room: &RoomState) {
+        let sv = crate::wire::decode_b64("sv", &c.connect()).unwrap();
+        c.handle_message(room.sync_for(Some(&sv)).unwrap()).unwrap();
+    }
+
+    /// A reader is told after its sync; local edits are then refused and nothing is queued;
+    /// an upgrade makes it a writer again, and the room's updates keep arriving meanwhile.
+    #[test]
+    fn a_reader_refuses_local_edits_until_upgraded() {
+        let room = RoomState::new(CompactionPolicy::default(), 0);
+        let mut c = ClientSession::new(7, "c");
+        assert_eq!(c.role(), Role::Write, "writers unless told otherwise");
+        sync(&mut c, &room);
+        c.handle_frame(&access("read")).unwrap();
+        assert_eq!(c.role(), Role::Read);
+        assert_eq!(roles(&mut c), vec![Role::Read]);
+
+        assert_eq!(c.insert(0, "no"), Err(EngineError::ReadOnly));
+        assert_eq!(c.replace(0, 0, "x").unwrap_err().code(), "read_only");
+        c.flush().unwrap();
+        assert_eq!(c.text(), "");
+        assert_eq!(
+            c.pending_count(),
+            0,
+            "nothing queued that the server refuses"
+        );
+        assert!(c.poll_transmit().is_none());
+
+        let mut peer = Document::new(9);
+        let update = peer.insert(0, "from a writer").unwrap();
+        c.handle_message(ServerMessage::Op { seq: 1, update })
+            .unwrap();
+        assert_eq!(c.text(), "from a writer");
+
+        c.handle_frame(&access("read")).unwrap();
+        assert_eq!(roles(&mut c), vec![], "no event without a change");
+        c.handle_frame(&access("owner?")).unwrap();
+        assert_eq!(c.role(), Role::Read, "an unknown role changes nothing");
+
+        c.handle_frame(&access("write")).unwrap();
+        assert_eq!(roles(&mut c), vec![Role::Write]);
+        c.insert(0, "> ").unwrap();
+        c.flush().unwrap();
+        assert!(matches!(c.poll_transmit(), Some(ClientMessage::Op { .. })));
+    }
+
+    /// Offline, a reader stays a reader (nothing typed offline would be accepted); a later
+    /// sync with no `access` frame after it means the grant was upgraded meanwhile.
+    #[test]
+    fn the_role_holds_offline_and_each_sync_starts_as_a_writer() {
+        let mut room = RoomState::new(CompactionPolicy::default(), 0);
+        let mut c = ClientSession::new(7, "c");
+        sync(&mut c, &room);
+        c.handle_frame(&access("read")).unwrap();
+        c.disconnect();
+        assert_eq!(c.role(), Role::Read);
+        assert!(c.insert(0, "offline").is_err());
+        assert_eq!(c.pending_count(), 0);
+        roles(&mut c);
+
+        sync(&mut c, &room);
+        assert_eq!(c.role(), Role::Write);
+        assert_eq!(roles(&mut c), vec![Role::Write]);
+        c.insert(0, "now allowed").unwrap();
+        c.flush().unwrap();
+        while let Some(msg) = c.poll_transmit() {
+            if let ClientMessage::Op { id, update } = msg {
+                room.handle_op(ConnId(1), id, &update).unwrap();
+            }
+        }
+        assert_eq!(room.text(), "now allowed");
     }
 }

@@ -60,6 +60,11 @@ pub enum EngineError {
     #[error("seq {got} does not follow the room's seq {expected}")]
     SeqOutOfOrder { expected: u64, got: u64 },
 
+    /// A local edit while this replica may only read (the server sent `access` `read`). Nothing
+    /// was applied or queued.
+    #[error("this replica has read access only; the edit was not applied")]
+    ReadOnly,
+
     /// Accepting the op would put more bytes in the room's memory than its budget allows
     /// (see [`crate::room::RoomLimits`]): the store is behind. Nothing was applied; retry later.
     #[error("room is over its {what} budget: {bytes} + {len} bytes > {max} bytes")]
@@ -93,6 +98,7 @@ impl EngineError {
             EngineError::BadOpId => "bad_op_id",
             EngineError::CorruptSavedState { .. } => "corrupt_saved_state",
             EngineError::SeqOutOfOrder { .. } => "seq_out_of_order",
+            EngineError::ReadOnly => "read_only",
             EngineError::Overloaded { .. } => "overloaded",
             EngineError::IntegrationFailed { .. } => "integration_failed",
         }
@@ -124,6 +130,7 @@ impl EngineError {
             EngineError::BadOpId => "op id must be 1-128 printable ASCII characters",
             EngineError::CorruptSavedState { .. } => "saved client state is corrupt",
             EngineError::SeqOutOfOrder { .. } => "internal sequencing error; reconnect",
+            EngineError::ReadOnly => "you have read access only; the edit was not applied",
             EngineError::Overloaded { .. } => {
                 "the room is overloaded; the op was not applied, retry it later"
             }

@@ -30,7 +30,7 @@ pub mod wire;
 pub mod yjs;
 
 pub use changes::TextChange;
-pub use client::{ClientEvent, ClientSession, SessionStatus};
+pub use client::{ClientEvent, ClientSession, Role, SessionStatus};
 pub use doc::{Applied, Document, BODY};
 pub use error::{EngineError, Result};
 pub use room::{CompactionPolicy, ConnId, RoomEvent, RoomLimits, RoomState};

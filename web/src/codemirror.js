@@ -14,12 +14,26 @@ export const remoteChange = Annotation.define();
 
 const setCursors = StateEffect.define();
 const setReady = StateEffect.define();
+const setWritable = StateEffect.define();
 
 /** Read-only until the provider is ready: typing before that would be overwritten. */
 const readyField = StateField.define({
   create: () => false,
   update: (ready, tr) => ready || tr.effects.some((e) => e.is(setReady)),
   provide: (field) => EditorState.readOnly.from(field, (ready) => !ready),
+});
+
+/** Read-only while the provider's role is `read` (the server refuses a reader's edits). */
+const writableField = StateField.define({
+  create: () => true,
+  update(writable, tr) {
+    for (const e of tr.effects) if (e.is(setWritable)) writable = e.value;
+    return writable;
+  },
+  provide: (field) => [
+    EditorState.readOnly.from(field, (writable) => !writable),
+    EditorView.contentAttributes.from(field, (writable) => (writable ? {} : { 'aria-readonly': 'true' })),
+  ],
 });
 
 const cursorField = StateField.define({
@@ -139,14 +153,25 @@ export function concord(provider, options = {}) {
         this.offs = [
           provider.on('change', (detail) => this.remote(detail)),
           provider.on('presence', () => this.scheduleCursors()),
+          provider.on('access', () => this.paintRole()),
         ];
         if (provider.session) queueMicrotask(() => this.start());
         else provider.ready.then(() => this.start(), () => {});
       }
 
+      /** The editor follows the provider's role (outside any update of this view). */
+      paintRole() {
+        queueMicrotask(() => {
+          if (this.destroyed) return;
+          const writable = provider.role !== 'read';
+          if (this.view.state.field(writableField) !== writable) this.view.dispatch({ effects: setWritable.of(writable) });
+        });
+      }
+
       start() {
         if (this.destroyed || this.ready) return;
         this.ready = true;
+        this.paintRole();
         this.resync();
         this.sendCursor();
         this.scheduleCursors();
@@ -191,10 +216,18 @@ export function concord(provider, options = {}) {
           // iterChanges reports positions in the document before the transaction; the
           // running offset turns them into positions in the text as edited so far.
           let offset = 0;
-          tr.changes.iterChanges((fromA, toA, fromB, toB, inserted) => {
-            provider.replace(fromA + offset, toA - fromA, inserted.toString(), this);
-            offset += toB - fromB - (toA - fromA);
-          });
+          try {
+            tr.changes.iterChanges((fromA, toA, fromB, toB, inserted) => {
+              provider.replace(fromA + offset, toA - fromA, inserted.toString(), this);
+              offset += toB - fromB - (toA - fromA);
+            });
+          } catch {
+            // Refused (read-only, made by code past the readOnly facet): the provider's text wins.
+            queueMicrotask(() => {
+              if (!this.destroyed) this.resync();
+            });
+            break;
+          }
         }
         if (update.selectionSet || update.docChanged || update.focusChanged) this.sendCursor();
       }
@@ -251,5 +284,5 @@ export function concord(provider, options = {}) {
     },
   );
 
-  return [readyField, plugin, cursorField, theme];
+  return [readyField, writableField, plugin, cursorField, theme];
 }

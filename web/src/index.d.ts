@@ -27,9 +27,23 @@ export interface Presence {
   left?: boolean;
 }
 
-export type Status = 'offline' | 'connecting' | 'online';
+/** `denied`: the server shut this provider out (access revoked, or a fixed token expired);
+ * it stays offline until `connect()`. */
+export type Status = 'offline' | 'connecting' | 'online' | 'denied';
+
+/** What the server lets this replica do in the room. */
+export type Role = 'write' | 'read';
+
+/** A token for `?token=`, or how to get a fresh one. */
+export type TokenSource = string | (() => string | Promise<string>);
 
 export interface ConcordProviderOptions {
+  /**
+   * The access token (a JWT) for servers with access control, sent as `?token=`. A function is
+   * called before every connect and reconnect, so it can mint or fetch a fresh token; after
+   * the server closes with 4401 (token expired) it is called again at once.
+   */
+  token?: TokenSource;
   /** WebSocket implementation (default: `globalThis.WebSocket`); in Node pass the `ws` package. */
   WebSocket?: { new (url: string): WebSocket } | any;
   /** Connect at once (default true). With false, call `connect()` later. */
@@ -63,6 +77,11 @@ export interface ConcordEventMap {
   ack: { id: string; seq: number };
   /** `presence` is null when the peer left (or the connection dropped). */
   presence: { user: string; presence: Presence | null; presences: Map<string, Presence> };
+  /** The role changed: `read` (local edits now throw) or `write` again. */
+  access: { role: Role };
+  /** The server shut this provider out: `access_revoked` (close 4403) or `token_expired`
+   * (close 4401 with a fixed string token). No more reconnects until `connect()`. */
+  denied: { code: 'access_revoked' | 'token_expired'; reason: string };
   error: { code: string; message: string; error?: unknown };
   saved: { bytes: number };
   destroy: {};
@@ -82,6 +101,16 @@ export declare class ConcordProvider extends EventTarget {
   /** The engine session (null until ready, and after destroy). */
   readonly session: ClientSession | null;
   readonly status: Status;
+  /**
+   * `write`, or `read` while the server says this replica may only read (an `access` frame
+   * after the sync, or a live downgrade). While `read`, `insert` / `delete` / `replace` throw an
+   * Error with `code` `'read_only'` and nothing is applied or queued; the textarea and
+   * CodeMirror bindings are read-only meanwhile. Kept while offline; every connection starts
+   * as `write` until the server says otherwise.
+   */
+  readonly role: Role;
+  /** Why the server shut this provider out (`status` is `denied`), until `connect()`. */
+  readonly denied: ConcordEventMap['denied'] | null;
   /** True between a `synced` and the next disconnect. */
   readonly synced: boolean;
   /** Edits not yet acknowledged as durable by the server. */
@@ -100,12 +129,14 @@ export declare class ConcordProvider extends EventTarget {
   /** Length of the text in UTF-16 units. */
   readonly length: number;
 
+  /** Throws (`code` `'read_only'`) while `role` is `read`. */
   insert(index: number, text: string, origin?: unknown): void;
   delete(index: number, length: number, origin?: unknown): void;
   replace(index: number, length: number, text?: string, origin?: unknown): void;
   /** Sends pending local edits now (otherwise once per animation frame). */
   flush(): void;
   setPresence(presence: { cursor?: Cursor | number | null; name?: string; color?: string }): void;
+  /** Connects (again), also after `denied`. */
   connect(): void;
   disconnect(): void;
   destroy(): Promise<void>;

@@ -97,13 +97,23 @@ const DEFAULTS = {
 
 const OPEN = 1;
 
+/** Close codes of access control: the token expired (mint a fresh one), the room was revoked. */
+const CLOSE_TOKEN_EXPIRED = 4401;
+const CLOSE_ACCESS_REVOKED = 4403;
+
 /**
  * A shared text in one room of a Concord server.
  *
  * Events (`provider.on(type, fn)` passes `event.detail`; `addEventListener` works too):
  * `status` {status}, `synced` {seq}, `pending` {count}, `change` {changes, remote, origin},
- * `ack` {id, seq}, `presence` {user, presence, presences}, `error` {code, message},
- * `ready` {}, `saved` {bytes}, `destroy` {}.
+ * `ack` {id, seq}, `presence` {user, presence, presences}, `access` {role},
+ * `denied` {code, reason}, `error` {code, message}, `ready` {}, `saved` {bytes}, `destroy` {}.
+ *
+ * With access control on, `options.token` (a string, or a function returning one or a Promise
+ * of one, called before every connect) goes on the URL as `?token=`. `role` is `'write'`, or
+ * `'read'` while the server says so: local edits then throw (`code` `read_only`) and nothing is
+ * queued. A token that expired while connected (close 4401) is asked for again before
+ * reconnecting; a revoked room (close 4403) stops reconnecting with status `denied`.
  */
 export class ConcordProvider extends EventTarget {
   /**
@@ -128,8 +138,12 @@ export class ConcordProvider extends EventTarget {
     this.tabId = randomId(16);
     /** @type {ClientSession | null} */
     this.session = null;
-    /** @type {'offline' | 'connecting' | 'online'} */
+    /** @type {'offline' | 'connecting' | 'online' | 'denied'} */
     this.status = 'offline';
+    /** @type {'write' | 'read'} what the server lets this replica do */
+    this.role = 'write';
+    /** Why the server shut this provider out (`status` `denied`), until `connect()`. */
+    this.denied = null;
     this.synced = false;
     this.pendingCount = 0;
     this.destroyed = false;
@@ -165,6 +179,10 @@ export class ConcordProvider extends EventTarget {
     this.unsaved = false;
     this._emergencyGen = undefined;
     this._listeners = [];
+    /** Bumped by every `_open`/`_drop`: an open waiting for its token checks it is still wanted. */
+    this._openGen = 0;
+    this._opening = false;
+    this._batching = false;
 
     /** Resolves once the engine is loaded and any saved state restored (edits allowed). */
     this.ready = this._start();
@@ -254,7 +272,9 @@ export class ConcordProvider extends EventTarget {
     if (this.destroyed) return;
     this._wantOnline = true;
     this._attempt = 0;
+    this.denied = null;
     if (this.session && !this._ws) this._open();
+    this._refresh();
   }
 
   /** Closes the connection and stays offline until `connect()`; edits keep queueing. */
@@ -262,7 +282,10 @@ export class ConcordProvider extends EventTarget {
     this._wantOnline = false;
     clearTimeout(this._retryTimer);
     this._retryTimer = undefined;
+    this._openGen++;
+    this._opening = false;
     this._drop();
+    this._refresh();
   }
 
   /** Saves, disconnects and releases the engine. The provider is unusable afterwards. */
@@ -290,13 +313,44 @@ export class ConcordProvider extends EventTarget {
   // ---- connection ------------------------------------------------------------------------
 
   _open() {
-    if (this._ws || this.destroyed || !this.session) return;
+    if (this._ws || this._opening || this.destroyed || !this.session) return;
     clearTimeout(this._retryTimer);
     this._retryTimer = undefined;
+    const { token } = this.options;
+    if (typeof token !== 'function') {
+      this._openWith(token);
+      return;
+    }
+    // A fresh token for every connection: the function may mint one (and may be async).
+    const gen = ++this._openGen;
+    this._opening = true;
+    this._refresh();
+    Promise.resolve()
+      .then(() => token())
+      .then(
+        (value) => {
+          if (gen !== this._openGen) return;
+          this._opening = false;
+          if (this._wantOnline && !this._ws && !this.destroyed) this._openWith(value);
+        },
+        (e) => {
+          if (gen !== this._openGen) return;
+          this._opening = false;
+          this._emitError(e, 'token_failed');
+          this._refresh();
+          this._scheduleReconnect();
+        },
+      );
+  }
+
+  /** @param {unknown} token */
+  _openWith(token) {
+    if (this._ws || this.destroyed || !this.session) return;
     this.flush();
     const sv = this.session.connect();
     this.synced = false;
-    const target = `${this.url}/rooms/${encodeURIComponent(this.room)}/ws?sv=${encodeURIComponent(sv)}`;
+    let target = `${this.url}/rooms/${encodeURIComponent(this.room)}/ws?sv=${encodeURIComponent(sv)}`;
+    if (token !== undefined && token !== null && token !== '') target += `&token=${encodeURIComponent(String(token))}`;
     let ws;
     try {
       ws = new this._WebSocket(target);
@@ -322,8 +376,8 @@ export class ConcordProvider extends EventTarget {
         }, 0);
       }
     };
-    ws.onclose = () => {
-      if (ws === this._ws) this._closed();
+    ws.onclose = (event) => {
+      if (ws === this._ws) this._closed(event?.code, event?.reason);
     };
     ws.onerror = () => {
       // A close event follows; reconnecting happens there.
@@ -346,6 +400,19 @@ export class ConcordProvider extends EventTarget {
    * @param {string[]} frames
    */
   _receive(frames) {
+    // A reader's `sync` makes it a writer until the `access` frame after it: the role is read
+    // once the whole burst is in, so a reader is never writable in between.
+    this._batching = true;
+    try {
+      this._receiveFrames(frames);
+    } finally {
+      this._batching = false;
+      this._refreshRole();
+    }
+  }
+
+  /** @param {string[]} frames */
+  _receiveFrames(frames) {
     for (let i = 0; i < frames.length; ) {
       let end = i;
       while (end < frames.length && frames[end].startsWith(OP_FRAME)) end += 1;
@@ -380,11 +447,33 @@ export class ConcordProvider extends EventTarget {
     this._closedSession();
   }
 
-  /** The socket closed by itself. */
-  _closed() {
+  /**
+   * The socket closed by itself. 4401: the token expired, so reconnect at once (a token
+   * function is asked for a fresh one; a fixed token cannot get better: denied). 4403: this
+   * room is no longer ours: stay offline (status `denied`) until `connect()`.
+   * @param {number} [code]
+   * @param {string} [reason]
+   */
+  _closed(code, reason) {
     this._ws = null;
     this._closedSession();
+    const renewable = typeof this.options.token === 'function';
+    if (code === CLOSE_ACCESS_REVOKED || (code === CLOSE_TOKEN_EXPIRED && !renewable)) {
+      this._deny(code === CLOSE_ACCESS_REVOKED ? 'access_revoked' : 'token_expired', reason);
+      return;
+    }
+    if (code === CLOSE_TOKEN_EXPIRED) this._attempt = 0;
     this._scheduleReconnect();
+  }
+
+  /** Stops reconnecting: the server shut this provider out. */
+  _deny(code, reason) {
+    this._wantOnline = false;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = undefined;
+    this.denied = { code, reason: reason || (code === 'access_revoked' ? 'access revoked' : 'token expired') };
+    this._refresh();
+    this._emit('denied', this.denied);
   }
 
   _closedSession() {
@@ -468,6 +557,9 @@ export class ConcordProvider extends EventTarget {
         this._emit('presence', { user: p.user, presence: p.left ? null : p, presences: this.presences });
         break;
       }
+      case 'access':
+        this._refreshRole();
+        break;
       case 'error':
         this._emit('error', { code: event.code, message: event.message });
         break;
@@ -481,7 +573,9 @@ export class ConcordProvider extends EventTarget {
     if (!this.session) return;
     // Between a socket opening and its sync the engine says `connecting`; with no socket at all
     // it says `offline`.
-    const status = this.session.status;
+    let status = this.session.status;
+    if (this.denied) status = 'denied';
+    else if (status === 'offline' && this._opening) status = 'connecting';
     if (status !== this.status) {
       this.status = status;
       this._emit('status', { status });
@@ -490,6 +584,16 @@ export class ConcordProvider extends EventTarget {
     if (pending !== this.pendingCount) {
       this.pendingCount = pending;
       this._emit('pending', { count: pending });
+    }
+  }
+
+  /** Emits `access` when the engine's role changed (once per burst of frames). */
+  _refreshRole() {
+    if (this._batching || !this.session) return;
+    const role = this.session.role;
+    if (role !== this.role) {
+      this.role = role;
+      this._emit('access', { role });
     }
   }
 

@@ -5,6 +5,10 @@
 // the selection and the scroll position stay where the user left them. While an IME
 // composition is open the element is not touched: remote changes queue up, and at
 // compositionend the composed text is rebased onto them.
+//
+// The element is read-only until the provider is ready (typing would be overwritten) and
+// while its role is `read` (the server refuses a reader's edits); its own readOnly comes back
+// when neither holds, and when unbound.
 
 import { diffText, rebaseChange, mapPositionThrough } from './text.js';
 
@@ -161,19 +165,33 @@ export function bindTextarea(provider, textarea, options = {}) {
     applyRemote(detail.changes);
   };
 
-  function start() {
-    if (unbound || !provider.session) return;
-    const readOnlyBefore = textarea.dataset.concordReadonly;
-    if (readOnlyBefore !== undefined) {
-      textarea.readOnly = readOnlyBefore === 'true';
+  /** Read-only while the provider is not ready or may only read; otherwise as it was. */
+  function paintReadOnly() {
+    if (unbound) return;
+    const locked = !bound || provider.role === 'read';
+    if (locked) {
+      if (textarea.dataset.concordReadonly === undefined) textarea.dataset.concordReadonly = String(textarea.readOnly);
+      textarea.readOnly = true;
+    } else if (textarea.dataset.concordReadonly !== undefined) {
+      textarea.readOnly = textarea.dataset.concordReadonly === 'true';
       delete textarea.dataset.concordReadonly;
     }
+  }
+
+  function start() {
+    if (unbound || !provider.session) return;
     bound = true;
+    paintReadOnly();
     render(null);
     sendCursor();
   }
 
   offs.push(provider.on('change', onChange));
+  offs.push(provider.on('access', () => {
+    // Something typed but not yet read by the binding is refused now: show the provider's text.
+    if (bound && !composing) commitLocal();
+    paintReadOnly();
+  }));
   listen(textarea, 'input', onInput);
   listen(textarea, 'compositionstart', onCompositionStart);
   listen(textarea, 'compositionend', onCompositionEnd);
@@ -192,8 +210,7 @@ export function bindTextarea(provider, textarea, options = {}) {
     start();
   } else {
     // Until the engine is loaded (and saved edits restored) typing would be lost.
-    textarea.dataset.concordReadonly = String(textarea.readOnly);
-    textarea.readOnly = true;
+    paintReadOnly();
     provider.ready.then(start, () => {});
   }
 

@@ -5,6 +5,7 @@ import WebSocket from 'ws';
 import { ConcordProvider, createProvider, applyChanges } from '../src/index.js';
 import { startServer, waitFor, roomName } from './helpers/server.mjs';
 import { compareStates } from './helpers/crdt.mjs';
+import { api, expiresIn, jwt, signup, startAccountsServer } from './helpers/auth.mjs';
 
 /** @type {Awaited<ReturnType<typeof startServer>>} */
 let server;
@@ -20,8 +21,8 @@ after(async () => {
 });
 
 /** A provider for the test server, destroyed at the end. */
-async function provider(room, options = {}) {
-  const p = await createProvider(server.url, room, { WebSocket, persistence: false, minReconnectDelay: 20, maxReconnectDelay: 200, ...options });
+async function provider(room, { url = server.url, ...options } = {}) {
+  const p = await createProvider(url, room, { WebSocket, persistence: false, minReconnectDelay: 20, maxReconnectDelay: 200, ...options });
   providers.add(p);
   return p;
 }
@@ -274,4 +275,122 @@ test('http:// URLs work and state vectors with + and / survive the ?sv= query', 
   http.connect();
   await converged(...writers);
   assert.ok(http.text.startsWith('while away '));
+});
+
+/** A `ws` WebSocket that records every socket it opens and how each closed. */
+function recordingWebSocket() {
+  const opened = [];
+  const closes = [];
+  class Recording extends WebSocket {
+    constructor(url, ...rest) {
+      super(url, ...rest);
+      opened.push(url);
+      this.on('close', (code) => closes.push(code));
+    }
+  }
+  return { WebSocket: Recording, opened, closes };
+}
+
+test('access control: a token function, the reader role, live upgrade, revocation (4403) and expiry (4401)', async (t) => {
+  const authed = await startAccountsServer();
+  t.after(() => authed.close());
+  const owner = await signup(authed, 'owner');
+  const guest = await signup(authed, 'guest');
+  const doc = (await api(authed, 'POST', '/api/docs', owner.token, { title: 'Access' })).body.doc.id;
+  const grant = (role) => api(authed, 'PUT', `/api/docs/${doc}/grants/${guest.user.id}`, owner.token, { role });
+
+  // The owner's token comes from a function, asked before each connect.
+  let ownerCalls = 0;
+  const a = await provider(doc, {
+    url: authed.url,
+    token: async () => {
+      ownerCalls += 1;
+      return owner.token;
+    },
+  });
+  await a.whenSynced();
+  assert.equal(ownerCalls, 1);
+  assert.equal(a.role, 'write');
+  a.insert(0, 'owner text');
+  await waitFor(() => a.pendingCount === 0, { message: 'owner acked' });
+
+  // A reader: told after the sync; local edits throw and nothing is queued.
+  assert.equal((await grant('read')).status, 200);
+  const seen = [];
+  const rec = recordingWebSocket();
+  let guestCalls = 0;
+  const b = await provider(doc, {
+    url: authed.url,
+    WebSocket: rec.WebSocket,
+    token: () => {
+      guestCalls += 1;
+      return guest.token;
+    },
+  });
+  b.on('access', ({ role }) => seen.push(role));
+  await waitFor(() => b.role === 'read' && b.text === 'owner text', { message: () => `reader synced (${b.role}, ${b.text})` });
+  assert.deepEqual(seen, ['read'], 'one access event, no write/read flicker');
+  assert.ok(rec.opened[0].includes(`&token=${encodeURIComponent(guest.token)}`), rec.opened[0]);
+  assert.throws(() => b.insert(0, 'nope'), (e) => e.code === 'read_only');
+  assert.throws(() => b.delete(0, 1), (e) => e.code === 'read_only');
+  assert.equal(b.pendingCount, 0);
+  assert.equal(b.text, 'owner text');
+
+  // Live upgrade: writable without reconnecting, and the edit reaches the owner.
+  assert.equal((await grant('write')).status, 200);
+  await waitFor(() => b.role === 'write', { message: 'upgraded' });
+  assert.deepEqual(seen, ['read', 'write']);
+  b.insert(b.length, ' + guest');
+  assert.equal(await converged(a, b), 'owner text + guest');
+  assert.equal(rec.opened.length, 1, 'no reconnect for a change of role');
+
+  // Revoked: closed with 4403, status `denied`, no reconnects.
+  const denied = new Promise((resolve) => b.on('denied', resolve));
+  assert.equal((await api(authed, 'DELETE', `/api/docs/${doc}/grants/${guest.user.id}`, owner.token)).status, 204);
+  assert.equal((await denied).code, 'access_revoked');
+  assert.deepEqual(rec.closes, [4403]);
+  assert.equal(b.status, 'denied');
+  // Absence of reconnects can only be seen over time: several times the backoff ceiling.
+  const callsAtDenial = guestCalls;
+  await new Promise((resolve) => setTimeout(resolve, 5 * b.options.maxReconnectDelay));
+  assert.equal(rec.opened.length, 1, 'no reconnect after 4403');
+  assert.equal(guestCalls, callsAtDenial);
+  assert.equal(b.status, 'denied');
+
+  // Expiry: a token that expires while connected closes with 4401; the function is asked
+  // again and the next token connects.
+  const room = roomName('expiry');
+  const tokens = [
+    jwt(authed.secret, { sub: 'integrator-user', rooms: { [room]: 'write' }, exp: expiresIn(2) }),
+    jwt(authed.secret, { sub: 'integrator-user', rooms: { [room]: 'write' }, exp: expiresIn(600) }),
+  ];
+  const rec2 = recordingWebSocket();
+  let calls = 0;
+  const c = await provider(room, {
+    url: authed.url,
+    WebSocket: rec2.WebSocket,
+    token: () => tokens[Math.min(calls++, tokens.length - 1)],
+  });
+  await c.whenSynced();
+  c.insert(0, 'before expiry');
+  await waitFor(() => c.pendingCount === 0, { message: 'acked before expiry' });
+  await waitFor(() => rec2.closes.includes(4401), { timeout: 10_000, message: 'closed with 4401' });
+  await waitFor(() => c.status === 'online' && calls === 2, { message: () => `reconnected with a fresh token (calls ${calls}, ${c.status})` });
+  assert.ok(rec2.opened[1].includes(encodeURIComponent(tokens[1])), 'the second socket carries the fresh token');
+  c.insert(c.length, ', after');
+  await waitFor(() => c.pendingCount === 0, { message: 'acked after expiry' });
+  assert.equal(c.text, 'before expiry, after');
+
+  // A fixed token that expires cannot get better: denied, not a reconnect storm.
+  const rec3 = recordingWebSocket();
+  const fixed = await provider(room, {
+    url: authed.url,
+    WebSocket: rec3.WebSocket,
+    token: jwt(authed.secret, { sub: 'fixed', rooms: { [room]: 'read' }, exp: expiresIn(2) }),
+  });
+  const fixedDenied = new Promise((resolve) => fixed.on('denied', resolve));
+  await waitFor(() => fixed.synced && fixed.role === 'read', { message: 'fixed-token reader synced' });
+  assert.equal((await fixedDenied).code, 'token_expired');
+  assert.equal(fixed.status, 'denied');
+  assert.equal(rec3.opened.length, 1);
 });

@@ -170,8 +170,11 @@ async fn reader_write_is_refused(base: &str, room: &str, reader: &str, witness: 
     r.token = Some(reader.to_owned());
     r.connect().await;
     r.pump_until(|c| c.access.as_deref() == Some("read")).await;
-    r.session.insert(0, "not allowed").expect("local insert");
-    r.send_pending().await;
+    assert!(
+        r.session.insert(0, "not allowed").is_err(),
+        "the session refuses a reader's edit"
+    );
+    r.send_forged_insert("not allowed").await;
     r.pump_until(|c| c.errors.iter().any(|e| e == "forbidden"))
         .await;
     assert!(r.acked.is_empty(), "a reader's op was acked");
@@ -560,8 +563,7 @@ pub async fn revocation_reaches_every_instance() {
         .await;
     let witness = Some(ada.token.clone());
     let before = room_state(&a.ws_base(), &doc, witness.clone()).await;
-    on_b.session.insert(0, "sneaky ").expect("insert");
-    on_b.send_pending().await;
+    on_b.send_forged_insert("sneaky ").await;
     on_b.pump_until(|c| c.errors.iter().any(|e| e == "forbidden"))
         .await;
     assert_eq!(before, room_state(&a.ws_base(), &doc, witness).await);

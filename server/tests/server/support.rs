@@ -286,6 +286,12 @@ fn url_encode(b64: &str) -> String {
         .replace('=', "%3D")
 }
 
+/// A client id no test client uses (they take small fixed ones).
+fn rand_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 40);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A real client: a `ClientSession` over a real WebSocket.
 pub struct TestClient {
     pub session: ClientSession,
@@ -370,6 +376,23 @@ impl TestClient {
                 self.closed = true;
                 return;
             }
+        }
+    }
+
+    /// Sends an op the session did not make, as a client ignoring its `access` role would (the
+    /// session itself refuses a reader's edits): `text` inserted at 0 by a fresh replica.
+    pub async fn send_forged_insert(&mut self, text: &str) {
+        let id = rand_id();
+        let update = concord_engine::Document::new(id)
+            .insert(0, text)
+            .expect("insert");
+        let msg = concord_engine::ClientMessage::Op {
+            id: Some(format!("forged-{id}")),
+            update,
+        };
+        let Some(ws) = self.ws.as_mut() else { return };
+        if ws.send(Message::Text(msg.to_json().into())).await.is_err() {
+            self.closed = true;
         }
     }
 

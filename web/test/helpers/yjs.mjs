@@ -1,7 +1,6 @@
 // What the suites that drive stock Yjs providers against Concord share: comparing Y.Docs,
 // concord-client's replica as a Y.Doc, seeded randomness, and tokens as a backend mints them.
 import assert from 'node:assert/strict';
-import { createHmac } from 'node:crypto';
 import * as Y from 'yjs';
 
 /** The same document: the same state vector and the same snapshot (inserts and deletes). */
@@ -30,12 +29,7 @@ export function randomEdit(text, random, i) {
   else text.insert(Math.floor(random() * (text.length + 1)), random() < 0.1 ? '😀' : 'xyz'[i % 3]);
 }
 
-/** An HS256 JWT, as an integrator's backend mints it. */
-export function jwt(secret, claims) {
-  const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const body = `${enc({ alg: 'HS256', typ: 'JWT' })}.${enc(claims)}`;
-  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
-}
+export { jwt } from './auth.mjs';
 
 /** The awareness names a provider sees, sorted. */
 export function awarenessNames(awareness) {

@@ -4,7 +4,11 @@ import { concord, toChangeSet } from '../../src/codemirror.js';
 import { EditorView } from '@codemirror/view';
 
 async function main(textarea: HTMLTextAreaElement, parent: HTMLElement): Promise<string> {
-  const provider = new ConcordProvider('wss://sync.example.com', 'doc', { persistence: true, maxReconnectDelay: 5000 });
+  const provider = new ConcordProvider('wss://sync.example.com', 'doc', { persistence: true, maxReconnectDelay: 5000, token: async () => 'jwt' });
+  const fixed = new ConcordProvider('wss://sync.example.com', 'doc', { token: 'jwt', connect: false });
+  const role: 'write' | 'read' = fixed.role;
+  fixed.on('access', ({ role }) => console.log(role === 'read'));
+  fixed.on('denied', ({ code, reason }) => console.log(code === 'access_revoked', reason, fixed.denied?.code));
   await provider.ready;
   provider.setPresence({ name: 'Ada', color: '#e11d48', cursor: { anchor: 0, head: 2 } });
   const off = provider.on('change', ({ changes, remote }) => {
@@ -12,7 +16,7 @@ async function main(textarea: HTMLTextAreaElement, parent: HTMLElement): Promise
     if (remote && first) console.log(first.index, first.delete, first.insert.length);
   });
   provider.on('status', ({ status }) => {
-    const s: 'online' | 'offline' | 'connecting' = status;
+    const s: 'online' | 'offline' | 'connecting' | 'denied' = status;
     console.log(s);
   });
   provider.on('presence', ({ presences }) => {
@@ -26,7 +30,7 @@ async function main(textarea: HTMLTextAreaElement, parent: HTMLElement): Promise
   const removeCursors = remoteCursors(provider, textarea);
   const view = new EditorView({ parent, extensions: [concord(provider)] });
   const set = toChangeSet([{ index: 0, delete: 0, insert: 'x' }], view.state.doc.length);
-  console.log(set.length, diffText('a', 'b')?.insert, provider.session?.text(), provider.pendingCount);
+  console.log(role, set.length, diffText('a', 'b')?.insert, provider.session?.text(), provider.pendingCount);
   unbind();
   removeCursors();
   provider.disconnect();
