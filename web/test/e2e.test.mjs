@@ -9,6 +9,9 @@ import { chromium } from 'playwright-core';
 import { startServer, waitFor, roomName, webDir, repoDir } from './helpers/server.mjs';
 import { serveStatic } from './helpers/static.mjs';
 import { compareStates } from './helpers/crdt.mjs';
+import { startAccountsServer } from './helpers/auth.mjs';
+import WebSocket from 'ws';
+import * as Y from 'yjs';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const ARTIFACTS = join(repoDir, 'artifacts');
@@ -502,5 +505,126 @@ test('the demo follows the dark color scheme', async (t) => {
   const [r, g, bl] = bg.match(/\d+/g).map(Number);
   assert.ok(r + g + bl < 120, `dark background, got ${bg}`);
   await b.screenshot({ path: join(ARTIFACTS, 'demo-dark.png') });
+  noErrors(a, b);
+});
+
+/** Signs up through the demo's form; resolves once the page shows the documents list. */
+async function signUpInPage(page, name) {
+  await page.locator('#signin-name').waitFor();
+  await page.fill('#signin-name', name);
+  await page.fill('#signin-password', 'correct horse battery');
+  await page.click('#signup-submit');
+  await page.locator('#doc-list').waitFor({ state: 'visible', timeout: 15_000 });
+  assert.equal(await page.textContent('#who-name'), name);
+}
+
+/** Opens a raw JSON-protocol socket with `token`; resolves when its `sync` arrived. */
+async function rawSocket(url, room, token) {
+  const ws = new WebSocket(`${url}/rooms/${room}/ws?token=${encodeURIComponent(token)}`);
+  const frames = [];
+  ws.on('message', (data) => frames.push(JSON.parse(String(data))));
+  await waitFor(() => frames.some((f) => f.t === 'sync'), { message: 'raw socket synced' });
+  return { ws, frames, sync: frames.find((f) => f.t === 'sync') };
+}
+
+/** The room as a fresh connection of `token` receives it: its text and its whole state. */
+async function roomSnapshot(url, room, token) {
+  const { ws, sync } = await rawSocket(url, room, token);
+  ws.close();
+  const doc = new Y.Doc();
+  Y.applyUpdateV2(doc, Buffer.from(sync.state, 'base64'));
+  return { text: doc.getText('body').toString(), state: Buffer.from(Y.encodeStateAsUpdateV2(doc)).toString('base64') };
+}
+
+test('accounts: sign up, share as reader via the dialog, a bypassing reader is refused, upgrade to writer, revoke', async (t) => {
+  const authed = await startAccountsServer();
+  t.after(() => authed.close());
+  const tail = Math.random().toString(36).slice(2, 8);
+  const [adaName, bobName] = [`ada-${tail}`, `bob-${tail}`];
+  const a = await open(await newContext(t), `${authed.http}/`);
+  const b = await open(await newContext(t), `${authed.http}/`);
+
+  // A: an account, a document, text.
+  await signUpInPage(a, adaName);
+  await a.fill('#new-doc-title', 'Launch plan');
+  await a.click('#new-doc');
+  await a.waitForFunction(() => window.concord?.provider?.status === 'online', null, { timeout: 15_000 });
+  const room = await a.evaluate(() => window.concord.provider.room);
+  assert.equal(await a.textContent('#room-name'), 'Launch plan');
+  await a.click('#editor');
+  await a.keyboard.type('Owner wrote this.');
+  await a.waitForFunction(() => window.concord.provider.pendingCount === 0);
+
+  // B: an account; the document is not shared yet.
+  await signUpInPage(b, bobName);
+  assert.equal(await b.locator(`#doc-list a[href="?room=${room}"]`).count(), 0);
+
+  // A shares it with B as a reader: the dialog's user search.
+  await a.click('#share');
+  await a.fill('#share-search', 'bob-');
+  await a.click(`#share-results button[aria-label="Let ${bobName} read"]`);
+  const bobGrant = a.locator('#share-grants li select');
+  await bobGrant.waitFor();
+  assert.equal(await bobGrant.inputValue(), 'read');
+  const shot = join(repoDir, 'docs', 'demo-accounts.png');
+  if (process.env.CONCORD_UPDATE_SCREENSHOTS === '1' || !existsSync(shot)) await a.screenshot({ path: shot });
+  await a.screenshot({ path: join(ARTIFACTS, 'demo-accounts-share.png') });
+
+  // B opens it from "my documents": A's text, read-only, and the page says so.
+  await b.reload();
+  await b.click(`#doc-list a[href="?room=${room}"]`);
+  await b.waitForFunction(() => window.concord?.provider?.synced && window.concord.provider.role === 'read', null, { timeout: 15_000 });
+  assert.equal((await demoState(b)).value, 'Owner wrote this.');
+  assert.equal(await b.evaluate(() => window.concord.textarea.readOnly), true);
+  assert.equal(await b.locator('#access').isVisible(), true);
+  assert.equal(await b.textContent('#access'), 'Read-only: you were given read access');
+  await b.click('#editor');
+  await b.keyboard.type('typed by a reader');
+  assert.equal((await demoState(b)).value, 'Owner wrote this.');
+  assert.equal(await b.evaluate(() => window.concord.provider.pendingCount), 0);
+  await b.screenshot({ path: join(ARTIFACTS, 'demo-accounts-reader.png') });
+
+  // B bypasses the page: a raw socket with B's token sends an op. Refused; the room unchanged.
+  const [adaToken, bobToken] = await Promise.all([a, b].map((p) => p.evaluate(() => localStorage.getItem('concord-token'))));
+  const before = await roomSnapshot(authed.url, room, adaToken);
+  const raw = await rawSocket(authed.url, room, bobToken);
+  const forged = new Y.Doc();
+  forged.getText('body').insert(0, 'forged by a reader ');
+  const update = Buffer.from(Y.encodeStateAsUpdateV2(forged)).toString('base64');
+  raw.ws.send(JSON.stringify({ t: 'op', id: 'forged-1', data: { update } }));
+  const refusal = await waitFor(() => raw.frames.find((f) => f.t === 'error' || f.t === 'ack'), { message: 'an answer to the forged op' });
+  assert.equal(refusal.t, 'error');
+  assert.equal(refusal.code, 'forbidden');
+  raw.ws.close();
+  const after = await roomSnapshot(authed.url, room, adaToken);
+  assert.deepEqual(Buffer.from(after.text), Buffer.from(before.text));
+  assert.equal(after.state, before.state, 'the room state is byte-equal');
+  assert.equal(after.text, 'Owner wrote this.');
+  assert.equal((await demoState(a)).value, 'Owner wrote this.');
+
+  // A upgrades B in the dialog: B's editor becomes writable without a reload, and B types.
+  await bobGrant.selectOption('write');
+  await b.waitForFunction(() => window.concord.provider.role === 'write' && !window.concord.textarea.readOnly, null, { timeout: 10_000 });
+  assert.equal(await b.locator('#access').isVisible(), false);
+  await caretAt(b, 'Owner wrote this.'.length);
+  await b.keyboard.type(' Bob can edit now.');
+  await a.keyboard.press('Escape'); // closes the dialog; A's tab keeps showing the document
+  assert.equal(await converged(a, b), 'Owner wrote this. Bob can edit now.');
+
+  // A revokes: B's socket is closed (4403) within a second, and B's page says so.
+  await a.click('#share');
+  const remove = a.locator(`#share-grants button[aria-label="Remove ${bobName}"]`);
+  await remove.waitFor();
+  const t0 = Date.now();
+  await remove.click();
+  await b.waitForFunction(() => window.concord.provider.status === 'denied', null, { timeout: 5_000 });
+  const took = Date.now() - t0;
+  assert.ok(took < 1000, `revocation reached the reader in ${took} ms`);
+  assert.equal(await b.evaluate(() => window.concord.provider.denied.code), 'access_revoked');
+  assert.equal(await b.textContent('#access'), 'Your access to this document was revoked.');
+  assert.equal(await b.textContent('#status'), 'No access');
+  assert.equal(await b.evaluate(() => window.concord.textarea.readOnly), true);
+  await a.locator('#share-grants li').waitFor({ state: 'detached' });
+  await b.screenshot({ path: join(ARTIFACTS, 'demo-accounts-revoked.png') });
   noErrors(a, b);
 });
