@@ -20,7 +20,6 @@ const setWritable = StateEffect.define();
 const readyField = StateField.define({
   create: () => false,
   update: (ready, tr) => ready || tr.effects.some((e) => e.is(setReady)),
-  provide: (field) => EditorState.readOnly.from(field, (ready) => !ready),
 });
 
 /** Read-only while the provider's role is `read` (the server refuses a reader's edits). */
@@ -30,11 +29,14 @@ const writableField = StateField.define({
     for (const e of tr.effects) if (e.is(setWritable)) writable = e.value;
     return writable;
   },
-  provide: (field) => [
-    EditorState.readOnly.from(field, (writable) => !writable),
-    EditorView.contentAttributes.from(field, (writable) => (writable ? {} : { 'aria-readonly': 'true' })),
-  ],
+  provide: (field) => EditorView.contentAttributes.from(field, (writable) => (writable ? {} : { 'aria-readonly': 'true' })),
 });
+
+/** One value for the facet (it takes the first one given): read-only if either field says so. */
+const readOnly = EditorState.readOnly.compute(
+  [readyField, writableField],
+  (state) => !state.field(readyField) || !state.field(writableField),
+);
 
 const cursorField = StateField.define({
   create: () => Decoration.none,
@@ -284,5 +286,5 @@ export function concord(provider, options = {}) {
     },
   );
 
-  return [readyField, writableField, plugin, cursorField, theme];
+  return [readyField, writableField, readOnly, plugin, cursorField, theme];
 }

@@ -9,7 +9,7 @@ import { chromium } from 'playwright-core';
 import { startServer, waitFor, roomName, webDir, repoDir } from './helpers/server.mjs';
 import { serveStatic } from './helpers/static.mjs';
 import { compareStates } from './helpers/crdt.mjs';
-import { startAccountsServer } from './helpers/auth.mjs';
+import { api, signup, startAccountsServer } from './helpers/auth.mjs';
 import WebSocket from 'ws';
 import * as Y from 'yjs';
 
@@ -627,4 +627,52 @@ test('accounts: sign up, share as reader via the dialog, a bypassing reader is r
   await a.locator('#share-grants li').waitFor({ state: 'detached' });
   await b.screenshot({ path: join(ARTIFACTS, 'demo-accounts-revoked.png') });
   noErrors(a, b);
+});
+
+test('CodeMirror and a textarea follow the role: read-only for a reader, writable after a live upgrade', async (t) => {
+  const authed = await startAccountsServer();
+  t.after(() => authed.close());
+  const owner = await signup(authed, 'cm-owner');
+  const guest = await signup(authed, 'cm-guest');
+  const room = (await api(authed, 'POST', '/api/docs', owner.token, { title: 'CodeMirror' })).body.doc.id;
+  const grant = async (role) => {
+    const { status } = await api(authed, 'PUT', `/api/docs/${room}/grants/${guest.user.id}`, owner.token, { role });
+    assert.equal(status, 200);
+  };
+  await grant('read');
+  const context = await newContext(t);
+  const cmUrl = (token, extra = '') =>
+    `${statics.url}/test/pages/codemirror.html?server=${encodeURIComponent(authed.url)}&room=${room}&token=${encodeURIComponent(token)}${extra}`;
+  const o = await open(context, cmUrl(owner.token));
+  const g = await open(context, cmUrl(guest.token, '&textarea=1'));
+  await o.waitForFunction(() => window.cm?.provider.status === 'online', null, { timeout: 15_000 });
+  await o.click('.cm-content');
+  await o.keyboard.type('owner line');
+  await g.waitForFunction(() => window.cm?.provider.role === 'read' && window.cm.text() === 'owner line', null, { timeout: 15_000 });
+
+  const locks = () =>
+    g.evaluate(() => ({
+      cm: window.cm.view.state.readOnly,
+      aria: window.cm.view.contentDOM.getAttribute('aria-readonly'),
+      textarea: window.cm.plain.readOnly,
+    }));
+  assert.deepEqual(await locks(), { cm: true, aria: 'true', textarea: true });
+  await g.click('.cm-content');
+  await g.keyboard.type('typed by a reader');
+  // Past the readOnly facet (a programmatic change): refused, and the view shows the text again.
+  await g.evaluate(() => window.cm.view.dispatch({ changes: { from: 0, insert: 'X' } }));
+  await g.waitForFunction(() => window.cm.text() === 'owner line' && window.cm.plain.value === 'owner line');
+  assert.equal(await g.evaluate(() => window.cm.provider.pendingCount), 0);
+
+  await grant('write');
+  await g.waitForFunction(() => !window.cm.view.state.readOnly && !window.cm.plain.readOnly, null, { timeout: 10_000 });
+  assert.deepEqual(await locks(), { cm: false, aria: null, textarea: false });
+  await g.evaluate(() => {
+    window.cm.view.focus();
+    window.cm.view.dispatch({ selection: { anchor: window.cm.view.state.doc.length } });
+  });
+  await g.keyboard.type(' + guest');
+  await o.waitForFunction(() => window.cm.text() === 'owner line + guest', null, { timeout: 10_000 });
+  await g.waitForFunction(() => window.cm.provider.pendingCount === 0 && window.cm.plain.value === 'owner line + guest');
+  noErrors(o, g);
 });
