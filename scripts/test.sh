@@ -15,6 +15,19 @@ if git ls-files -z | xargs -0 grep -nE "\.\./$sibling|$sibling/traces" -- | grep
   exit 1
 fi
 
+step "docker-compose.yml: valid, with auth required"
+# Only where the docker compose CLI exists; the file must refuse to start without a secret.
+if docker compose version >/dev/null 2>&1; then
+  if POSTGRES_PASSWORD=x REDIS_PASSWORD=x CONCORD_AUTH_SECRET= docker compose config -q 2>/dev/null; then
+    echo "docker compose config accepted an empty CONCORD_AUTH_SECRET" >&2
+    exit 1
+  fi
+  POSTGRES_PASSWORD=x REDIS_PASSWORD=x CONCORD_AUTH_SECRET="$(printf '%064d' 0)" docker compose config -q
+  echo "(docker compose config: ok)"
+else
+  echo "(no docker compose CLI here: skipped)"
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 
