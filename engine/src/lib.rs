@@ -24,6 +24,7 @@ pub mod changes;
 pub mod client;
 pub mod doc;
 pub mod error;
+pub mod history;
 pub mod hocuspocus;
 pub mod room;
 pub mod wire;

@@ -445,6 +445,12 @@ impl RoomState {
         Some(self.in_flight.iter().map(|s| s.update.clone()).collect())
     }
 
+    /// Who sent each update of the batch in flight (from [`RoomState::take_batch`]), in order:
+    /// what history records as their authors.
+    pub fn in_flight_origins(&self) -> Vec<ConnId> {
+        self.in_flight.iter().map(|s| s.conn).collect()
+    }
+
     /// The batch from [`RoomState::take_batch`] is committed with seqs `first_seq ..`.
     ///
     /// With several instances, a catch-up read can return this room's own ops before the

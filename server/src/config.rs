@@ -35,6 +35,8 @@ pub struct Config {
     pub max_connections: usize,
     /// When to fold the op log into a snapshot.
     pub compaction: CompactionPolicy,
+    /// How history is kept (`HISTORY_CHECKPOINT_OPS`, `HISTORY_RETENTION`).
+    pub history: crate::store::history::HistoryPolicy,
     /// How long shutdown waits for rooms and connections to drain (`SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
 
@@ -185,6 +187,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(15),
             max_connections: 20_000,
             compaction: CompactionPolicy::default(),
+            history: crate::store::history::HistoryPolicy::default(),
             shutdown_grace: Duration::from_secs(10),
             cpu_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cpu_budget: crate::room::CpuBudget::default(),
@@ -210,6 +213,33 @@ fn default_web_dir() -> PathBuf {
         beside_crate
     } else {
         PathBuf::from("web")
+    }
+}
+
+/// A retention window: `30d`, `12h`, `90m`, `3600s` or plain seconds; unset or `forever`
+/// keeps everything.
+fn retention(name: &'static str) -> Result<Option<i64>> {
+    let Some(value) = non_empty(name) else {
+        return Ok(None);
+    };
+    let value = value.trim().to_ascii_lowercase();
+    if value == "forever" {
+        return Ok(None);
+    }
+    let (digits, unit_ms) = match value.char_indices().last() {
+        Some((i, 'd')) => (&value[..i], 86_400_000),
+        Some((i, 'h')) => (&value[..i], 3_600_000),
+        Some((i, 'm')) => (&value[..i], 60_000),
+        Some((i, 's')) => (&value[..i], 1_000),
+        _ => (value.as_str(), 1_000),
+    };
+    match digits.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(Some(n.saturating_mul(unit_ms))),
+        _ => Err(ServerError::Config {
+            name,
+            value: value.clone(),
+            reason: "expected a duration such as 30d, 12h, 90m or 3600s, or `forever`".to_owned(),
+        }),
     }
 }
 
@@ -264,6 +294,10 @@ impl Config {
             compaction: CompactionPolicy {
                 max_ops: parse("COMPACT_OPS", d.compaction.max_ops)?.max(1),
                 max_age_ms: parse("COMPACT_MS", d.compaction.max_age_ms)?,
+            },
+            history: crate::store::history::HistoryPolicy {
+                checkpoint_ops: parse("HISTORY_CHECKPOINT_OPS", d.history.checkpoint_ops)?.max(1),
+                retention_ms: retention("HISTORY_RETENTION")?,
             },
             shutdown_grace: Duration::from_secs(parse(
                 "SHUTDOWN_GRACE_SECS",

@@ -750,7 +750,9 @@ impl RoomTask {
                     if compaction.is_none() && due {
                         let store = ctx.store.clone();
                         let id = room.id.clone();
-                        compaction = Some(Box::pin(async move { store.compact(&id).await }));
+                        let history = ctx.config.history;
+                        compaction =
+                            Some(Box::pin(async move { store.compact(&id, &history).await }));
                     }
                     if room.members.is_empty() && commit.is_none() && room.uncommitted() == 0 {
                         let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
@@ -784,7 +786,10 @@ impl RoomTask {
                 if let Some(batch) = room.core.as_mut().and_then(|c| c.state.take_batch()) {
                     let committer = ctx.committer.clone();
                     let id = room.id.clone();
-                    commit = Some(Box::pin(async move { committer.commit(id, batch).await }));
+                    let meta = room.batch_meta();
+                    commit = Some(Box::pin(
+                        async move { committer.commit(id, batch, meta).await },
+                    ));
                 }
             }
             if resync && catch_up.is_none() {
@@ -805,7 +810,7 @@ impl RoomTask {
         if let Some(f) = compaction.take() {
             let _ = f.await;
         }
-        if let Err(e) = ctx.store.compact(&room.id).await {
+        if let Err(e) = ctx.store.compact(&room.id, &ctx.config.history).await {
             tracing::warn!(room = %room.id, error = %e, "final compaction failed");
         }
         self.rooms.unregister(&self.id, self.generation);
@@ -1062,6 +1067,28 @@ impl Room {
     }
 
     /// Every live presence in the room, local and remote.
+    /// What history keeps of each update in flight: its author is the connection's
+    /// authenticated name, else the name its presence declares (set by the client, shown as
+    /// such), else unknown.
+    fn batch_meta(&self) -> Vec<crate::store::OpMeta> {
+        let Some(core) = self.core.as_ref() else {
+            return Vec::new();
+        };
+        core.state
+            .in_flight_origins()
+            .into_iter()
+            .map(|conn| crate::store::OpMeta {
+                author: self.members.get(&conn).and_then(|m| {
+                    m.member
+                        .name
+                        .clone()
+                        .or_else(|| m.presence.as_ref().and_then(|p| p.name.clone()))
+                }),
+                base_seq: None,
+            })
+            .collect()
+    }
+
     fn all_presence(&self) -> Vec<Presence> {
         let local = self.members.values().filter_map(|m| m.presence.clone());
         let remote = self.remote_presence.values().map(|(p, _)| p.clone());

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{timeout_at, Instant};
 
-use super::{Append, Store};
+use super::{Append, OpMeta, Store};
 use crate::error::{Result, ServerError};
 
 /// Most room batches in one transaction.
@@ -46,16 +46,25 @@ impl Committer {
         Committer { tx }
     }
 
-    /// Commits one room's updates; resolves to the first seq once durable, or to an error
+    /// Commits one room's updates (with what history keeps of each); resolves to the first seq once durable, or to an error
     /// within the store's commit bound (plus the time queued behind earlier groups).
     /// `ServerError::Timeout` / `StatementTimeout` mean the store stalled (nothing was
     /// committed unless the outcome was unknown, see `Timeout`); anything else is
     /// `Unavailable` or the room's own database error.
-    pub async fn commit(&self, room: String, updates: Vec<Vec<u8>>) -> Result<u64> {
+    pub async fn commit(
+        &self,
+        room: String,
+        updates: Vec<Vec<u8>>,
+        meta: Vec<OpMeta>,
+    ) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request {
-                append: Append { room, updates },
+                append: Append {
+                    room,
+                    updates,
+                    meta,
+                },
                 reply,
             })
             .await

@@ -140,6 +140,11 @@ pub(crate) const DELETE_GRANTS: &str = "DELETE FROM grants WHERE doc_id = $1";
 pub(crate) const DELETE_DOC: &str = "DELETE FROM documents WHERE id = $1";
 pub(crate) const DELETE_OPS: &str = "DELETE FROM ops WHERE room_id = $1";
 pub(crate) const DELETE_SNAPSHOT: &str = "DELETE FROM snapshots WHERE room_id = $1";
+/// History goes with the document.
+pub(crate) const DELETE_HISTORY: [&str; 2] = [
+    "DELETE FROM checkpoints WHERE room_id = $1",
+    "DELETE FROM versions WHERE room_id = $1",
+];
 
 /// Escapes `%`, `_` and `\` so user text matches literally inside a LIKE pattern.
 pub fn like_escape(text: &str) -> String {
@@ -464,6 +469,9 @@ macro_rules! directory_impl {
                             .bind(doc)
                             .execute(&mut *tx)
                             .await?;
+                        for statement in d::DELETE_HISTORY {
+                            sqlx::query(statement).bind(doc).execute(&mut *tx).await?;
+                        }
                         tx.commit().await?;
                         Ok(true)
                     })

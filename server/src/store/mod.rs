@@ -2,13 +2,15 @@
 //!
 //! The contract (shared DESIGN.md, "Durability"): `append` assigns each room's next seqs
 //! inside the commit transaction, gap-free, so seq order is commit order even with several
-//! instances writing one room; `compact` folds the snapshot and the ops it read in the same
-//! transaction and deletes exactly those ops; `load` is the snapshot plus every later op.
+//! instances writing one room; `compact` folds the snapshot and the ops it read into a new
+//! snapshot (keeping the ops as history, see [`history`]); `load` is the snapshot plus every
+//! later op.
 //!
 //! Group commit lives in [`committer`]: many rooms' batches share one transaction.
 
 pub mod committer;
 pub mod directory;
+pub mod history;
 pub mod postgres;
 pub mod sqlite;
 
@@ -131,11 +133,30 @@ pub struct Append {
     pub room: String,
     /// Its updates, in order; they get consecutive seqs.
     pub updates: Vec<Vec<u8>>,
+    /// What history keeps of each update, in the same order (missing entries: unknown).
+    pub meta: Vec<OpMeta>,
+}
+
+/// What history keeps of an op besides its bytes and commit time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpMeta {
+    /// Who sent it: the authenticated user's name, else the name the connection declared in
+    /// its presence.
+    pub author: Option<String>,
+    /// The room seq its sender had seen when it made it, if the sender said.
+    pub base_seq: Option<u64>,
+}
+
+/// Now, as unix ms (commit times of ops, version times).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Where rooms live.
 #[async_trait]
-pub trait Store: directory::Directory + Send + Sync + 'static {
+pub trait Store: directory::Directory + history::HistoryStore + Send + Sync + 'static {
     /// Short description for the startup log (`sqlite data/concord.db`, `postgres host/db`).
     fn describe(&self) -> String;
 
@@ -157,14 +178,20 @@ pub trait Store: directory::Directory + Send + Sync + 'static {
     /// itself: the committer bounds the group and its retries together.
     async fn append(&self, batch: &[Append]) -> Result<Vec<u64>>;
 
-    /// Folds the snapshot and the ops after it into a new snapshot and deletes those ops.
-    /// Returns the new snapshot and its op seq, or `None` if there was nothing to fold (or a
+    /// Folds the snapshot and the ops after it into a new snapshot. Returns the new snapshot and its op seq, or `None` if there was nothing to fold (or a
     /// concurrent compaction of the same room won).
     ///
-    /// The read and the fold hold no lock: only the final write (snapshot upsert and delete,
+    /// The read and the fold hold no lock: only the final write (snapshot upsert, checkpoint,
     /// conditional on the snapshot being the one that was read) takes the room's write lock,
     /// so commits to the room never wait for a fold. That wait was the commit tail under load.
-    async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>>;
+    /// With history kept ([`history::HistoryPolicy`]), the ops are not deleted: a checkpoint is
+    /// written every `checkpoint_ops` ops, and only ops older than the retention window and
+    /// behind the oldest version are dropped, up to a checkpoint.
+    async fn compact(
+        &self,
+        room: &str,
+        history: &history::HistoryPolicy,
+    ) -> Result<Option<(Vec<u8>, u64)>>;
 }
 
 /// Opens the store named by a `DATABASE_URL` with the default bounds and runs its migrations.

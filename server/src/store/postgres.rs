@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
+use super::history::HistoryPolicy;
 use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store, StoreTimeouts};
 use crate::error::Result;
 
@@ -158,14 +159,14 @@ impl Store for PgStore {
             .map_err(|e| self.timeouts.classify("commit", e))
     }
 
-    async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+    async fn compact(&self, room: &str, history: &HistoryPolicy) -> Result<Option<(Vec<u8>, u64)>> {
         let _turn = self
             .compactions
             .acquire()
             .await
             .map_err(|_| crate::error::ServerError::Unavailable)?;
         self.timeouts
-            .bound("compact", self.compact_unbounded(room))
+            .bound("compact", self.compact_unbounded(room, history))
             .await
     }
 }
@@ -199,29 +200,42 @@ impl PgStore {
         let mut rooms = Vec::new();
         let mut seqs = Vec::new();
         let mut updates: Vec<&[u8]> = Vec::new();
+        let mut authors: Vec<Option<&str>> = Vec::new();
+        let mut bases: Vec<Option<i64>> = Vec::new();
         for append in batch {
             let last = lasts.get(&append.room).copied().unwrap_or(0);
             firsts.push(seq_from_db(last + 1));
             for (k, update) in append.updates.iter().enumerate() {
+                let meta = append.meta.get(k);
                 rooms.push(append.room.as_str());
                 seqs.push(last + 1 + k as i64);
                 updates.push(update.as_slice());
+                authors.push(meta.and_then(|m| m.author.as_deref()));
+                bases.push(meta.and_then(|m| m.base_seq).map(seq_to_db));
             }
         }
         sqlx::query(
-            "INSERT INTO ops (room_id, seq, op) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[])",
+            "INSERT INTO ops (room_id, seq, op, committed_at, author, base_seq) \
+             SELECT r, s, o, $4, a, b \
+             FROM UNNEST($1::text[], $2::bigint[], $3::bytea[], $5::text[], $6::bigint[]) AS u(r, s, o, a, b)",
         )
         .bind(&rooms)
         .bind(&seqs)
         .bind(&updates)
+        .bind(super::now_unix_ms())
+        .bind(&authors)
+        .bind(&bases)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(firsts)
     }
 
-    async fn compact_unbounded(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+    async fn compact_unbounded(
+        &self,
+        room: &str,
+        history: &HistoryPolicy,
+    ) -> Result<Option<(Vec<u8>, u64)>> {
         // One consistent snapshot of both tables, with no lock: commits go on meanwhile.
         let mut tx = self
             .pool
@@ -256,14 +270,12 @@ impl PgStore {
         .bind(op_seq)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM ops WHERE room_id = $1 AND seq <= $2")
-            .bind(room)
-            .bind(op_seq)
-            .execute(&mut *tx)
-            .await?;
+        keep_history(&mut tx, room, op_seq, &state, history).await?;
         tx.commit().await?;
         Ok(Some((state, seq_from_db(op_seq))))
     }
 }
 
+super::history::history_impl!(PgStore);
+super::history::keep_history_impl!(sqlx::PgConnection);
 super::directory::directory_impl!(PgStore);

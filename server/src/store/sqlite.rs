@@ -18,10 +18,11 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store, StoreTimeouts};
+use super::history::HistoryPolicy;
+use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, OpMeta, Store, StoreTimeouts};
 use crate::error::Result;
 
-/// Rows per multi-row INSERT (3 parameters each, far below SQLite's parameter limit), and
+/// Rows per multi-row INSERT (6 parameters each, far below SQLite's parameter limit), and
 /// rooms per seq lookup.
 const INSERT_CHUNK: usize = 256;
 
@@ -164,14 +165,14 @@ impl Store for SqliteStore {
             .map_err(|e| self.timeouts.classify("commit", e))
     }
 
-    async fn compact(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+    async fn compact(&self, room: &str, history: &HistoryPolicy) -> Result<Option<(Vec<u8>, u64)>> {
         let _turn = self
             .compactions
             .acquire()
             .await
             .map_err(|_| crate::error::ServerError::Unavailable)?;
         self.timeouts
-            .bound("compact", self.compact_unbounded(room))
+            .bound("compact", self.compact_unbounded(room, history))
             .await
     }
 }
@@ -203,18 +204,33 @@ impl SqliteStore {
             }
         }
         let mut firsts = Vec::with_capacity(batch.len());
-        let mut rows: Vec<(&str, i64, &[u8])> = Vec::new();
+        let mut rows: Vec<(&str, i64, &[u8], &OpMeta)> = Vec::new();
+        let unknown = OpMeta::default();
         for append in batch {
             let first = lasts.get(&append.room).copied().unwrap_or(0) + 1;
             firsts.push(seq_from_db(first));
             for (k, update) in append.updates.iter().enumerate() {
-                rows.push((append.room.as_str(), first + k as i64, update.as_slice()));
+                let meta = append.meta.get(k).unwrap_or(&unknown);
+                rows.push((
+                    append.room.as_str(),
+                    first + k as i64,
+                    update.as_slice(),
+                    meta,
+                ));
             }
         }
+        let now = super::now_unix_ms();
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let mut insert = sqlx::QueryBuilder::new("INSERT INTO ops (room_id, seq, op) ");
-            insert.push_values(chunk, |mut row, (room, seq, update)| {
-                row.push_bind(*room).push_bind(*seq).push_bind(*update);
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO ops (room_id, seq, op, committed_at, author, base_seq) ",
+            );
+            insert.push_values(chunk, |mut row, (room, seq, update, meta)| {
+                row.push_bind(*room)
+                    .push_bind(*seq)
+                    .push_bind(*update)
+                    .push_bind(now)
+                    .push_bind(meta.author.as_deref())
+                    .push_bind(meta.base_seq.map(seq_to_db));
             });
             insert.build().execute(&mut *tx).await?;
         }
@@ -222,7 +238,11 @@ impl SqliteStore {
         Ok(firsts)
     }
 
-    async fn compact_unbounded(&self, room: &str) -> Result<Option<(Vec<u8>, u64)>> {
+    async fn compact_unbounded(
+        &self,
+        room: &str,
+        history: &HistoryPolicy,
+    ) -> Result<Option<(Vec<u8>, u64)>> {
         // A deferred (read) transaction: in WAL mode it sees one consistent snapshot of both
         // tables and never blocks the committer.
         let mut tx = self.pool.begin().await?;
@@ -256,11 +276,7 @@ impl SqliteStore {
         .bind(op_seq)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM ops WHERE room_id = ? AND seq <= ?")
-            .bind(room)
-            .bind(op_seq)
-            .execute(&mut *tx)
-            .await?;
+        keep_history(&mut tx, room, op_seq, &state, history).await?;
         tx.commit().await?;
         Ok(Some((state, seq_from_db(op_seq))))
     }
@@ -293,4 +309,6 @@ async fn read_room(
     Ok((snapshot, snapshot_seq, ops))
 }
 
+super::history::history_impl!(SqliteStore);
+super::history::keep_history_impl!(sqlx::SqliteConnection);
 super::directory::directory_impl!(SqliteStore);

@@ -149,18 +149,21 @@ pub async fn stalled_store_times_out_then_recovers(backend: Backend) {
     let committer = Committer::start(store.clone(), &tracker);
     let room = support::unique("stalled");
     assert_eq!(
-        committer.commit(room.clone(), op(1)).await.expect("warm"),
+        committer
+            .commit(room.clone(), op(1), Vec::new())
+            .await
+            .expect("warm"),
         1
     );
 
     let holder = db.hold_write_lock().await;
-    let (result, took) = timed(committer.commit(room.clone(), op(2))).await;
+    let (result, took) = timed(committer.commit(room.clone(), op(2), Vec::new())).await;
     let err = result.expect_err("no commit while the store is locked");
     eprintln!("{backend:?}: stalled commit -> `{err}` after {took:?}");
     assert!(err.is_timeout(), "typed timeout, got {err:?}");
     assert!(took <= BOUND.commit + MARGIN, "answered after {took:?}");
 
-    let (compacted, took) = timed(store.compact(&room)).await;
+    let (compacted, took) = timed(store.compact(&room, &Default::default())).await;
     let err = compacted.expect_err("no compaction while the store is locked");
     eprintln!("{backend:?}: stalled compact -> `{err}` after {took:?}");
     assert!(err.is_timeout(), "typed timeout, got {err:?}");
@@ -179,7 +182,7 @@ pub async fn stalled_store_times_out_then_recovers(backend: Backend) {
     assert!(took <= BOUND.commit + MARGIN, "answered after {took:?}");
 
     holder.release().await;
-    let (result, took) = timed(committer.commit(room.clone(), op(3))).await;
+    let (result, took) = timed(committer.commit(room.clone(), op(3), Vec::new())).await;
     eprintln!("{backend:?}: commit after release took {took:?}");
     // Seq 2 again: the failed commit left nothing behind.
     assert_eq!(result.expect("commits once the lock is released"), 2);
@@ -205,19 +208,22 @@ pub async fn commit_deadline_bounds_a_hung_commit(backend: Backend) {
     let committer = Committer::start(store.clone(), &tracker);
     let room = support::unique("hung");
     assert_eq!(
-        committer.commit(room.clone(), op(1)).await.expect("warm"),
+        committer
+            .commit(room.clone(), op(1), Vec::new())
+            .await
+            .expect("warm"),
         1
     );
 
     let holder = db.hold_write_lock().await;
-    let (result, took) = timed(committer.commit(room.clone(), op(2))).await;
+    let (result, took) = timed(committer.commit(room.clone(), op(2), Vec::new())).await;
     let err = result.expect_err("no commit while the store is locked");
     eprintln!("{backend:?}: hung commit -> `{err}` after {took:?}");
     assert!(err.is_timeout(), "typed timeout, got {err:?}");
     assert!(took <= bound.commit + MARGIN, "answered after {took:?}");
 
     holder.release().await;
-    let (result, took) = timed(committer.commit(room.clone(), op(3))).await;
+    let (result, took) = timed(committer.commit(room.clone(), op(3), Vec::new())).await;
     eprintln!("{backend:?}: commit after release took {took:?}");
     assert_eq!(result.expect("commits once the lock is released"), 2);
     drop(committer);
@@ -254,14 +260,17 @@ pub async fn poisoned_room_fails_alone(backend: Backend) {
         Append {
             room: good_a.clone(),
             updates: op(1),
+            meta: Vec::new(),
         },
         Append {
             room: bad.clone(),
             updates: op(2),
+            meta: Vec::new(),
         },
         Append {
             room: good_b.clone(),
             updates: vec![vec![3; 8], vec![4; 8]],
+            meta: Vec::new(),
         },
     ];
     let (results, took) = timed(commit_group(store.as_ref(), &batch)).await;
@@ -296,10 +305,12 @@ pub async fn room_locked_elsewhere_fails_alone(backend: Backend) {
         Append {
             room: locked.clone(),
             updates: op(1),
+            meta: Vec::new(),
         },
         Append {
             room: free.clone(),
             updates: op(2),
+            meta: Vec::new(),
         },
     ];
     let (results, took) = timed(commit_group(store.as_ref(), &batch)).await;
@@ -332,7 +343,8 @@ pub async fn killed_connections_are_replaced(backend: Backend) {
             store.as_ref(),
             &[Append {
                 room: room.clone(),
-                updates: op(1)
+                updates: op(1),
+                meta: Vec::new(),
             }]
         )
         .await[0]
@@ -357,6 +369,7 @@ pub async fn killed_connections_are_replaced(backend: Backend) {
         &[Append {
             room: room.clone(),
             updates: op(2),
+            meta: Vec::new(),
         }],
     ))
     .await;

@@ -173,15 +173,11 @@ pub async fn crash_keeps_every_acked_op(backend: Backend) {
     }
 }
 
-pub async fn compaction_bounds_the_log(backend: Backend) {
-    let Some(db) = database(backend).await else {
-        return;
-    };
-    let server = TestServer::start(test_config(&db)).await;
-    let room = unique("compact");
-    let mut c = TestClient::new(&server.ws_base(), &room, 600);
+/// Types `n` one-character ops into `room` and waits until all are acked; returns the client.
+async fn type_ops(base: &str, room: &str, client: u64, n: u32) -> TestClient {
+    let mut c = TestClient::new(base, room, client);
     c.connect().await;
-    for k in 0..3_000u32 {
+    for k in 0..n {
         let len = c.session.document().len();
         c.session.insert(len, &format!("{}", k % 10)).unwrap();
         if k % 3 == 0 {
@@ -190,6 +186,20 @@ pub async fn compaction_bounds_the_log(backend: Backend) {
         }
     }
     c.pump_until(|c| c.session.pending_count() == 0).await;
+    c
+}
+
+/// Compaction bounds what a load reads (snapshot + a short tail) while the ops stay as
+/// history, with checkpoints; a restart is byte-equal.
+pub async fn compaction_bounds_the_log(backend: Backend) {
+    let Some(db) = database(backend).await else {
+        return;
+    };
+    let mut config = test_config(&db);
+    config.history.checkpoint_ops = 250;
+    let server = TestServer::start(config).await;
+    let room = unique("compact");
+    let c = type_ops(&server.ws_base(), &room, 600, 3_000).await;
     let expected = c.state();
 
     // Compaction runs every 200 ops or 5 s: wait for the log to be folded.
@@ -198,8 +208,6 @@ pub async fn compaction_bounds_the_log(backend: Backend) {
     loop {
         let loaded = store.load(&room).await.unwrap();
         if loaded.snapshot.is_some() && loaded.ops.len() < 200 {
-            let total = count_ops(&db, &room).await;
-            assert!(total < 200, "{total} op rows left after compaction");
             break;
         }
         assert!(
@@ -208,6 +216,17 @@ pub async fn compaction_bounds_the_log(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let head = store.head_seq(&room).await.unwrap();
+    assert!(head >= 1_000, "only {head} ops");
+    assert_eq!(count_ops(&db, &room).await, head as i64, "history is kept");
+    assert_eq!(store.history_floor(&room).await.unwrap(), 0);
+    let past = store.past(&room, head).await.unwrap();
+    assert!(past.checkpoint.is_some(), "a checkpoint every 1000 ops");
+    assert!(
+        past.ops.len() < 1_000,
+        "{} ops after the checkpoint",
+        past.ops.len()
+    );
     server.stop().await;
 
     let server = TestServer::start(test_config(&db)).await;
@@ -218,11 +237,37 @@ pub async fn compaction_bounds_the_log(backend: Backend) {
         expected,
         "reload after compaction is byte-equal"
     );
-    assert_eq!(
-        count_ops(&db, &room).await,
-        0,
+    assert!(
+        store.load(&room).await.unwrap().ops.is_empty(),
         "shutdown leaves a snapshot, no tail"
     );
+    server.stop().await;
+
+    // With a retention window, history older than it is folded away up to a checkpoint.
+    let mut config = test_config(&db);
+    config.history.retention_ms = Some(1);
+    config.history.checkpoint_ops = 100;
+    let server = TestServer::start(config).await;
+    let pruned = unique("retention");
+    let c = type_ops(&server.ws_base(), &pruned, 602, 600).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while store.history_floor(&pruned).await.unwrap() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never folded history"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let floor = store.history_floor(&pruned).await.unwrap();
+    let head = store.head_seq(&pruned).await.unwrap();
+    assert_eq!(
+        count_ops(&db, &pruned).await,
+        (head - floor) as i64,
+        "ops up to the floor dropped"
+    );
+    let mut fresh = TestClient::new(&server.ws_base(), &pruned, 603);
+    fresh.connect().await;
+    assert_eq!(fresh.state(), c.state(), "nothing current was lost");
     server.stop().await;
 }
 

@@ -1,0 +1,598 @@
+//! Reading the past of a room: its state at any seq, what changed between two points (by the
+//! CRDT's stable ids), the edit that brings a past version back, who wrote what, and the
+//! history grouped for a scrubber. Pure functions over bytes the store hands in (a checkpoint
+//! and the committed ops after it); the server only reads rows and serves JSON.
+//!
+//! The past is rebuilt in a yrs document that keeps deleted content (`skip_gc`), so text
+//! removed between two points can still be shown and restored. Positions are UTF-16 offsets
+//! into the room's `body` text, as everywhere in the engine. Only `body` is compared and
+//! restored: other shared types (a ProseMirror `XmlFragment`, maps) come back through the
+//! full `state` of [`Past::state`], not through a text diff.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use yrs::types::text::{ChangeKind, Diff, YChange};
+use yrs::updates::decoder::Decode;
+use yrs::{
+    ClientID, Doc, GetString, IdSet, OffsetKind, Options, ReadTxn, Snapshot, StateVector, Text,
+    TextRef, Transact, Update,
+};
+
+use crate::doc::{merge_updates, BODY};
+use crate::error::{EngineError, Result};
+
+/// The yrs client id the past is rebuilt under (it never edits).
+const PAST_CLIENT_ID: u64 = 0;
+
+/// One committed op as the store keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct OpRecord<'a> {
+    /// Room seq.
+    pub seq: u64,
+    /// v2 update bytes.
+    pub update: &'a [u8],
+    /// Commit time, unix ms.
+    pub time_ms: i64,
+    /// Who sent it, if known.
+    pub author: Option<&'a str>,
+}
+
+/// A room's document at one seq, rebuilt with its deleted content kept.
+pub struct Past {
+    doc: Doc,
+    body: TextRef,
+    seq: u64,
+}
+
+impl std::fmt::Debug for Past {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Past").field("seq", &self.seq).finish()
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> EngineError {
+    EngineError::InvalidUpdate {
+        reason: e.to_string(),
+    }
+}
+
+/// Decodes a stored update (written by the room, so trusted, but still not allowed to panic).
+fn decode(update: &[u8]) -> Result<Update> {
+    std::panic::catch_unwind(|| Update::decode_v2(update))
+        .map_err(|_| invalid("update decoder panicked"))?
+        .map_err(invalid)
+}
+
+impl Past {
+    /// The document at `seq`: `checkpoint` (the full state at some seq at or below it, if any)
+    /// plus every op after the checkpoint up to `seq`, in order. The ops are merged and applied
+    /// in one transaction (yrs pays per transaction).
+    pub fn build<B: AsRef<[u8]>>(checkpoint: Option<&[u8]>, ops: &[B], seq: u64) -> Result<Past> {
+        let doc = Doc::with_options(Options {
+            client_id: ClientID::new(PAST_CLIENT_ID),
+            offset_kind: OffsetKind::Utf16,
+            skip_gc: true,
+            ..Options::default()
+        });
+        let body = doc.get_or_insert_text(BODY);
+        let past = Past { doc, body, seq };
+        if let Some(checkpoint) = checkpoint {
+            past.apply(checkpoint)?;
+        }
+        match ops.len() {
+            0 => {}
+            1 => past.apply(ops[0].as_ref())?,
+            _ => past.apply(&merge_updates(ops)?)?,
+        }
+        Ok(past)
+    }
+
+    fn apply(&self, update: &[u8]) -> Result<()> {
+        let update = decode(update)?;
+        let mut txn = self.doc.transact_mut();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| txn.apply_update(update)))
+            .map_err(|_| invalid("update panicked while applying"))?
+            .map_err(invalid)
+    }
+
+    /// The seq this is the document at.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The text of `body`.
+    pub fn text(&self) -> String {
+        self.body.get_string(&self.doc.transact())
+    }
+
+    /// The full state as one v2 update (every shared type, not only `body`).
+    pub fn state(&self) -> Vec<u8> {
+        self.doc
+            .transact()
+            .encode_state_as_update_v2(&StateVector::default())
+    }
+
+    /// What was visible at this point: the state vector and the delete set.
+    pub fn snapshot(&self) -> Snapshot {
+        self.doc.transact().snapshot()
+    }
+
+    /// The `body` chunks visible in `hi` or `lo`, in document order, each marked added (only
+    /// in `hi`... see yrs' `diff_range`), removed, or unchanged.
+    fn chunks(&self, hi: &Snapshot, lo: &Snapshot) -> Vec<Diff<YChange>> {
+        let mut txn = self.doc.transact_mut();
+        self.body
+            .diff_range(&mut txn, Some(hi), Some(lo), YChange::identity)
+    }
+}
+
+/// A run of text with a stable id: the id of its first character (`"client:clock"`), which
+/// stays the same on every replica, across restarts and instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Span {
+    /// `client:clock` of the first character.
+    pub id: String,
+    /// UTF-16 offset: in the later text for added runs, in the earlier text for removed ones.
+    pub index: u32,
+    /// UTF-16 units.
+    pub len: u32,
+    /// The characters.
+    pub text: String,
+}
+
+/// What changed in `body` between two points.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TextDiff {
+    /// Runs present at the later point only.
+    pub added: Vec<Span>,
+    /// Runs present at the earlier point only.
+    pub removed: Vec<Span>,
+    /// Always empty: a Yjs text has no move operation (a cut and paste is a removal and an
+    /// addition of new characters).
+    pub moved: Vec<Span>,
+}
+
+fn utf16_len(s: &str) -> u32 {
+    s.encode_utf16().count() as u32
+}
+
+fn chunk_text(chunk: &Diff<YChange>) -> Option<String> {
+    match &chunk.insert {
+        yrs::Out::Any(yrs::Any::String(s)) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn id_string(change: &YChange) -> String {
+    format!("{}:{}", change.id.client.get(), change.id.clock)
+}
+
+/// What changed in `body` from the point `from` to the document `to` (which must be the same
+/// history at a later or equal seq, rebuilt from a checkpoint at or below `from`, so that text
+/// removed in between is still in it).
+pub fn diff(from: &Snapshot, to: &Past) -> TextDiff {
+    let mut out = TextDiff::default();
+    let (mut at_to, mut at_from) = (0u32, 0u32);
+    for chunk in to.chunks(&to.snapshot(), from) {
+        let Some(text) = chunk_text(&chunk) else {
+            continue;
+        };
+        let len = utf16_len(&text);
+        match &chunk.ychange {
+            None => {
+                at_to += len;
+                at_from += len;
+            }
+            Some(change) if change.kind == ChangeKind::Added => {
+                out.added.push(Span {
+                    id: id_string(change),
+                    index: at_to,
+                    len,
+                    text,
+                });
+                at_to += len;
+            }
+            Some(change) => {
+                out.removed.push(Span {
+                    id: id_string(change),
+                    index: at_from,
+                    len,
+                    text,
+                });
+                at_from += len;
+            }
+        }
+    }
+    out
+}
+
+/// The edit that makes `body` of `head` read as it did at the point `target` (an earlier point
+/// of the same history; `head` rebuilt from a checkpoint at or below it): deletes what was
+/// written since and writes again what was deleted since, as ordinary ops of a new client
+/// `client_id`. Restoring is an edit, not a rollback: edits made concurrently merge with it,
+/// and it can itself be undone by restoring a later point. `None` if nothing differs.
+pub fn restore_update(head: &Past, target: &Snapshot, client_id: u64) -> Result<Option<Vec<u8>>> {
+    let chunks = head.chunks(target, &head.snapshot());
+    let mut doc = crate::Document::from_update(client_id, &head.state())?;
+    let mut updates = Vec::new();
+    let mut at = 0u32;
+    for chunk in &chunks {
+        let Some(text) = chunk_text(chunk) else {
+            continue;
+        };
+        let len = utf16_len(&text);
+        match &chunk.ychange {
+            None => at += len,
+            // Only at the target point: write it again.
+            Some(change) if change.kind == ChangeKind::Added => {
+                updates.push(doc.insert(at, &text)?);
+                at += len;
+            }
+            // Written since the target point: delete it.
+            Some(_) => updates.push(doc.delete(at, len)?),
+        }
+    }
+    if updates.is_empty() {
+        return Ok(None);
+    }
+    merge_updates(&updates).map(Some)
+}
+
+/// Who wrote a run of the current text, and when it was committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlameSpan {
+    /// UTF-16 offset in the text.
+    pub index: u32,
+    /// UTF-16 units.
+    pub len: u32,
+    /// The op that wrote it (0 if it is older than the history kept).
+    pub seq: u64,
+    /// Its author, if known.
+    pub author: Option<String>,
+    /// Its commit time, unix ms (0 if unknown).
+    pub time_ms: i64,
+}
+
+/// Which op inserted each id: per client, clock ranges to the op's index in `ops`.
+struct Origins {
+    by_client: HashMap<u64, BTreeMap<u32, (u32, usize)>>,
+}
+
+impl Origins {
+    fn of(ops: &[OpRecord<'_>]) -> Result<Origins> {
+        let mut by_client: HashMap<u64, BTreeMap<u32, (u32, usize)>> = HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            let update = decode(op.update)?;
+            for (client, ranges) in update.insertions(true).iter() {
+                let map = by_client.entry(client.get()).or_default();
+                for range in ranges.iter() {
+                    map.insert(range.start, (range.end, i));
+                }
+            }
+        }
+        Ok(Origins { by_client })
+    }
+
+    /// The op holding `(client, clock)` and the clock its range ends at.
+    fn find(&self, client: u64, clock: u32) -> Option<(usize, u32)> {
+        let (_, &(end, op)) = self.by_client.get(&client)?.range(..=clock).next_back()?;
+        (clock < end).then_some((op, end))
+    }
+}
+
+/// Who wrote each run of `head`'s text: every visible character's id is looked up in the op
+/// that inserted it (`ops`: every op of the room, in seq order). Adjacent runs of the same op
+/// are one span.
+pub fn blame(head: &Past, ops: &[OpRecord<'_>]) -> Result<Vec<BlameSpan>> {
+    let origins = Origins::of(ops)?;
+    let empty = Snapshot::new(StateVector::default(), IdSet::default());
+    let mut spans: Vec<BlameSpan> = Vec::new();
+    let mut at = 0u32;
+    let mut push = |index: u32, len: u32, op: Option<&OpRecord<'_>>| {
+        let (seq, author, time_ms) = match op {
+            Some(op) => (op.seq, op.author.map(str::to_owned), op.time_ms),
+            None => (0, None, 0),
+        };
+        if let Some(last) = spans.last_mut() {
+            if last.seq == seq && last.index + last.len == index {
+                last.len += len;
+                return;
+            }
+        }
+        spans.push(BlameSpan {
+            index,
+            len,
+            seq,
+            author,
+            time_ms,
+        });
+    };
+    for chunk in head.chunks(&head.snapshot(), &empty) {
+        let Some(text) = chunk_text(&chunk) else {
+            continue;
+        };
+        let len = utf16_len(&text);
+        let Some(change) = &chunk.ychange else {
+            push(at, len, None);
+            at += len;
+            continue;
+        };
+        // One chunk is one item, which may merge characters of several ops of one client.
+        let client = change.id.client.get();
+        let (mut clock, end) = (change.id.clock, change.id.clock + len);
+        while clock < end {
+            match origins.find(client, clock) {
+                Some((op, op_end)) => {
+                    let n = op_end.min(end) - clock;
+                    push(at, n, Some(&ops[op]));
+                    at += n;
+                    clock += n;
+                }
+                None => {
+                    push(at, end - clock, None);
+                    at += end - clock;
+                    clock = end;
+                }
+            }
+        }
+    }
+    Ok(spans)
+}
+
+/// A stretch of history for a scrubber: consecutive ops by the same authors with no pause
+/// longer than the grouping gap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimelineGroup {
+    /// First and last seq.
+    pub from_seq: u64,
+    /// Last seq.
+    pub to_seq: u64,
+    /// Commit time of the first op, unix ms.
+    pub start_ms: i64,
+    /// Commit time of the last op, unix ms.
+    pub end_ms: i64,
+    /// Who wrote in it (in order of first appearance).
+    pub authors: Vec<String>,
+    /// Units inserted (characters, in UTF-16 units, and embedded items).
+    pub added: u64,
+    /// Units deleted.
+    pub removed: u64,
+    /// Set when the group holds edits made against an older state than the one it was
+    /// committed on: the seq its author's client had last seen (an offline session merged at
+    /// reconnect shows up like this).
+    pub made_against_seq: Option<u64>,
+}
+
+/// Per-op facts the timeline needs besides [`OpRecord`]: the seq the sender had seen when it
+/// made the op, when the client said so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpBase {
+    /// The room seq the sender's replica held when it made the op.
+    pub base_seq: Option<u64>,
+}
+
+/// Groups `ops` (in seq order) for a scrubber: a new group starts when the author changes, when
+/// more than `gap_ms` passed since the previous op, or when an op was made against an older
+/// state than the op before it was committed on (so an offline session stands apart).
+pub fn timeline(ops: &[OpRecord<'_>], bases: &[OpBase], gap_ms: i64) -> Result<Vec<TimelineGroup>> {
+    let mut groups: Vec<TimelineGroup> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let update = decode(op.update)?;
+        let added: u64 = update
+            .insertions(true)
+            .iter()
+            .flat_map(|(_, r)| r.iter().map(|r| u64::from(r.end - r.start)))
+            .sum();
+        let removed: u64 = update
+            .delete_set()
+            .iter()
+            .flat_map(|(_, r)| r.iter().map(|r| u64::from(r.end - r.start)))
+            .sum();
+        let author = op.author.unwrap_or("").to_owned();
+        // Made against a state older than the one just before it: it missed ops in between.
+        let behind = bases
+            .get(i)
+            .and_then(|b| b.base_seq)
+            .filter(|&base| base + 1 < op.seq);
+        let joins = groups.last().is_some_and(|g| {
+            op.time_ms - g.end_ms <= gap_ms
+                && g.authors.last().map(String::as_str) == Some(author.as_str())
+                && behind.is_none() == g.made_against_seq.is_none()
+        });
+        if joins {
+            let g = groups.last_mut().expect("checked above");
+            g.to_seq = op.seq;
+            g.end_ms = op.time_ms;
+            g.added += added;
+            g.removed += removed;
+            if let (Some(b), Some(gb)) = (behind, g.made_against_seq.as_mut()) {
+                *gb = (*gb).min(b);
+            }
+        } else {
+            groups.push(TimelineGroup {
+                from_seq: op.seq,
+                to_seq: op.seq,
+                start_ms: op.time_ms,
+                end_ms: op.time_ms,
+                authors: if author.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![author]
+                },
+                added,
+                removed,
+                made_against_seq: behind,
+            });
+        }
+    }
+    Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Document;
+
+    /// A little history: (seq, update) for "hello world" typed, "world" replaced by "there",
+    /// then "!" appended, by two clients.
+    fn history() -> Vec<Vec<u8>> {
+        let mut a = Document::new(1);
+        let mut b = Document::new(2);
+        let u1 = a.insert(0, "hello world").unwrap();
+        b.apply_update(&u1).unwrap();
+        let u2 = b.replace(6, 5, "there").unwrap();
+        a.apply_update(&u2).unwrap();
+        let u3 = a.insert(11, "!").unwrap();
+        vec![u1, u2, u3]
+    }
+
+    fn records(ops: &[Vec<u8>]) -> Vec<OpRecord<'_>> {
+        ops.iter()
+            .enumerate()
+            .map(|(i, u)| OpRecord {
+                seq: i as u64 + 1,
+                update: u,
+                time_ms: 1_000 * (i as i64 + 1),
+                author: Some(if i == 1 { "bob" } else { "ada" }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_past_at_every_seq() {
+        let ops = history();
+        let texts = ["", "hello world", "hello there", "hello there!"];
+        for (seq, want) in texts.iter().enumerate() {
+            let past = Past::build(None, &ops[..seq], seq as u64).unwrap();
+            assert_eq!(past.text(), *want, "at seq {seq}");
+        }
+        // From a checkpoint (a room's compaction fold) plus the ops after it.
+        let checkpoint = crate::room::fold(None, &ops[..2]).unwrap();
+        let past = Past::build(Some(&checkpoint), &ops[2..], 3).unwrap();
+        assert_eq!(past.text(), "hello there!");
+    }
+
+    #[test]
+    fn diff_by_stable_ids() {
+        let ops = history();
+        let from = Past::build(None, &ops[..1], 1).unwrap().snapshot();
+        let to = Past::build(None, &ops, 3).unwrap();
+        let d = diff(&from, &to);
+        assert_eq!(
+            d.removed,
+            vec![Span {
+                id: "1:6".into(),
+                index: 6,
+                len: 5,
+                text: "world".into()
+            }]
+        );
+        let added: Vec<(&str, u32, &str)> = d
+            .added
+            .iter()
+            .map(|s| (s.id.as_str(), s.index, s.text.as_str()))
+            .collect();
+        assert_eq!(added, vec![("2:0", 6, "there"), ("1:11", 11, "!")]);
+        assert!(d.moved.is_empty());
+        // No change: nothing.
+        let same = Past::build(None, &ops, 3).unwrap();
+        assert_eq!(diff(&same.snapshot(), &same), TextDiff::default());
+    }
+
+    #[test]
+    fn restore_is_an_edit_that_merges_with_concurrent_typing() {
+        let ops = history();
+        let target = Past::build(None, &ops[..1], 1).unwrap().snapshot();
+        let head = Past::build(None, &ops, 3).unwrap();
+        let restore = restore_update(&head, &target, 99)
+            .unwrap()
+            .expect("a change");
+        let mut room = Document::from_update(7, &head.state()).unwrap();
+        // Someone types at the start meanwhile, on their own replica.
+        let mut c = Document::from_update(3, &head.state()).unwrap();
+        let typed = c.insert(0, ">> ").unwrap();
+        room.apply_update(&restore).unwrap();
+        assert_eq!(room.text(), "hello world");
+        room.apply_update(&typed).unwrap();
+        c.apply_update(&restore).unwrap();
+        assert_eq!(room.text(), ">> hello world");
+        assert_eq!(
+            room.canonical_state().unwrap(),
+            c.canonical_state().unwrap()
+        );
+        // Restoring the present changes nothing.
+        assert!(restore_update(&head, &head.snapshot(), 99)
+            .unwrap()
+            .is_none());
+        // The restore can be undone by restoring the point before it.
+        let mut all = ops.clone();
+        all.push(restore);
+        let after = Past::build(None, &all, 4).unwrap();
+        let undo = restore_update(&after, &head.snapshot(), 100)
+            .unwrap()
+            .unwrap();
+        room = Document::from_update(7, &after.state()).unwrap();
+        room.apply_update(&undo).unwrap();
+        assert_eq!(room.text(), "hello there!");
+    }
+
+    #[test]
+    fn blame_names_the_op_of_every_character() {
+        let ops = history();
+        let recs = records(&ops);
+        let head = Past::build(None, &ops, 3).unwrap();
+        let spans = blame(&head, &recs).unwrap();
+        let got: Vec<(u32, u32, u64, Option<&str>)> = spans
+            .iter()
+            .map(|s| (s.index, s.len, s.seq, s.author.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 6, 1, Some("ada")),
+                (6, 5, 2, Some("bob")),
+                (11, 1, 3, Some("ada"))
+            ]
+        );
+    }
+
+    #[test]
+    fn blame_splits_an_item_merged_across_ops() {
+        // One client types "ab" then "cd": yrs merges them into one item.
+        let mut a = Document::new(5);
+        let ops = vec![a.insert(0, "ab").unwrap(), a.insert(2, "cd").unwrap()];
+        let recs = records(&ops);
+        let head = Past::build(None, &ops, 2).unwrap();
+        let spans = blame(&head, &recs).unwrap();
+        let got: Vec<(u32, u32, u64)> = spans.iter().map(|s| (s.index, s.len, s.seq)).collect();
+        assert_eq!(got, vec![(0, 2, 1), (2, 2, 2)]);
+    }
+
+    #[test]
+    fn timeline_groups_by_author_pause_and_offline_merge() {
+        let ops = history();
+        let mut recs = records(&ops);
+        recs[2].time_ms = recs[1].time_ms + 500;
+        recs[1].author = Some("ada");
+        let bases = vec![OpBase::default(); 3];
+        let groups = timeline(&recs, &bases, 60_000).unwrap();
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        assert_eq!((groups[0].from_seq, groups[0].to_seq), (1, 3));
+        assert_eq!(groups[0].added, 11 + 5 + 1);
+        assert_eq!(groups[0].removed, 5);
+        // The last op was made against seq 1 (it missed seq 2): it stands apart.
+        let bases = vec![
+            OpBase::default(),
+            OpBase::default(),
+            OpBase { base_seq: Some(1) },
+        ];
+        let groups = timeline(&recs, &bases, 60_000).unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[1].made_against_seq, Some(1));
+        // A pause starts a new group too.
+        recs[2].time_ms += 120_000;
+        let groups = timeline(&recs, &[OpBase::default(); 3], 60_000).unwrap();
+        assert_eq!(groups.len(), 2);
+    }
+}
