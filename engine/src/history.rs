@@ -22,6 +22,9 @@ use yrs::{
 use crate::doc::{merge_updates, BODY};
 use crate::error::{EngineError, Result};
 
+/// What was visible at a point: its state vector and delete set (yrs' snapshot).
+pub use yrs::Snapshot as PastSnapshot;
+
 /// The yrs client id the past is rebuilt under (it never edits).
 const PAST_CLIENT_ID: u64 = 0;
 
@@ -76,16 +79,23 @@ impl Past {
             ..Options::default()
         });
         let body = doc.get_or_insert_text(BODY);
-        let past = Past { doc, body, seq };
+        let mut past = Past { doc, body, seq };
         if let Some(checkpoint) = checkpoint {
             past.apply(checkpoint)?;
         }
+        past.advance(ops, seq)?;
+        Ok(past)
+    }
+
+    /// Moves this document forward to `seq` with the ops after its current seq, in order.
+    pub fn advance<B: AsRef<[u8]>>(&mut self, ops: &[B], seq: u64) -> Result<()> {
         match ops.len() {
             0 => {}
-            1 => past.apply(ops[0].as_ref())?,
-            _ => past.apply(&merge_updates(ops)?)?,
+            1 => self.apply(ops[0].as_ref())?,
+            _ => self.apply(&merge_updates(ops)?)?,
         }
-        Ok(past)
+        self.seq = seq;
+        Ok(())
     }
 
     fn apply(&self, update: &[u8]) -> Result<()> {

@@ -85,6 +85,14 @@ pub enum ServerError {
         after_ms: u64,
     },
 
+    /// The room refused an update written from inside the server (see [`crate::local`]):
+    /// the engine's stable error code (`invalid_update`, `overloaded`, ...).
+    #[error("the room refused the update: {code}")]
+    Rejected {
+        /// The engine's error code.
+        code: String,
+    },
+
     /// Binding or serving the listener failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

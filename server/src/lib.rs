@@ -32,6 +32,7 @@ pub mod hocuspocus;
 pub mod http;
 pub mod hub;
 pub mod inbound;
+pub mod local;
 pub mod outbox;
 pub mod rate;
 pub mod room;

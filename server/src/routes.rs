@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route_service("/", ServeFile::new(web.join("demo.html")))
         .route_service("/demo.html", ServeFile::new(web.join("demo.html")))
         .nest_service("/pkg", ServeDir::new(web.join("pkg")))
+        .merge(crate::api::history::routes())
         .nest_service("/src", ServeDir::new(web.join("src")))
         .with_state(state)
 }

@@ -6,5 +6,6 @@
 mod attacks;
 mod bad_input;
 mod convergence;
+mod history;
 mod lossy_network;
 mod traces;

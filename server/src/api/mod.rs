@@ -5,6 +5,7 @@
 //! safe to show; internal detail goes to the log only.
 
 pub mod accounts;
+pub mod history;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
