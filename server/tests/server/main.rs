@@ -5,6 +5,7 @@
 mod abuse;
 mod auth;
 mod bad_input;
+mod history;
 mod scale_out;
 mod store_faults;
 mod suite;
@@ -24,6 +25,10 @@ macro_rules! for_each_store {
             async fn bad_input_changes_nothing() {
                 crate::bad_input::bad_input_changes_nothing(crate::support::Backend::Sqlite).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn history_versions_diff_playback_restore() {
+                crate::history::versions_diff_playback_restore(crate::support::Backend::Sqlite).await
+            }
         }
         mod postgres {
             $(
@@ -35,6 +40,10 @@ macro_rules! for_each_store {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn bad_input_changes_nothing() {
                 crate::bad_input::bad_input_changes_nothing(crate::support::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn history_versions_diff_playback_restore() {
+                crate::history::versions_diff_playback_restore(crate::support::Backend::Postgres).await
             }
         }
     };
