@@ -80,6 +80,340 @@ pub struct Config {
     /// How long a connection may stay over its update rate without a pause before it is
     /// closed with 4429 (`UPDATE_PATIENCE_SECS`).
     pub update_patience: Duration,
+
+    /// Whether `/metrics` is served (`METRICS`, default on).
+    pub metrics: bool,
+    /// A bearer token `/metrics` requires, if set (`METRICS_TOKEN`).
+    pub metrics_token: Option<Secret>,
+    /// How log lines are written (`LOG_FORMAT`).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<LogFormat, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected text or json".to_owned()),
+        }
+    }
+}
+
+/// One environment variable the server reads: the single list that `concord --help` prints
+/// and that every read of the environment is checked against (in tests), so a new setting
+/// cannot be read without being documented.
+pub struct Setting {
+    /// The variable.
+    pub name: &'static str,
+    /// Its default, as `concord --help` shows it, taken from `Config::default()` so the two
+    /// cannot disagree.
+    pub default: fn(&Config) -> String,
+    /// What it does.
+    pub what: &'static str,
+}
+
+fn secs(d: Duration) -> String {
+    d.as_secs().to_string()
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+fn unset(_: &Config) -> String {
+    "unset".to_owned()
+}
+
+/// Every setting, in the order `--help` lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "HOST",
+        default: |c| c.addr.ip().to_string(),
+        what: "address to listen on",
+    },
+    Setting {
+        name: "PORT",
+        default: |c| c.addr.port().to_string(),
+        what: "port to listen on",
+    },
+    Setting {
+        name: "DATABASE_URL",
+        default: |c| c.database_url.clone(),
+        what: "the store: sqlite://path (its directory must be writable) or \
+               postgres://user:password@host:port/database",
+    },
+    Setting {
+        name: "REDIS_URL",
+        default: |_| "unset (in-memory hub, one instance)".to_owned(),
+        what: "redis://[:password@]host:port: fan-out and presence across instances; \
+               checked at startup",
+    },
+    Setting {
+        name: "CONCORD_WEB_DIR",
+        default: |c| c.web_dir.display().to_string(),
+        what: "where demo.html, src/ and pkg/ are served from",
+    },
+    Setting {
+        name: "LOG_FORMAT",
+        default: |_| "text".to_owned(),
+        what: "text, or json for one JSON object per line",
+    },
+    Setting {
+        name: "RUST_LOG",
+        default: |_| "info,sqlx=warn".to_owned(),
+        what: "log filter (tracing-subscriber EnvFilter syntax)",
+    },
+    Setting {
+        name: "METRICS",
+        default: |c| if c.metrics { "on" } else { "off" }.to_owned(),
+        what: "on or off: serve Prometheus metrics on /metrics",
+    },
+    Setting {
+        name: "METRICS_TOKEN",
+        default: unset,
+        what: "if set, /metrics requires Authorization: Bearer <token> (401 without it)",
+    },
+    Setting {
+        name: "MAX_FRAME_BYTES",
+        default: |c| c.limits.max_frame_bytes.to_string(),
+        what: "largest client frame; up to 2x gets an error frame, beyond closes (1009)",
+    },
+    Setting {
+        name: "ROOM_IDLE_SECS",
+        default: |c| secs(c.room_idle),
+        what: "unload a room this long after its last client leaves",
+    },
+    Setting {
+        name: "HEARTBEAT_SECS",
+        default: |c| secs(c.heartbeat),
+        what: "ping interval; a connection silent for 3 intervals is closed",
+    },
+    Setting {
+        name: "CONN_QUEUE",
+        default: |c| c.conn_queue.to_string(),
+        what: "frames queued per connection at most",
+    },
+    Setting {
+        name: "ROOM_QUEUE",
+        default: |c| c.room_queue.to_string(),
+        what: "commands queued per room at most",
+    },
+    Setting {
+        name: "COMPACT_OPS",
+        default: |c| c.compaction.max_ops.to_string(),
+        what: "fold the op log into the snapshot after this many ops",
+    },
+    Setting {
+        name: "COMPACT_MS",
+        default: |c| c.compaction.max_age_ms.to_string(),
+        what: "... or after this many milliseconds",
+    },
+    Setting {
+        name: "HISTORY_CHECKPOINT_OPS",
+        default: |c| c.history.checkpoint_ops.to_string(),
+        what: "history keeps a checkpoint every this many ops",
+    },
+    Setting {
+        name: "HISTORY_RETENTION",
+        default: |_| "forever".to_owned(),
+        what: "how long history is kept: 30d, 12h, 90m, 3600s or forever",
+    },
+    Setting {
+        name: "SHUTDOWN_GRACE_SECS",
+        default: |c| secs(c.shutdown_grace),
+        what: "SIGTERM drains commits, acks and sockets, and exits within this",
+    },
+    Setting {
+        name: "MAX_CONNECTIONS",
+        default: |c| c.max_connections.to_string(),
+        what: "open WebSockets at most (beyond: 503)",
+    },
+    Setting {
+        name: "MAX_HTTP_CONNECTIONS",
+        default: |c| c.max_http_connections.to_string(),
+        what: "open plain HTTP connections at most (beyond: closed at accept)",
+    },
+    Setting {
+        name: "HEADER_TIMEOUT_SECS",
+        default: |c| secs(c.header_timeout),
+        what: "time to send a request's headers, and most idle time between requests",
+    },
+    Setting {
+        name: "WRITE_TIMEOUT_SECS",
+        default: |c| secs(c.write_timeout),
+        what: "a socket write that takes longer drops the peer",
+    },
+    Setting {
+        name: "CPU_THREADS",
+        default: |c| format!("{} (the machine's cores)", c.cpu_threads),
+        what: "threads of the pool where all CRDT work runs",
+    },
+    Setting {
+        name: "CPU_BURST_MS",
+        default: |c| c.cpu_budget.burst_ms.to_string(),
+        what: "pool time a connection may spend at once (beyond: error cpu_budget, close 1013)",
+    },
+    Setting {
+        name: "CPU_SHARE",
+        default: |c| c.cpu_budget.share.to_string(),
+        what: "share of a core a connection may use over time (0.001 to 1)",
+    },
+    Setting {
+        name: "CONN_OUT_BYTES",
+        default: |c| c.conn_out_bytes.to_string(),
+        what: "bytes queued to one connection (beyond: slow consumer, close 1013)",
+    },
+    Setting {
+        name: "OUT_BYTES",
+        default: |c| c.total_out_bytes.to_string(),
+        what: "bytes queued to all connections together",
+    },
+    Setting {
+        name: "INBOUND_BYTES",
+        default: |c| c.inbound_bytes.to_string(),
+        what: "bytes of client frames parsed at once across the instance",
+    },
+    Setting {
+        name: "ROOM_STAGED_BYTES",
+        default: |c| c.room_limits.max_staged_bytes.to_string(),
+        what: "a room's updates not yet durable (beyond: error overloaded, close 1013)",
+    },
+    Setting {
+        name: "ROOM_TAIL_BYTES",
+        default: |c| c.room_limits.max_tail_bytes.to_string(),
+        what: "a room's updates since its last snapshot",
+    },
+    Setting {
+        name: "COMMIT_TIMEOUT_MS",
+        default: |c| ms(c.commit_timeout),
+        what: "bound on each group commit, load, catch-up and compaction",
+    },
+    Setting {
+        name: "STATEMENT_TIMEOUT_MS",
+        default: |c| ms(c.statement_timeout),
+        what: "bound on each wait inside the store (statement, lock, busy, pool acquire)",
+    },
+    Setting {
+        name: "UPDATE_BURST",
+        default: |c| c.update_rate.0.to_string(),
+        what: "updates a connection may send at once",
+    },
+    Setting {
+        name: "UPDATE_PER_SEC",
+        default: |c| c.update_rate.1.to_string(),
+        what: "updates per second after the burst (beyond: read at that rate)",
+    },
+    Setting {
+        name: "UPDATE_PATIENCE_SECS",
+        default: |c| secs(c.update_patience),
+        what: "a connection over its update rate this long is closed (4429)",
+    },
+    Setting {
+        name: "CONCORD_AUTH",
+        default: |c| c.auth.mode.as_str().to_owned(),
+        what: "access control: off, tokens or accounts",
+    },
+    Setting {
+        name: "CONCORD_AUTH_SECRET",
+        default: unset,
+        what: "HS256 key for tokens, at least 32 bytes (environment only, never the command line)",
+    },
+    Setting {
+        name: "CONCORD_AUTH_SECRET_FILE",
+        default: unset,
+        what: "a file holding CONCORD_AUTH_SECRET",
+    },
+    Setting {
+        name: "CONCORD_AUTH_PUBLIC_KEY",
+        default: unset,
+        what: "a PEM public key file, for EdDSA or RS256 tokens",
+    },
+    Setting {
+        name: "CONCORD_TOKEN_TTL_SECS",
+        default: |c| secs(c.auth.token_ttl),
+        what: "lifetime of tokens minted at login (accounts)",
+    },
+    Setting {
+        name: "GRANT_CACHE_SECS",
+        default: |c| secs(c.auth.grant_cache_ttl),
+        what: "how long a grant is trusted without a change notice",
+    },
+    Setting {
+        name: "IP_CONNECT_BURST",
+        default: |c| c.auth.limits.connect_burst.to_string(),
+        what: "connection attempts per IP at once (beyond: 429)",
+    },
+    Setting {
+        name: "IP_CONNECT_PER_SEC",
+        default: |c| c.auth.limits.connect_per_sec.to_string(),
+        what: "connection attempts per IP per second after the burst",
+    },
+    Setting {
+        name: "LOGIN_BURST",
+        default: |c| c.auth.limits.login_burst.to_string(),
+        what: "logins per IP at once",
+    },
+    Setting {
+        name: "LOGIN_PER_SEC",
+        default: |c| c.auth.limits.login_per_sec.to_string(),
+        what: "logins per IP per second after the burst",
+    },
+];
+
+/// The settings part of `concord --help`: each variable, its default and what it does.
+pub fn settings_help() -> String {
+    let defaults = Config::default();
+    let mut out = String::new();
+    for s in SETTINGS {
+        out.push_str(&format!("  {}\n", s.name));
+        let mut line = String::from("      ");
+        for word in s.what.split_whitespace() {
+            if line.len() + word.len() > 92 {
+                out.push_str(line.trim_end());
+                out.push('\n');
+                line = String::from("      ");
+            }
+            line.push_str(word);
+            line.push(' ');
+        }
+        out.push_str(line.trim_end());
+        out.push_str(&format!("\n      default: {}\n", (s.default)(&defaults)));
+    }
+    out
+}
+
+/// What a setting of type `T` should look like, for error messages.
+fn expected<T>() -> &'static str {
+    match std::any::type_name::<T>() {
+        "u16" | "u32" | "u64" | "usize" => "a whole number",
+        "f64" | "f32" => "a number",
+        "core::net::ip_addr::IpAddr" => "an IP address such as 0.0.0.0 or 127.0.0.1",
+        _ => "a valid value (see concord --help)",
+    }
+}
+
+/// Reads one variable; every name must be in [`SETTINGS`] (checked in tests and debug
+/// builds; a test reads them all).
+fn var(name: &str) -> Option<String> {
+    if cfg!(any(test, debug_assertions)) {
+        assert!(
+            SETTINGS.iter().any(|s| s.name == name),
+            "{name} is read but missing from config::SETTINGS"
+        );
+    }
+    std::env::var(name).ok()
 }
 
 /// A secret from the environment or a file: shown as `***` by `Debug`, so it cannot reach a
@@ -203,6 +537,9 @@ impl Default for Config {
             auth: crate::auth::AuthSettings::default(),
             update_rate: (2000.0, 500.0),
             update_patience: Duration::from_secs(10),
+            metrics: true,
+            metrics_token: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -247,23 +584,125 @@ fn parse<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => {
-            value
-                .trim()
-                .parse()
-                .map_err(|e: T::Err| ServerError::Config {
-                    name,
-                    value: redact_url(&value),
-                    reason: scrub(&e.to_string(), &value),
-                })
-        }
+    match var(name) {
+        Some(value) if !value.trim().is_empty() => value.trim().parse().map_err(|e: T::Err| {
+            let mut reason = scrub(&e.to_string(), &value);
+            if !reason.contains("expected") {
+                reason = format!("{reason}; expected {}", expected::<T>());
+            }
+            ServerError::Config {
+                name,
+                value: redact_url(&value),
+                reason,
+            }
+        }),
         _ => Ok(default),
     }
 }
 
 fn non_empty(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    var(name).filter(|v| !v.trim().is_empty())
+}
+
+/// `on`/`off` (also `true`/`false`, `1`/`0`, `yes`/`no`).
+fn switch(name: &'static str, default: bool) -> Result<bool> {
+    let Some(value) = non_empty(name) else {
+        return Ok(default);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(ServerError::Config {
+            name,
+            value,
+            reason: "expected on or off".to_owned(),
+        }),
+    }
+}
+
+/// `DATABASE_URL`, checked as far as it can be without connecting: a scheme the server
+/// knows, a URL its driver parses, and for SQLite a directory the server can write (the
+/// database file, its WAL and its shared-memory file all live there). Connecting is checked
+/// by `run`, whose error names the variable too.
+fn database_url(default: String) -> Result<String> {
+    let url = non_empty("DATABASE_URL").unwrap_or(default);
+    check_database_url(&url)?;
+    Ok(url)
+}
+
+fn check_database_url(url: &str) -> Result<()> {
+    let bad = |reason: String| ServerError::Config {
+        name: "DATABASE_URL",
+        value: redact_url(url),
+        reason: scrub(&reason, url),
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url).map_err(|e| {
+            bad(format!(
+                "{e}; expected postgres://user:password@host:port/database"
+            ))
+        })?;
+    } else if url.starts_with("sqlite:") {
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url)
+            .map_err(|e| bad(format!("{e}; expected sqlite://path/to/file.db")))?;
+        let file = options.get_filename();
+        if file != std::path::Path::new(":memory:") && !url.contains("mode=memory") {
+            if let Some(dir) = file.parent() {
+                check_writable_dir(dir).map_err(bad)?;
+            }
+        }
+    } else {
+        return Err(bad(
+            "expected sqlite://path/to/file.db or postgres://user:password@host:port/database"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `dir` can be created (if missing) and written, without creating it: the nearest
+/// existing ancestor must be a directory that accepts a new file.
+fn check_writable_dir(dir: &std::path::Path) -> std::result::Result<(), String> {
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => {
+                existing = std::path::Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return Err(format!(
+            "{} is not a directory, so the data directory {} cannot be created; expected a \
+             writable directory for the SQLite file",
+            existing.display(),
+            dir.display()
+        ));
+    }
+    let probe = existing.join(format!(".concord-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "the data directory {} is not writable ({}); expected a directory the server can \
+             create files in",
+            existing.display(),
+            e.kind()
+        )),
+    }
 }
 
 impl Config {
@@ -280,7 +719,7 @@ impl Config {
         };
         Ok(Config {
             addr: SocketAddr::new(host, port),
-            database_url: non_empty("DATABASE_URL").unwrap_or(d.database_url),
+            database_url: database_url(d.database_url)?,
             redis_url: non_empty("REDIS_URL"),
             web_dir: non_empty("CONCORD_WEB_DIR")
                 .map(PathBuf::from)
@@ -332,6 +771,9 @@ impl Config {
             update_patience: Duration::from_secs(
                 parse("UPDATE_PATIENCE_SECS", d.update_patience.as_secs())?.max(1),
             ),
+            metrics: switch("METRICS", d.metrics)?,
+            metrics_token: non_empty("METRICS_TOKEN").map(|t| Secret::new(t.trim())),
+            log_format: parse("LOG_FORMAT", d.log_format)?,
         })
     }
 
@@ -538,8 +980,85 @@ mod tests {
         assert!(out.contains("postgres://u:***@h/db"), "{out}");
     }
 
+    /// Tests that set variables hold this, so a concurrent `from_env` sees a stable environment.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn every_setting_read_is_documented_and_every_documented_one_is_read() {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        // Reads every variable; `var` panics (debug) on one missing from SETTINGS.
+        Config::from_env().expect("the defaults are a valid configuration");
+        let source = include_str!("config.rs");
+        for s in SETTINGS {
+            let quoted = format!("\"{}\"", s.name);
+            // Once in the table, at least once where it is read (RUST_LOG: by tracing).
+            assert!(
+                s.name == "RUST_LOG" || source.matches(&quoted).count() >= 2,
+                "{} is documented but never read",
+                s.name
+            );
+        }
+        let mut names: Vec<_> = SETTINGS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SETTINGS.len(), "a setting is listed twice");
+    }
+
+    #[test]
+    fn help_shows_defaults_from_the_config() {
+        let help = settings_help();
+        assert!(help.contains("  PORT\n      port to listen on\n      default: 8080\n"));
+        assert!(help.contains("default: sqlite://data/concord.db"));
+        assert!(help.contains("default: 5000"), "COMMIT_TIMEOUT_MS");
+        assert!(help.lines().all(|l| l.len() <= 100), "{help}");
+    }
+
+    #[test]
+    fn database_urls_are_checked_before_connecting() {
+        let err = |url: &str| match check_database_url(url) {
+            Err(ServerError::Config {
+                name,
+                value,
+                reason,
+            }) => {
+                assert_eq!(name, "DATABASE_URL");
+                format!("{value} {reason}")
+            }
+            other => panic!("{url}: {other:?}"),
+        };
+        let msg = err("mysql://u:hunter2@h/db");
+        assert!(
+            msg.contains("expected sqlite://") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        let file = std::env::temp_dir().join(format!("concord-cfg-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let msg = err(&format!("sqlite://{}/sub/concord.db", file.display()));
+        assert!(msg.contains("not a directory"), "{msg}");
+        let _ = std::fs::remove_file(&file);
+        check_database_url("sqlite::memory:").expect("in-memory needs no directory");
+        let dir = std::env::temp_dir().join(format!("concord-cfg-dir-{}", std::process::id()));
+        check_database_url(&format!("sqlite://{}/a/b/concord.db", dir.display()))
+            .expect("a missing directory under a writable one is fine");
+        assert!(!dir.exists(), "checking creates nothing");
+        check_database_url("postgres://u:p@localhost:5432/db").expect("valid postgres url");
+    }
+
+    #[test]
+    fn switches_and_log_formats_parse() {
+        assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
+        assert!("xml".parse::<LogFormat>().is_err());
+        assert_eq!(expected::<u16>(), "a whole number");
+        assert_eq!(
+            expected::<IpAddr>(),
+            "an IP address such as 0.0.0.0 or 127.0.0.1"
+        );
+    }
+
     #[test]
     fn timeouts_parse_and_refuse_zero() {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
         // Only this test touches these variables.
         std::env::set_var("COMMIT_TIMEOUT_MS", "1500");
         std::env::set_var("STATEMENT_TIMEOUT_MS", "0");

@@ -26,7 +26,7 @@ pub enum ServerError {
 
     /// Opening the store failed. The target is redacted (`config::redact_url`) and the reason
     /// scrubbed of the URL and its password, since this is printed at startup.
-    #[error("cannot open store {target}: {reason}")]
+    #[error("cannot open the store at DATABASE_URL={target}: {reason}")]
     Connect {
         /// `DATABASE_URL`, password replaced by `***`.
         target: String,

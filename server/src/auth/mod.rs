@@ -430,7 +430,7 @@ impl Auth {
             return Ok(hit);
         }
         let role = self.directory.role(room, user).await.map_err(|e| {
-            tracing::warn!(error = %e, "grant lookup failed");
+            tracing::warn!(room, error = %e, "grant lookup failed");
             Denied::Unavailable
         })?;
         if let Ok(mut cache) = self.cache.lock() {

@@ -132,7 +132,10 @@ impl RedisHub {
         let bad = |e: redis::RedisError| ServerError::Config {
             name: "REDIS_URL",
             value: crate::config::redact_url(url),
-            reason: crate::config::scrub(&e.to_string(), url),
+            reason: format!(
+                "{}; expected a reachable Redis at redis://[:password@]host:port",
+                crate::config::scrub(&e.to_string(), url)
+            ),
         };
         let client = redis::Client::open(url).map_err(bad)?;
         let config = ConnectionManagerConfig::new()
