@@ -100,7 +100,15 @@ where
             _ = kill.killed() => return None,
         };
         match next {
-            Ok(Some(Ok(msg))) => return Some(msg),
+            Ok(Some(Ok(msg))) => {
+                let len = match &msg {
+                    Message::Text(text) => text.len(),
+                    Message::Binary(bytes) => bytes.len(),
+                    _ => 0,
+                };
+                crate::metrics::get().bytes_in.inc_by(len as u64);
+                return Some(msg);
+            }
             Ok(Some(Err(_))) | Ok(None) => return None,
             Err(_) => {
                 let wrote = wrote_at.load(Ordering::Relaxed);
@@ -396,6 +404,7 @@ impl Watch {
                     Dialect::Yjs => None,
                 };
                 if frame.is_some_and(|frame| !self.out.offer(frame)) {
+                    crate::metrics::get().slow_consumer_closes.inc();
                     self.kill.kill(1013, "too slow: reconnect to resync");
                 }
             }

@@ -93,6 +93,13 @@ pub enum ServerError {
         code: String,
     },
 
+    /// The hub (Redis) did not answer a health check.
+    #[error("hub: {reason}")]
+    Hub {
+        /// The driver's error (it never carries the URL).
+        reason: String,
+    },
+
     /// Binding or serving the listener failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

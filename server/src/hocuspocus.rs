@@ -166,6 +166,7 @@ impl Docs<'_> {
 
     fn send(&self, bytes: Vec<u8>) {
         if !self.out.offer(Frame::binary(bytes)) {
+            crate::metrics::get().slow_consumer_closes.inc();
             self.kill.kill(1013, "too slow: reconnect to resync");
         }
     }

@@ -4,6 +4,8 @@
 //! - [`config`]: settings from the environment, with embedded defaults.
 //! - [`http`]: the listener: HTTP/1.1 with header and idle timeouts and a connection cap.
 //! - [`routes`]: HTTP routes: `/healthz`, `/` (the demo), `/pkg/*`, `/rooms/{id}/ws`.
+//! - [`health`]: `/readyz`: the store and the hub answer, each within a short timeout.
+//! - [`metrics`]: Prometheus metrics on `/metrics` (connections, rooms, commits, fan-out, ...).
 //! - [`connection`]: one WebSocket: reader, writer with timeouts, heartbeats.
 //! - [`outbox`], [`inbound`]: byte budgets for what is queued to clients and parsed from them.
 //! - [`rooms`]: the registry: lazy load, one task per room, idle unload.
@@ -28,11 +30,13 @@ pub mod config;
 pub mod connection;
 pub mod cpu;
 pub mod error;
+pub mod health;
 pub mod hocuspocus;
 pub mod http;
 pub mod hub;
 pub mod inbound;
 pub mod local;
+pub mod metrics;
 pub mod outbox;
 pub mod rate;
 pub mod room;

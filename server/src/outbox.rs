@@ -46,8 +46,9 @@ impl Frame {
         self.len() == 0
     }
 
-    /// The WebSocket message.
+    /// The WebSocket message, for the socket writer (counted in `concord_bytes_out_total`).
     pub fn into_message(self) -> Message {
+        crate::metrics::get().bytes_out.inc_by(self.len() as u64);
         match self {
             Frame::Text(t) => Message::Text(t),
             Frame::Binary(b) => Message::Binary(b),

@@ -182,6 +182,9 @@ async fn poll_opt<T>(fut: &mut Option<BoxFut<T>>) -> T {
 
 /// A server frame as shared text, ready for any number of outbound queues.
 pub(crate) fn text(msg: &ServerMessage) -> Utf8Bytes {
+    if let ServerMessage::Error { code, .. } = msg {
+        crate::metrics::get().error_frame(code);
+    }
     Utf8Bytes::from(msg.to_json())
 }
 
@@ -1120,6 +1123,8 @@ impl Room {
             return Err(ServerError::Internal("room core missing"));
         };
         let inputs = std::mem::take(&mut self.inputs);
+        // Fan-out latency runs from here: the burst was taken from the queue just now.
+        let received = Instant::now();
         let ran = self
             .cpu
             .run(move || {
@@ -1136,7 +1141,13 @@ impl Room {
             }
         }
         for out in fx.outs {
+            let broadcast = matches!(out, Out::All { .. });
             self.carry_out(out, now);
+            if broadcast {
+                crate::metrics::get()
+                    .fanout_seconds
+                    .observe(crate::metrics::seconds(received));
+            }
         }
         Ok(fx.catch_up)
     }
@@ -1148,6 +1159,7 @@ impl Room {
                     return;
                 };
                 if !member.out.offer(sync) {
+                    crate::metrics::get().slow_consumer_closes.inc();
                     let _ = reply.send(Ok(()));
                     member.kill.kill(1013, "too slow: reconnect to resync");
                     return;
@@ -1409,6 +1421,7 @@ impl Room {
     fn drop_slow(&mut self, conn: ConnId) {
         if let Some(m) = self.members.remove(&conn) {
             tracing::debug!(room = %self.id, conn = conn.0, "slow consumer disconnected");
+            crate::metrics::get().slow_consumer_closes.inc();
             m.member.kill.kill(1013, "too slow: reconnect to resync");
         }
     }

@@ -1,5 +1,6 @@
-//! HTTP routes: health, the demo page and its static files, the WebSocket endpoint, and the
-//! REST API ([`crate::api`]). Every room route runs [`crate::auth::Auth::admit`] first.
+//! HTTP routes: health and readiness, metrics, the demo page and its static files, the
+//! WebSocket endpoints, and the REST API ([`crate::api`]). Every room route runs
+//! [`crate::auth::Auth::admit`] first.
 
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub fn router(state: AppState) -> Router {
     let web = state.config.web_dir.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(crate::health::readyz))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/rooms/{id}/ws", get(ws))
         .route("/yjs/{room}", get(yjs))
         .route("/hocuspocus", get(hocuspocus))
@@ -142,6 +145,7 @@ async fn hocuspocus(
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     upgrade.on_upgrade(move |socket| async move {
+        let _open = crate::metrics::get().connection(Dialect::Hocuspocus);
         crate::hocuspocus::serve(socket, state).await;
         drop(permit);
     })
@@ -185,6 +189,7 @@ fn upgrade_to(
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     upgrade.on_upgrade(move |socket| async move {
+        let _open = crate::metrics::get().connection(dialect);
         crate::connection::serve(socket, id, sv, admission, state, dialect).await;
         drop(permit);
     })

@@ -37,4 +37,9 @@ impl Hub for MemoryHub {
         let (_tx, rx) = mpsc::channel(1);
         rx
     }
+
+    /// Nothing outside the process: always ready.
+    async fn ping(&self) -> crate::error::Result<()> {
+        Ok(())
+    }
 }

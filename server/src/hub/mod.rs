@@ -81,6 +81,9 @@ pub trait Hub: Send + Sync + 'static {
 
     /// Grant changes from other instances. Called once, at startup.
     fn access_feed(&self) -> mpsc::Receiver<AccessSignal>;
+
+    /// Whether the hub can carry messages now, for `/readyz`; the caller bounds it in time.
+    async fn ping(&self) -> crate::error::Result<()>;
 }
 
 /// Opens the hub named by `REDIS_URL`, or the in-memory one.

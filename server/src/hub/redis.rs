@@ -290,6 +290,19 @@ impl Hub for RedisHub {
             .filter_map(|s| serde_json::from_str(&s).ok())
             .collect()
     }
+
+    /// A `PING` on the reads connection (which reconnects by itself, so this turns ok again
+    /// once Redis is back).
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.reads.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| ServerError::Hub {
+                reason: e.to_string(),
+            })
+    }
 }
 
 async fn publisher_task(mut conn: ConnectionManager, mut rx: mpsc::Receiver<PubCmd>) {

@@ -91,8 +91,16 @@ async fn worker(store: Arc<dyn Store>, rx: Arc<Mutex<mpsc::Receiver<Request>>>) 
         }
         let (appends, replies): (Vec<Append>, Vec<_>) =
             group.into_iter().map(|r| (r.append, r.reply)).unzip();
+        let started = std::time::Instant::now();
         let results = commit_group(store.as_ref(), &appends).await;
-        for (reply, result) in replies.into_iter().zip(results) {
+        let metrics = crate::metrics::get();
+        metrics
+            .commit_seconds
+            .observe(crate::metrics::seconds(started));
+        for ((reply, result), append) in replies.into_iter().zip(results).zip(&appends) {
+            if result.is_ok() {
+                metrics.ops_committed.inc_by(append.updates.len() as u64);
+            }
             let _ = reply.send(result);
         }
     }

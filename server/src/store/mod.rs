@@ -192,6 +192,9 @@ pub trait Store: directory::Directory + history::HistoryStore + Send + Sync + 's
         room: &str,
         history: &history::HistoryPolicy,
     ) -> Result<Option<(Vec<u8>, u64)>>;
+
+    /// Answers a trivial query (`SELECT 1`), for `/readyz`; the caller bounds it in time.
+    async fn ping(&self) -> Result<()>;
 }
 
 /// Opens the store named by a `DATABASE_URL` with the default bounds and runs its migrations.

@@ -175,6 +175,11 @@ impl Store for SqliteStore {
             .bound("compact", self.compact_unbounded(room, history))
             .await
     }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 }
 
 impl SqliteStore {
