@@ -40,6 +40,7 @@ run_suite "web: the stock y-websocket provider against /yjs (types, offline, res
 run_suite "web: the stock Hocuspocus provider v3 and v4 against /hocuspocus (multiplexing, durable SyncStatus, kill -9, awareness, stateless, tokens, two instances)" test/hocuspocus.test.mjs
 run_suite "web: npm pack, install the tarball into a fresh project, use it from Node" test/pack.test.mjs
 run_suite "web: demo.html and CodeMirror 6 in headless Chromium (Playwright)" test/e2e.test.mjs
+run_suite "web: the demo's History panel: versions, timeline scrubbing, diff, restore in every tab, blame (Playwright)" test/history.test.mjs
 run_suite "web: Tiptap via HocuspocusProvider and CodeMirror 6 via y-codemirror.next + WebsocketProvider in headless Chromium (esbuild bundles)" test/yjs-editors.test.mjs
 
 step "web: all suites passed (screenshots in artifacts/)"
