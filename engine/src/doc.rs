@@ -481,6 +481,11 @@ impl Document {
     pub fn yrs(&self) -> &Doc {
         &self.doc
     }
+
+    /// The `body` text, for positions in it (see [`crate::awareness`]).
+    pub(crate) fn body(&self) -> &TextRef {
+        &self.body
+    }
 }
 
 /// Decodes a v1 state vector without panicking on hostile input.

@@ -12,6 +12,8 @@
 //!   answers to frames, presence as awareness.
 //! - [`hocuspocus`]: the Hocuspocus protocol: many documents on one socket, auth per document,
 //!   `SyncStatus`, stateless strings, v4 ping; a per-socket state machine.
+//! - [`awareness`]: presence/awareness per room: changes coalesced per short tick (bounded),
+//!   cursors mapped between UTF-16 offsets and Yjs relative positions.
 //! - [`error`]: [`EngineError`], the one error type, with stable wire codes.
 //!
 //! The engine never touches sockets, files, clocks or randomness: time and ids come in as
@@ -20,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod awareness;
 pub mod changes;
 pub mod client;
 pub mod doc;

@@ -111,11 +111,19 @@ pub fn permission_denied(reason: &str) -> Vec<u8> {
 
 /// An awareness message carrying these presences, each as one awareness entry.
 pub fn awareness(presences: &[&Presence]) -> Vec<u8> {
-    let mut clients = std::collections::HashMap::new();
-    for p in presences {
-        let (client, entry) = awareness_entry(p);
-        clients.insert(client, entry);
-    }
+    let entries: Vec<_> = presences.iter().map(|p| awareness_entry(p, None)).collect();
+    awareness_message(&entries)
+}
+
+/// An awareness message carrying these entries: one y-protocols awareness update, which holds
+/// any number of clients.
+pub fn awareness_message<'a>(
+    entries: impl IntoIterator<Item = &'a (ClientID, AwarenessUpdateEntry)>,
+) -> Vec<u8> {
+    let clients = entries
+        .into_iter()
+        .map(|(client, entry)| (*client, entry.clone()))
+        .collect();
     Message::Awareness(AwarenessUpdate { clients }).encode_v1()
 }
 
@@ -131,10 +139,13 @@ pub fn presence_client_id(user: &str) -> u64 {
     u64::from(h)
 }
 
-/// One presence as an awareness entry. A Yjs client's own state goes back out as it came; a
-/// Concord client's becomes `{"user":{"name","color"},"concordCursor":...}` (not `cursor`, which
-/// Yjs bindings read as a relative position), with its clock taken from the presence.
-fn awareness_entry(p: &Presence) -> (ClientID, AwarenessUpdateEntry) {
+/// One presence as an awareness entry (client id and entry), for [`awareness_message`]. A Yjs
+/// client's own state goes back out as it came; a Concord client's becomes
+/// `{"user":{"name","color"},"concordCursor":...}`, with its clock taken from the presence, plus
+/// `cursor` when given: its offsets as relative positions into `body`, which the room maps
+/// ([`crate::awareness::offsets_to_relative`]); Yjs bindings read `cursor` as relative
+/// positions, never as offsets.
+pub fn awareness_entry(p: &Presence, cursor: Option<&Value>) -> (ClientID, AwarenessUpdateEntry) {
     if let Some(y) = &p.yjs {
         let json: Arc<str> = if p.left {
             "null".into()
@@ -165,6 +176,9 @@ fn awareness_entry(p: &Presence) -> (ClientID, AwarenessUpdateEntry) {
         state.insert("user".into(), Value::Object(user));
         if let Some(cursor) = &p.cursor {
             state.insert("concordCursor".into(), cursor.clone());
+        }
+        if let Some(cursor) = cursor {
+            state.insert("cursor".into(), cursor.clone());
         }
         Value::Object(state).to_string().into()
     };
@@ -317,5 +331,41 @@ mod tests {
         };
         let entry = update.clients.values().next().unwrap();
         assert_eq!((&*entry.json, entry.clock), ("null", 4));
+    }
+
+    #[test]
+    fn one_awareness_message_carries_many_entries_and_a_mapped_cursor() {
+        let a = Presence {
+            user: "c-a".into(),
+            name: Some("Ada".into()),
+            cursor: Some(serde_json::json!(3)),
+            clock: 2,
+            ..Presence::default()
+        };
+        let b = Presence {
+            user: "c-b".into(),
+            clock: 5,
+            ..Presence::default()
+        };
+        let rel = serde_json::json!({"type": null, "tname": "body", "item": {"client": 1, "clock": 3}, "assoc": 0});
+        let cursor = serde_json::json!({ "anchor": rel, "head": rel });
+        let entries = [
+            awareness_entry(&a, Some(&cursor)),
+            awareness_entry(&b, None),
+        ];
+        let YjsRequest::Awareness(update) =
+            decode(&awareness_message(&entries), &limits()).unwrap()
+        else {
+            panic!("awareness expected");
+        };
+        assert_eq!(update.clients.len(), 2);
+        let entry = &update.clients[&ClientID::new(presence_client_id("c-a"))];
+        let state: Value = serde_json::from_str(&entry.json).unwrap();
+        assert_eq!(state["cursor"], cursor);
+        assert_eq!(state["concordCursor"], 3);
+        assert_eq!(state["user"]["name"], "Ada");
+        let entry = &update.clients[&ClientID::new(presence_client_id("c-b"))];
+        assert_eq!(entry.clock, 5);
+        assert!(!entry.json.contains("cursor"));
     }
 }
