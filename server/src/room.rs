@@ -9,7 +9,10 @@
 //!   connections (a bounded channel, drained in bursts so a busy room batches), the result of
 //!   its in-flight group commit, compaction and catch-up results and hub events, hands each
 //!   burst to the core as one job, and carries out what the core decided: frames to members,
-//!   publishes to the hub, the next group commit. Presence, which needs no CRDT, stays here.
+//!   publishes to the hub, the next group commit. Presence stays here, coalesced per short
+//!   tick ([`awareness::Coalescer`]: one message per dialect per flush, the latest entry per
+//!   user); a flush goes through the core only when cursors must be mapped between offsets and
+//!   Yjs relative positions, which needs the document.
 //!
 //! Budgets applied here: each member's outbound queue is bounded in bytes (see [`outbox`]) and a
 //! member that cannot keep up is dropped as a slow consumer (it resyncs on reconnect); each
@@ -25,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
+use concord_engine::awareness::{self, Coalescer, Pending};
 use concord_engine::hocuspocus;
 use concord_engine::wire::Presence;
 use concord_engine::yjs::{self, YjsRequest};
@@ -165,6 +169,9 @@ const PRESENCE_BURST: f64 = 20.0;
 const PRESENCE_PER_SEC: f64 = 20.0;
 /// Commands drained from the queue into one core job.
 const BURST: usize = 1024;
+/// Cursors mapped between offsets and relative positions per presence flush at most (each
+/// walks the text); beyond, entries go out with the cursor their sender gave.
+const MAX_MAPPED_CURSORS: usize = 256;
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A compaction in flight: the new snapshot and its op seq, if there was anything to fold.
@@ -243,6 +250,8 @@ enum Input {
         from_hub: bool,
     },
     Committed(Result<u64>),
+    /// A presence flush whose cursors need the document (see [`presence_frames`]).
+    Presence(Vec<Pending>),
 }
 
 /// What the core decided, in order; the task carries it out.
@@ -272,6 +281,8 @@ enum Out {
     ResyncAll,
     /// Close this member (after the frames already queued for it).
     Close(ConnId, u16, &'static str),
+    /// A presence flush, encoded.
+    Presence(PresenceFrames),
 }
 
 /// One frame in each format present in the room (`None` where no member speaks it).
@@ -290,6 +301,118 @@ impl Frames {
             Dialect::Hocuspocus => self.hocuspocus.as_ref(),
         }
     }
+}
+
+/// A presence flush in each format present, each encoded once: what
+/// [`Room::send_presence_frames`] hands out.
+#[derive(Debug, Default)]
+struct PresenceFrames {
+    /// One `presence` frame per entry (the JSON protocol has one presence per frame), with the
+    /// member it came from, which is not sent it.
+    json: Vec<(Frame, Option<ConnId>)>,
+    /// One awareness message with every entry, per Yjs dialect present.
+    yjs: Option<Frame>,
+    hocuspocus: Option<Frame>,
+    /// Yjs members that sent some of the entries get the message without their own (`None`:
+    /// nothing left for them).
+    own: HashMap<ConnId, Option<Frame>>,
+}
+
+/// Whether a presence flush has cursors to map for members of another dialect present
+/// (`speaks`: JSON, y-websocket, Hocuspocus), which needs the document.
+fn needs_document(entries: &[Pending], speaks: [bool; 3]) -> bool {
+    let [json, yjs, hp] = speaks;
+    entries.iter().any(|e| {
+        let p = &e.presence;
+        !p.left
+            && match &p.yjs {
+                Some(y) => json && p.cursor.is_none() && y.state.contains("\"cursor\""),
+                None => (yjs || hp) && p.cursor.is_some(),
+            }
+    })
+}
+
+/// Encodes a presence flush once per dialect present (`speaks`: JSON, y-websocket,
+/// Hocuspocus). Given the room's document (on the core only), cursors are mapped for the other
+/// side, at most [`MAX_MAPPED_CURSORS`] each way: a Concord client's offsets become relative
+/// positions (`cursor`) for Yjs members, a Yjs client's relative positions into `body` become
+/// `{anchor, head}` offsets for JSON members. Positions into other types (Tiptap's) stay as
+/// they came.
+fn presence_frames(
+    room: &str,
+    entries: &[Pending],
+    speaks: [bool; 3],
+    dialect_of: impl Fn(ConnId) -> Option<Dialect>,
+    doc: Option<&concord_engine::Document>,
+) -> PresenceFrames {
+    let [json, yjs_present, hp_present] = speaks;
+    let mut out = PresenceFrames::default();
+    if json {
+        let mut budget = MAX_MAPPED_CURSORS;
+        for e in entries {
+            let p = &e.presence;
+            let mut cursor = None;
+            if let (Some(y), Some(doc)) = (&p.yjs, doc) {
+                if p.cursor.is_none() && !p.left && budget > 0 {
+                    cursor = awareness::awareness_cursor(&y.state).and_then(|c| {
+                        budget -= 1;
+                        awareness::relative_to_offsets(doc, &c)
+                    });
+                }
+            }
+            let frame = match cursor {
+                Some(cursor) => text(&ServerMessage::Presence(Presence {
+                    cursor: Some(cursor),
+                    ..p.clone()
+                })),
+                None => text(&ServerMessage::Presence(p.clone())),
+            };
+            out.json.push((frame.into(), e.origin));
+        }
+    }
+    if yjs_present || hp_present {
+        let mut budget = MAX_MAPPED_CURSORS;
+        let encoded: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let p = &e.presence;
+                let mut cursor = None;
+                if let (Some(c), Some(doc)) = (&p.cursor, doc) {
+                    if p.yjs.is_none() && !p.left && budget > 0 {
+                        budget -= 1;
+                        cursor = awareness::offsets_to_relative(doc, c);
+                    }
+                }
+                yjs::awareness_entry(p, cursor.as_ref())
+            })
+            .collect();
+        let all = yjs::awareness_message(&encoded);
+        if hp_present {
+            out.hocuspocus = Some(yjs_frame(room, Dialect::Hocuspocus, all.clone()));
+        }
+        if yjs_present {
+            out.yjs = Some(Frame::binary(all));
+        }
+        // A member is not sent its own entry back.
+        let mut origins: Vec<ConnId> = entries.iter().filter_map(|e| e.origin).collect();
+        origins.sort_unstable_by_key(|c| c.0);
+        origins.dedup();
+        for conn in origins {
+            let Some(dialect) = dialect_of(conn).filter(|d| d.is_yjs()) else {
+                continue;
+            };
+            let rest: Vec<_> = entries
+                .iter()
+                .zip(&encoded)
+                .filter(|(e, _)| e.origin != Some(conn))
+                .map(|(_, entry)| entry)
+                .collect();
+            let frame =
+                (!rest.is_empty()).then(|| yjs_frame(room, dialect, yjs::awareness_message(rest)));
+            out.own.insert(conn, frame);
+        }
+    }
+    out
 }
 
 #[derive(Default)]
@@ -447,6 +570,18 @@ impl Core {
                 Input::Committed(result) => {
                     self.full_sync = None;
                     self.committed(result, &mut fx);
+                }
+                Input::Presence(entries) => {
+                    let speaks =
+                        [Dialect::Json, Dialect::Yjs, Dialect::Hocuspocus].map(|d| self.speaks(d));
+                    let frames = presence_frames(
+                        &self.id,
+                        &entries,
+                        speaks,
+                        |conn| self.dialects.get(&conn).copied(),
+                        Some(self.state.document()),
+                    );
+                    fx.outs.push(Out::Presence(frames));
                 }
             }
             self.dispatch_events(&mut fx);
@@ -653,6 +788,7 @@ impl RoomTask {
             presence_clock: 0,
             inputs: Vec::new(),
             server_ops: 0,
+            presence_out: Coalescer::new(awareness::Budget::default()),
         };
         for p in ctx.hub.live_presence(&self.id).await {
             room.hub_event(HubEvent::Presence(p));
@@ -670,7 +806,13 @@ impl RoomTask {
         let mut rx_done = false;
 
         loop {
+            // Armed only while presence changes wait for their flush.
+            let presence_due = room.presence_out.poll_timeout().map(|due| {
+                tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now_ms()))
+            });
             tokio::select! {
+                _ = tokio::time::sleep_until(presence_due.unwrap_or_else(tokio::time::Instant::now)),
+                    if presence_due.is_some() => room.flush_presence(now_ms()),
                 _ = ctx.shutdown.cancelled(), if !closing => {
                     closing = true;
                     room.closing = true;
@@ -807,8 +949,18 @@ impl RoomTask {
             }
         }
 
-        // Drained: everything accepted is durable and acked. Close the members, then leave a
-        // snapshot behind so the next load is one read.
+        // Drained: everything accepted is durable and acked. Other instances hear of the last
+        // presence changes; close the members, then leave a snapshot behind so the next load
+        // is one read.
+        for e in room
+            .presence_out
+            .take_all()
+            .into_iter()
+            .filter(|e| e.publish)
+        {
+            room.hub
+                .publish_presence(&room.id, &e.presence, PRESENCE_TTL_MS);
+        }
         room.close_all(1001, "server shutting down");
         if let Some(f) = compaction.take() {
             let _ = f.await;
@@ -895,6 +1047,8 @@ struct Room {
     inputs: Vec<Input>,
     /// Hocuspocus updates given an op id so far (see [`concord_engine::room::server_op_id`]).
     server_ops: u64,
+    /// Presence changes waiting for the next flush (local and from other instances).
+    presence_out: Coalescer,
 }
 
 impl Room {
@@ -1061,12 +1215,12 @@ impl Room {
         }
     }
 
-    /// Tells everyone (here and on other instances) that this presence left.
+    /// Tells everyone (here and on other instances) that this presence left, at the next
+    /// flush (it replaces any state of the same user still waiting, so it is never overtaken).
     fn presence_left(&mut self, mut p: Presence) {
         p.left = true;
         p.cursor = None;
-        self.hub.publish_presence(&self.id, &p, PRESENCE_TTL_MS);
-        self.send_presence(&p, None);
+        self.presence_out.handle_presence(p, None, true, now_ms());
     }
 
     /// Every live presence in the room, local and remote.
@@ -1221,6 +1375,7 @@ impl Room {
                     m.member.kill.kill(code, reason);
                 }
             }
+            Out::Presence(frames) => self.send_presence_frames(&frames),
             Out::CommitFailed(conn) => {
                 if self.members.get(&conn).map(|m| m.member.dialect) == Some(Dialect::Json) {
                     self.send_to(
@@ -1275,12 +1430,43 @@ impl Room {
         }
     }
 
+    /// A member's presence, for the next flush (to the others here and on other instances).
     fn relay_presence(&mut self, conn: ConnId, p: Presence) {
-        self.hub.publish_presence(&self.id, &p, PRESENCE_TTL_MS);
-        self.send_presence(&p, Some(conn));
+        self.presence_out
+            .handle_presence(p.clone(), Some(conn), true, now_ms());
         if let Some(m) = self.members.get_mut(&conn) {
             m.presence = Some(p);
         }
+    }
+
+    /// The coalesced presence changes, if due at `now`: told to other instances, then sent to
+    /// the members here once per dialect (through the core when cursors need the document).
+    fn flush_presence(&mut self, now: u64) {
+        let entries = self.presence_out.poll_flush(now);
+        if entries.is_empty() {
+            return;
+        }
+        for e in entries.iter().filter(|e| e.publish) {
+            self.hub
+                .publish_presence(&self.id, &e.presence, PRESENCE_TTL_MS);
+        }
+        let mut speaks = [false; 3];
+        for m in self.members.values() {
+            speaks[Core::slot(m.member.dialect)] = true;
+        }
+        if self.core.is_some() && needs_document(&entries, speaks) {
+            self.inputs.push(Input::Presence(entries));
+            return;
+        }
+        let members = &self.members;
+        let frames = presence_frames(
+            &self.id,
+            &entries,
+            speaks,
+            |conn| members.get(&conn).map(|m| m.member.dialect),
+            None,
+        );
+        self.send_presence_frames(&frames);
     }
 
     /// Presence frames held back by the rate limit go out once their sender has tokens again.
@@ -1313,7 +1499,7 @@ impl Room {
         } else {
             return;
         }
-        self.send_presence(&p, None);
+        self.presence_out.handle_presence(p, None, false, now_ms());
     }
 
     /// Users of a vanished instance stop being refreshed: tell local members they left.
@@ -1328,7 +1514,7 @@ impl Room {
             if let Some((mut p, _)) = self.remote_presence.remove(&user) {
                 p.left = true;
                 p.cursor = None;
-                self.send_presence(&p, None);
+                self.presence_out.handle_presence(p, None, false, now);
             }
         }
     }
@@ -1407,15 +1593,34 @@ impl Room {
         self.send_each(except, |d| frames.get(d).cloned());
     }
 
-    /// A presence to every member: a `presence` frame, or an awareness message.
-    fn send_presence(&mut self, p: &Presence, except: Option<ConnId>) {
-        let room = self.id.clone();
-        self.send_each(except, |d| {
-            Some(match d {
-                Dialect::Json => text(&ServerMessage::Presence(p.clone())).into(),
-                Dialect::Yjs | Dialect::Hocuspocus => yjs_frame(&room, d, yjs::awareness(&[p])),
-            })
-        });
+    /// A presence flush to every member in its format: the JSON frames but those it sent,
+    /// the awareness message (without its own entries if it sent some).
+    fn send_presence_frames(&mut self, frames: &PresenceFrames) {
+        let mut slow = Vec::new();
+        for (conn, m) in &self.members {
+            let offer = |f: &Frame| m.member.out.offer(f.clone());
+            let ok = match m.member.dialect {
+                Dialect::Json => frames
+                    .json
+                    .iter()
+                    .filter(|(_, origin)| *origin != Some(*conn))
+                    .all(|(f, _)| offer(f)),
+                dialect => {
+                    let frame = match frames.own.get(conn) {
+                        Some(own) => own.as_ref(),
+                        None if dialect == Dialect::Yjs => frames.yjs.as_ref(),
+                        None => frames.hocuspocus.as_ref(),
+                    };
+                    frame.is_none_or(offer)
+                }
+            };
+            if !ok {
+                slow.push(*conn);
+            }
+        }
+        for conn in slow {
+            self.drop_slow(conn);
+        }
     }
 
     fn drop_slow(&mut self, conn: ConnId) {

@@ -1,11 +1,13 @@
 // The stock y-websocket `WebsocketProvider` (npm `y-websocket`, with `ws` in Node) pointed at
 // Concord's `/yjs` endpoint: it shares rooms with concord-client users, holds any Yjs shared
 // type (nested ones too, within a depth bound), survives restarts and kill -9, sees awareness
-// both ways, and is refused writes with read-only access.
+// both ways (coalesced per tick, cursors mapped between offsets and relative positions), and is
+// refused writes with read-only access.
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import * as Y from 'yjs';
+import * as decoding from 'lib0/decoding';
 import { WebsocketProvider } from 'y-websocket';
 import { createProvider } from '../src/index.js';
 import { startServer, waitFor, roomName } from './helpers/server.mjs';
@@ -162,6 +164,122 @@ test('awareness: Yjs clients see each other and concord presence, and leaving re
   b.close();
   await waitFor(() => names(a).join() === 'Ada,Carol', { message: () => `Bob gone: ${names(a)}` });
   await waitFor(() => ![...carol.presences.values()].some((p) => p.name === 'Bob'), { message: 'carol: Bob gone' });
+});
+
+/** The awareness client ids in each awareness message a provider's socket receives, in order. */
+function awarenessMessages(provider) {
+  const seen = [];
+  provider.ws.addEventListener('message', (event) => {
+    const decoder = decoding.createDecoder(new Uint8Array(event.data));
+    if (decoding.readVarUint(decoder) !== 1) return; // not awareness
+    const update = decoding.createDecoder(decoding.readVarUint8Array(decoder));
+    const clients = [];
+    for (let n = decoding.readVarUint(update); n > 0; n--) {
+      const client = decoding.readVarUint(update);
+      decoding.readVarUint(update); // clock
+      clients.push({ client, state: JSON.parse(decoding.readVarString(update)) });
+    }
+    seen.push(clients);
+  });
+  return seen;
+}
+
+test('awareness bursts are coalesced: latest state wins, fewer messages, own entry never echoed, removal still arrives', async () => {
+  const room = roomName('yws-coalesce');
+  const a = yws(room, { name: 'Ada' });
+  const c = yws(room, { name: 'Cy' });
+  const b = yws(room, { name: 'Bob' });
+  for (const x of [a, b, c]) await synced(x);
+  const names = (x) => awarenessNames(x.provider.awareness);
+  await waitFor(() => names(b).join() === 'Ada,Bob,Cy', { message: () => `b sees all: ${names(b)}` });
+  const atB = awarenessMessages(b.provider);
+  const atA = awarenessMessages(a.provider);
+  // Each change is its own awareness message on the wire from Ada and Cy: 2 x 100 messages.
+  const changes = 100;
+  for (let n = 0; n < changes; n++) {
+    a.provider.awareness.setLocalStateField('n', n);
+    c.provider.awareness.setLocalStateField('n', n);
+  }
+  const stateAtB = (x) => b.provider.awareness.getStates().get(x.doc.clientID);
+  await waitFor(() => stateAtB(a)?.n === changes - 1 && stateAtB(c)?.n === changes - 1, {
+    message: () => `latest states at b: ${stateAtB(a)?.n} ${stateAtB(c)?.n}`,
+  });
+  const burst = atB.filter((m) => m.some((e) => e.client === a.doc.clientID || e.client === c.doc.clientID));
+  // Relayed one by one, Bob would get one message per change (at least the 20 a member may
+  // send at once, and the latest after it); coalesced per 50 ms tick he gets a few, each with
+  // every entry that changed in its tick.
+  assert.ok(burst.length < 20, `${burst.length} awareness messages for ${2 * changes} changes`);
+  for (const x of [a, c]) {
+    const ns = burst.flatMap((m) => m.filter((e) => e.client === x.doc.clientID).map((e) => e.state.n));
+    assert.deepEqual(ns, [...ns].sort((p, q) => p - q), 'never an older state after a newer one');
+    assert.equal(ns.at(-1), changes - 1);
+  }
+  console.log(`coalesced: ${burst.length} messages to Bob, sizes ${burst.map((m) => m.length).join(',')}`);
+  // Ada hears Cy's changes, never her own back.
+  await waitFor(() => atA.some((m) => m.some((e) => e.client === c.doc.clientID && e.state?.n === changes - 1)), {
+    message: 'Ada sees Cy\'s latest',
+  });
+  assert.ok(!atA.some((m) => m.some((e) => e.client === a.doc.clientID)), 'Ada was sent her own entry');
+  // Leaving right after a change: the removal is not lost behind the pending change.
+  a.provider.awareness.setLocalStateField('n', changes);
+  a.close();
+  await waitFor(() => !b.provider.awareness.getStates().has(a.doc.clientID), {
+    message: () => `Ada removed at b: ${names(b)}`,
+  });
+  assert.equal(names(b).join(), 'Bob,Cy');
+});
+
+test('cursors: a concord-client offset reaches Yjs as a relative position, a Yjs relative position reaches concord-client as offsets', async () => {
+  const room = roomName('yws-cursors');
+  const a = yws(room, { name: 'Ada' });
+  await synced(a);
+  a.text.insert(0, 'hello 😀 world, hello cursors');
+  const carol = await concordUser(room);
+  await waitFor(() => carol.text === a.text.toString(), { message: 'carol synced' });
+
+  // concord-client -> y-websocket: UTF-16 offsets become relative positions into `body`.
+  carol.setPresence({ name: 'Carol', color: '#ff0000', cursor: { anchor: 9, head: 14 } });
+  const carolAtA = () => [...a.provider.awareness.getStates().values()].find((s) => s.user?.name === 'Carol');
+  await waitFor(() => carolAtA()?.cursor, { message: () => `a sees Carol's cursor: ${JSON.stringify(carolAtA())}` });
+  const resolve = (rel) => Y.createAbsolutePositionFromRelativePosition(Y.createRelativePositionFromJSON(rel), a.doc);
+  for (const [end, offset] of [['anchor', 9], ['head', 14]]) {
+    const abs = resolve(carolAtA().cursor[end]);
+    assert.equal(abs.type, a.text, `${end} is in body`);
+    assert.equal(abs.index, offset, end);
+  }
+  // Relative positions follow the text: an insert before the cursor moves it.
+  a.text.insert(0, '>> ');
+  assert.equal(resolve(carolAtA().cursor.anchor).index, 12);
+
+  // y-websocket -> concord-client: relative positions (as y-codemirror.next sets them)
+  // become offsets.
+  await waitFor(() => carol.text === a.text.toString(), { message: 'carol has the insert' });
+  const cursor = {
+    anchor: Y.createRelativePositionFromTypeIndex(a.text, 4),
+    head: Y.createRelativePositionFromTypeIndex(a.text, 11),
+  };
+  a.provider.awareness.setLocalStateField('cursor', cursor);
+  const adaAtCarol = () => [...carol.presences.values()].find((p) => p.name === 'Ada');
+  await waitFor(() => adaAtCarol()?.cursor?.anchor === 4 && adaAtCarol()?.cursor?.head === 11, {
+    message: () => `carol sees Ada's cursor as offsets: ${JSON.stringify(adaAtCarol())}`,
+  });
+  // At the end of the text (no item to point at) too.
+  const end = a.text.length;
+  a.provider.awareness.setLocalStateField('cursor', {
+    anchor: Y.createRelativePositionFromTypeIndex(a.text, end),
+    head: Y.createRelativePositionFromTypeIndex(a.text, end),
+  });
+  await waitFor(() => adaAtCarol()?.cursor?.anchor === end, {
+    message: () => `end cursor: ${JSON.stringify(adaAtCarol())}`,
+  });
+  // A position in another type (as Tiptap's, into an XmlFragment) has no offsets: none given.
+  const frag = a.doc.getXmlFragment('default');
+  frag.insert(0, [new Y.XmlText('tiptap')]);
+  const xml = Y.createRelativePositionFromTypeIndex(frag, 0);
+  a.provider.awareness.setLocalState({ user: { name: 'Ada' }, cursor: { anchor: xml, head: xml } });
+  await waitFor(() => adaAtCarol()?.cursor === undefined, {
+    message: () => `no cursor for a position outside body: ${JSON.stringify(adaAtCarol())}`,
+  });
 });
 
 test('with tokens: no token is refused at upgrade, a reader is denied writes, a writer writes', async () => {
