@@ -26,7 +26,10 @@ pub enum ServerError {
 
     /// Opening the store failed. The target is redacted (`config::redact_url`) and the reason
     /// scrubbed of the URL and its password, since this is printed at startup.
-    #[error("cannot open the store at DATABASE_URL={target}: {reason}")]
+    #[error(
+        "cannot open the store at DATABASE_URL={target}: {reason}; expected a database this \
+         server can reach, log in to and migrate"
+    )]
     Connect {
         /// `DATABASE_URL`, password replaced by `***`.
         target: String,
