@@ -6,6 +6,7 @@ mod abuse;
 mod auth;
 mod bad_input;
 mod history;
+mod operations;
 mod scale_out;
 mod store_faults;
 mod suite;
@@ -115,5 +116,32 @@ mod auth_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rate_limits_hold_under_a_flood() {
         crate::auth::rate_limits_hold_under_a_flood().await
+    }
+}
+
+mod operations_suite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn help_and_version() {
+        crate::operations::help_and_version().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_settings_exit_2_naming_the_variable() {
+        crate::operations::bad_settings_exit_2_naming_the_variable().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readyz_follows_redis() {
+        crate::operations::readyz_follows_redis().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_move_under_load() {
+        crate::operations::metrics_move_under_load().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_can_be_turned_off() {
+        crate::operations::metrics_can_be_turned_off().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_logs_carry_no_token() {
+        crate::operations::json_logs_carry_no_token().await
     }
 }
