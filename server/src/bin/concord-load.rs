@@ -17,9 +17,16 @@
 //! ack is `SyncStatus`, which comes in send order). Fan-out is matched by the id of the
 //! update's first item: the server broadcasts before the commit assigns a seq.
 //!
+//! `--presence R` has each client also send its presence (JSON) or awareness (Yjs protocols)
+//! R times a second, with a name, a color and a cursor (offsets, or relative positions into
+//! `body` as y-codemirror.next sends them); with `--rate 0` that is all it sends. Presence and
+//! awareness messages received (and the entries they carry) are counted; with `--server-pid`,
+//! the servers' CPU time over the window says what relaying them cost.
+//!
 //! ```text
 //! concord-load --url ws://127.0.0.1:8080 --clients 1000 --rooms 100 --rate 20 --secs 30
 //! concord-load --protocol hocuspocus --clients 1000 --rooms 100 --rate 1 --secs 20
+//! concord-load --protocol y-websocket --clients 500 --rooms 1 --rate 0 --presence 1 --secs 20
 //! ```
 
 use std::collections::HashMap;
@@ -38,6 +45,8 @@ struct Args {
     clients: usize,
     rooms: usize,
     rate: f64,
+    /// Presence (or awareness) messages per second per client.
+    presence: f64,
     secs: u64,
     server_pids: Vec<u32>,
     prefix: String,
@@ -60,7 +69,7 @@ enum Protocol {
 fn usage() -> ! {
     eprintln!(
         "usage: concord-load [--url ws://127.0.0.1:8080]... [--clients 1000] [--rooms 100] \
-         [--rate 10 (edits/s per client)] [--secs 30] [--server-pid PID]... [--prefix load] \
+         [--rate 10 (edits/s per client)] [--presence 0 (presences/s per client)] [--secs 30] [--server-pid PID]... [--prefix load] \
          [--seed 1] [--json] [--protocol json|y-websocket|hocuspocus] [--peer]"
     );
     std::process::exit(2)
@@ -72,6 +81,7 @@ fn parse_args() -> Args {
         clients: 1000,
         rooms: 100,
         rate: 10.0,
+        presence: 0.0,
         secs: 30,
         server_pids: Vec::new(),
         prefix: format!("load{}", std::process::id()),
@@ -88,6 +98,7 @@ fn parse_args() -> Args {
             "--clients" => args.clients = value().parse().unwrap_or_else(|_| usage()),
             "--rooms" => args.rooms = value().parse().unwrap_or_else(|_| usage()),
             "--rate" => args.rate = value().parse().unwrap_or_else(|_| usage()),
+            "--presence" => args.presence = value().parse().unwrap_or_else(|_| usage()),
             "--secs" => args.secs = value().parse().unwrap_or_else(|_| usage()),
             "--server-pid" => args
                 .server_pids
@@ -110,7 +121,12 @@ fn parse_args() -> Args {
     if args.urls.is_empty() {
         args.urls.push("ws://127.0.0.1:8080".to_owned());
     }
-    if args.clients == 0 || args.rooms == 0 || args.rate <= 0.0 {
+    if args.clients == 0
+        || args.rooms == 0
+        || args.rate < 0.0
+        || args.presence < 0.0
+        || args.rate + args.presence <= 0.0
+    {
         usage();
     }
     args
@@ -126,6 +142,46 @@ struct ClientReport {
     received: Vec<(u64, Instant)>,
     errors: u64,
     unacked_at_end: u64,
+    presence_sent: u64,
+    /// Presence frames (JSON) or awareness messages (Yjs) received.
+    presence_received: u64,
+    /// Entries in them (one per JSON frame; an awareness message may carry many).
+    presence_entries: u64,
+}
+
+/// A ticker every `1 / rate` s, its first tick at a random phase after `start`; `None` at 0.
+fn ticker_at(rate: f64, start: Instant, rng: &mut SmallRng) -> Option<tokio::time::Interval> {
+    if rate <= 0.0 {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate);
+    // Spread the clients' ticks over one period.
+    let phase = Duration::from_secs_f64(rng.gen_range(0.0..period.as_secs_f64()));
+    let mut ticker = tokio::time::interval_at((start + phase).into(), period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    Some(ticker)
+}
+
+/// Ticks of an optional ticker (never, without one).
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The awareness state a load client announces: as y-codemirror.next's, a user and a cursor
+/// of relative positions into `body` (at its end, in an empty room).
+fn awareness_state(index: usize, n: u64) -> String {
+    let at = serde_json::json!({"type": null, "tname": "body", "item": null, "assoc": 0});
+    serde_json::json!({
+        "user": {"name": format!("load-{index}"), "color": "#30bced"},
+        "cursor": {"anchor": at, "head": at},
+        "n": n,
+    })
+    .to_string()
 }
 
 /// Per room: when the op with each first-item key was sent.
@@ -171,7 +227,7 @@ async fn run_client(
     url: String,
     room: String,
     marker: char,
-    rate: f64,
+    (rate, presence): (f64, f64),
     start: Instant,
     end: Instant,
     sent_by_key: SentByKey,
@@ -198,11 +254,8 @@ async fn run_client(
     };
     let (mut sink, mut stream) = ws.split();
     let mut in_flight: HashMap<String, Instant> = HashMap::new();
-    let period = Duration::from_secs_f64(1.0 / rate);
-    // Spread the clients' ticks over one period.
-    let phase = Duration::from_secs_f64(rng.gen_range(0.0..period.as_secs_f64()));
-    let mut ticker = tokio::time::interval_at((start + phase).into(), period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticker = ticker_at(rate, start, &mut rng);
+    let mut presence_ticker = ticker_at(presence, start, &mut rng);
     let drain_deadline = end + Duration::from_secs(15);
     let mut synced = false;
     loop {
@@ -214,7 +267,20 @@ async fn run_client(
             break;
         }
         tokio::select! {
-            _ = ticker.tick(), if synced && Instant::now() < end => {
+            _ = tick(&mut presence_ticker), if synced && Instant::now() < end => {
+                let len = session.document().len();
+                let at = if len == 0 { 0 } else { rng.gen_range(0..=len) };
+                let frame = serde_json::json!({
+                    "t": "presence", "user": "", "name": format!("load-{index}"), "color": "#30bced",
+                    "cursor": {"anchor": at, "head": at},
+                });
+                report.presence_sent += 1;
+                if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    report.errors += 1;
+                    return report;
+                }
+            }
+            _ = tick(&mut ticker), if synced && Instant::now() < end => {
                 let len = session.document().len();
                 let at = if len == 0 { 0 } else { rng.gen_range(0..=len) };
                 if session.insert(at, &marker.to_string()).is_err() || session.flush().is_err() {
@@ -264,6 +330,10 @@ async fn run_client(
                         eprintln!("client {index}: server error {code}: {message}");
                         report.errors += 1;
                     }
+                    Ok(Some(ServerMessage::Presence(_))) => {
+                        report.presence_received += 1;
+                        report.presence_entries += 1;
+                    }
                     _ => {}
                 }
             }
@@ -296,6 +366,8 @@ enum YjsFrame<'a> {
     Step2(&'a [u8]),
     Update(&'a [u8]),
     SyncStatus,
+    /// An awareness message with this many entries.
+    Awareness(u64),
     Other,
 }
 
@@ -308,6 +380,11 @@ fn read_yjs_frame(frame: &[u8], hocuspocus: bool) -> YjsFrame<'_> {
     match cur.read_var::<u32>() {
         Ok(0) => {}
         Ok(8) if hocuspocus => return YjsFrame::SyncStatus,
+        Ok(1) => {
+            // The update's length, then its entry count.
+            let entries = cur.read_var::<u32>().and_then(|_| cur.read_var::<u64>());
+            return YjsFrame::Awareness(entries.unwrap_or(0));
+        }
         _ => return YjsFrame::Other,
     }
     let kind: u32 = match cur.read_var() {
@@ -337,7 +414,7 @@ async fn run_yjs_client(
     url: String,
     room: String,
     marker: char,
-    rate: f64,
+    (rate, presence): (f64, f64),
     start: Instant,
     end: Instant,
     sent_by_key: SentByKey,
@@ -392,10 +469,9 @@ async fn run_yjs_client(
     // Sends waiting for their SyncStatus, in order (`None`: a sync step 2, not an edit).
     let mut in_flight: std::collections::VecDeque<Option<Instant>> = Default::default();
     let mut own: std::collections::HashSet<u64> = Default::default();
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let phase = Duration::from_secs_f64(rng.gen_range(0.0..period.as_secs_f64()));
-    let mut ticker = tokio::time::interval_at((start + phase).into(), period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticker = ticker_at(rate, start, &mut rng);
+    let mut presence_ticker = ticker_at(presence, start, &mut rng);
+    let mut awareness_clock = 0u32;
     let drain_deadline = end + Duration::from_secs(15);
     let mut synced = false;
     loop {
@@ -407,7 +483,24 @@ async fn run_yjs_client(
             break;
         }
         tokio::select! {
-            _ = ticker.tick(), if synced && Instant::now() < end => {
+            _ = tick(&mut presence_ticker), if synced && Instant::now() < end => {
+                use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+                use yrs::updates::encoder::Encode;
+                awareness_clock += 1;
+                let entry = AwarenessUpdateEntry {
+                    clock: awareness_clock,
+                    json: awareness_state(index, u64::from(awareness_clock)).into(),
+                };
+                let client = yrs::block::ClientID::new(document.client_id());
+                let update = AwarenessUpdate { clients: [(client, entry)].into_iter().collect() };
+                report.presence_sent += 1;
+                let body = yrs::sync::Message::Awareness(update).encode_v1();
+                if sink.send(frame(body)).await.is_err() {
+                    report.errors += 1;
+                    return report;
+                }
+            }
+            _ = tick(&mut ticker), if synced && Instant::now() < end => {
                 let len = document.len();
                 let at = if len == 0 { 0 } else { rng.gen_range(0..=len) };
                 let v1 = match document.insert(at, &marker.to_string()).and_then(|u| doc::update_v2_to_v1(&u)) {
@@ -469,6 +562,10 @@ async fn run_yjs_client(
                             report.acked += 1;
                             report.ack_latency_us.push(at.duration_since(sent).as_micros() as u64);
                         }
+                    }
+                    YjsFrame::Awareness(entries) => {
+                        report.presence_received += 1;
+                        report.presence_entries += entries;
                     }
                     YjsFrame::Other => {}
                 }
@@ -553,10 +650,27 @@ async fn main() {
         );
         tasks.push(match args.protocol {
             Protocol::Json => tokio::spawn(run_client(
-                i, url, room, marker, args.rate, start, end, sent, args.seed,
+                i,
+                url,
+                room,
+                marker,
+                (args.rate, args.presence),
+                start,
+                end,
+                sent,
+                args.seed,
             )),
             protocol => tokio::spawn(run_yjs_client(
-                i, url, room, marker, args.rate, start, end, sent, args.seed, protocol,
+                i,
+                url,
+                room,
+                marker,
+                (args.rate, args.presence),
+                start,
+                end,
+                sent,
+                args.seed,
+                protocol,
             )),
         });
     }
@@ -607,7 +721,11 @@ async fn main() {
     let mut ack_lat: Vec<u64> = Vec::new();
     let mut fanout: Vec<u64> = Vec::new();
     let (mut sent, mut acked, mut errors, mut unacked) = (0u64, 0u64, 0u64, 0u64);
+    let (mut presence_sent, mut presence_received, mut presence_entries) = (0u64, 0u64, 0u64);
     for (i, r) in reports.iter().enumerate() {
+        presence_sent += r.presence_sent;
+        presence_received += r.presence_received;
+        presence_entries += r.presence_entries;
         sent += r.sent;
         acked += r.acked;
         errors += r.errors;
@@ -686,6 +804,8 @@ async fn main() {
                 "errors": errors, "unacked_at_end": unacked, "unreadable_rooms": unreadable,
                 "deliveries": deliveries, "deliveries_expected": deliveries_expected,
                 "server_cpu_ms": server_cpu_ms, "peer": args.peer,
+                "presence_per_client": args.presence, "presence_sent": presence_sent,
+                "presence_received": presence_received, "presence_entries": presence_entries,
             })
         );
     } else {
@@ -726,6 +846,12 @@ async fn main() {
             server_cpu_ms as f64 * 1000.0 / sent.max(1) as f64
         );
         println!("deliveries           {deliveries} of {deliveries_expected} expected");
+        if args.presence > 0.0 {
+            println!(
+                "presence             {presence_sent} sent ({} /s each); {presence_received} messages received carrying {presence_entries} entries",
+                args.presence
+            );
+        }
         if args.peer {
             println!("(peer server: rooms not read back; errors {errors})");
         } else {
