@@ -282,7 +282,7 @@ fn engine_offline_replay(edits: &[Edit]) -> (ClientSession, RoomState) {
     session
         .handle_message(room.sync_for(Some(&sv)).unwrap())
         .unwrap();
-    let Some(ClientMessage::Op { id, update }) = session.poll_transmit() else {
+    let Some(ClientMessage::Op { id, update, .. }) = session.poll_transmit() else {
         panic!("the offline queue is resent as one op");
     };
     assert!(session.poll_transmit().is_none());

@@ -119,6 +119,9 @@ struct PendingOp {
     parts: Vec<(u64, Vec<u8>)>,
     /// Sent on the current connection (false: must go out on the next sync).
     sent: bool,
+    /// The room seq this replica had seen when the op's first edit was made (unknown for ops
+    /// restored from saved state, which does not keep it).
+    base: Option<u64>,
 }
 
 /// Most updates merged by one yrs merge. yrs' merge re-sorts all of its inputs for every block
@@ -314,6 +317,7 @@ impl ClientSession {
             self.outbox.push_back(ClientMessage::Op {
                 id: Some(op.id.clone()),
                 update: op.update.clone(),
+                base: op.base,
             });
             self.pending.push_back(op);
         } else {
@@ -336,6 +340,7 @@ impl ClientSession {
             update,
             parts: Vec::new(),
             sent,
+            base: Some(self.server_seq),
         }
     }
 
@@ -494,6 +499,10 @@ impl ClientSession {
         // A connection is a writer unless the server says otherwise right after its `sync`
         // (readers get an `access` frame then), so a grant upgraded while offline is seen.
         self.set_role(Role::Write);
+        // Presence first: the room names the authors of ops in history after it.
+        if let Some(p) = &self.presence {
+            self.outbox.push_back(ClientMessage::Presence(p.clone()));
+        }
         self.flush()?;
         let server_lacks = match server_sv {
             Some(sv) => self.server_lacks_inserts(sv)?,
@@ -501,9 +510,6 @@ impl ClientSession {
         };
         if !self.pending.is_empty() || server_lacks {
             self.resend_pending(server_sv)?;
-        }
-        if let Some(p) = &self.presence {
-            self.outbox.push_back(ClientMessage::Presence(p.clone()));
         }
         self.events.push_back(ClientEvent::Synced { seq });
         Ok(())
@@ -533,11 +539,15 @@ impl ClientSession {
             return Ok(());
         }
         let update = merge_tree(&updates)?;
+        // The merged op was made against the oldest state any of its parts was.
+        let base = self.pending.iter().filter_map(|op| op.base).min();
         self.pending.clear();
-        let op = self.new_op(update, true);
+        let mut op = self.new_op(update, true);
+        op.base = base.or(op.base);
         self.outbox.push_back(ClientMessage::Op {
             id: Some(op.id.clone()),
             update: op.update.clone(),
+            base: op.base,
         });
         self.pending.push_back(op);
         Ok(())
@@ -609,6 +619,7 @@ impl ClientSession {
                 update: update.to_vec(),
                 parts: Vec::new(),
                 sent: false,
+                base: None,
             });
         }
         if !r.buf.is_empty() {
@@ -692,7 +703,7 @@ mod tests {
             let mut progressed = false;
             while let Some(msg) = client.poll_transmit() {
                 progressed = true;
-                if let ClientMessage::Op { id, update } = msg {
+                if let ClientMessage::Op { id, update, .. } = msg {
                     room.handle_op(conn, id, &update).unwrap();
                 }
             }
@@ -750,7 +761,7 @@ mod tests {
         assert_eq!(c.pending_count(), 1);
         connect(&mut c, &mut room);
         let mut sent = 0;
-        while let Some(ClientMessage::Op { id, update }) = c.poll_transmit() {
+        while let Some(ClientMessage::Op { id, update, .. }) = c.poll_transmit() {
             sent += 1;
             room.handle_op(ConnId(1), id, &update).unwrap();
         }
@@ -773,7 +784,7 @@ mod tests {
         connect(&mut c, &mut room);
         c.insert(0, "hello").unwrap();
         c.flush().unwrap();
-        while let Some(ClientMessage::Op { id, update }) = c.poll_transmit() {
+        while let Some(ClientMessage::Op { id, update, .. }) = c.poll_transmit() {
             room.handle_op(ConnId(1), id, &update).unwrap();
         }
         room.take_batch().unwrap(); // the commit is in flight
@@ -850,6 +861,42 @@ mod tests {
             .unwrap();
         assert_eq!(restored.text(), format!("me {}", a.text()));
         let _ = a1;
+    }
+
+    #[test]
+    fn ops_say_which_seq_they_were_made_against() {
+        let mut c = ClientSession::new(1, "s");
+        c.connect();
+        let sync = ServerMessage::Sync {
+            state: Document::new(9).encode_state_as_update(None).unwrap(),
+            sv: None,
+            seq: 7,
+        };
+        c.handle_message(sync).unwrap();
+        c.insert(0, "a").unwrap();
+        c.flush().unwrap();
+        let Some(ClientMessage::Op { base, .. }) = c.poll_transmit() else {
+            panic!("an op");
+        };
+        assert_eq!(base, Some(7));
+        // Offline edits keep the seq seen before going offline, through the resend.
+        c.disconnect();
+        c.insert(1, "b").unwrap();
+        c.flush().unwrap();
+        c.connect();
+        let sync = ServerMessage::Sync {
+            state: Document::new(9).encode_state_as_update(None).unwrap(),
+            sv: None,
+            seq: 40,
+        };
+        c.handle_message(sync).unwrap();
+        let bases: Vec<Option<u64>> = std::iter::from_fn(|| c.poll_transmit())
+            .filter_map(|m| match m {
+                ClientMessage::Op { base, .. } => Some(base),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bases, vec![Some(7)]);
     }
 
     #[test]
@@ -986,7 +1033,7 @@ mod merge_saved_tests {
             .unwrap();
         seed.insert(0, "hello world").unwrap();
         seed.flush().unwrap();
-        while let Some(ClientMessage::Op { id, update }) = seed.poll_transmit() {
+        while let Some(ClientMessage::Op { id, update, .. }) = seed.poll_transmit() {
             room.handle_op(ConnId(1), id, &update).unwrap();
         }
         room.take_batch().unwrap();
@@ -1022,7 +1069,7 @@ mod merge_saved_tests {
             .handle_message(room.sync_for(Some(&sv)).unwrap())
             .unwrap();
         while let Some(msg) = merged.poll_transmit() {
-            if let ClientMessage::Op { id, update } = msg {
+            if let ClientMessage::Op { id, update, .. } = msg {
                 room.handle_op(ConnId(2), id, &update).unwrap();
             }
         }
@@ -1182,7 +1229,7 @@ mod access_tests {
         c.insert(0, "now allowed").unwrap();
         c.flush().unwrap();
         while let Some(msg) = c.poll_transmit() {
-            if let ClientMessage::Op { id, update } = msg {
+            if let ClientMessage::Op { id, update, .. } = msg {
                 room.handle_op(ConnId(1), id, &update).unwrap();
             }
         }

@@ -249,6 +249,57 @@ pub fn restore_update(head: &Past, target: &Snapshot, client_id: u64) -> Result<
     merge_updates(&updates).map(Some)
 }
 
+/// The edit that makes `body` of the document `head_state` (a full state) read `target`, from a
+/// line diff of the two texts: what a restore falls back to when the point is so far back
+/// that rebuilding everything written since (to restore by ids, [`restore_update`]) would
+/// cost more than the document itself. Lines are the unit, so unchanged lines keep their
+/// identity and concurrent edits inside them merge; the result reads exactly `target`.
+pub fn restore_update_by_text(
+    head_state: &[u8],
+    target: &str,
+    client_id: u64,
+) -> Result<Option<Vec<u8>>> {
+    let mut doc = crate::Document::from_update(client_id, head_state)?;
+    let current = doc.text();
+    if current == target {
+        return Ok(None);
+    }
+    let old: Vec<&str> = current.split_inclusive('\n').collect();
+    let new: Vec<&str> = target.split_inclusive('\n').collect();
+    let units = |lines: &[&str]| lines.iter().map(|l| utf16_len(l)).sum::<u32>();
+    let mut updates = Vec::new();
+    let mut at = 0u32;
+    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &old, &new) {
+        match op {
+            similar::DiffOp::Equal { old_index, len, .. } => {
+                at += units(&old[old_index..old_index + len]);
+            }
+            similar::DiffOp::Delete {
+                old_index, old_len, ..
+            } => updates.push(doc.delete(at, units(&old[old_index..old_index + old_len]))?),
+            similar::DiffOp::Insert {
+                new_index, new_len, ..
+            } => {
+                let text = new[new_index..new_index + new_len].concat();
+                updates.push(doc.insert(at, &text)?);
+                at += utf16_len(&text);
+            }
+            similar::DiffOp::Replace {
+                old_index,
+                old_len,
+                new_index,
+                new_len,
+            } => {
+                let text = new[new_index..new_index + new_len].concat();
+                let gone = units(&old[old_index..old_index + old_len]);
+                updates.push(doc.replace(at, gone, &text)?);
+                at += utf16_len(&text);
+            }
+        }
+    }
+    merge_updates(&updates).map(Some)
+}
+
 /// Who wrote a run of the current text, and when it was committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BlameSpan {
@@ -383,10 +434,23 @@ pub struct OpBase {
 }
 
 /// Groups `ops` (in seq order) for a scrubber: a new group starts when the author changes, when
-/// more than `gap_ms` passed since the previous op, or when an op was made against an older
-/// state than the op before it was committed on (so an offline session stands apart).
-pub fn timeline(ops: &[OpRecord<'_>], bases: &[OpBase], gap_ms: i64) -> Result<Vec<TimelineGroup>> {
+/// more than `gap_ms` passed since the previous op, or when an op was made against a stale
+/// state: its sender had not seen ops committed more than `stale_ms` before it (so an offline
+/// session merged at reconnect stands apart). A live client always lags by the ops in flight
+/// (fan-out precedes commit, so it learns their seqs late); `stale_ms` keeps that lag from
+/// counting.
+pub fn timeline(
+    ops: &[OpRecord<'_>],
+    bases: &[OpBase],
+    gap_ms: i64,
+    stale_ms: i64,
+) -> Result<Vec<TimelineGroup>> {
     let mut groups: Vec<TimelineGroup> = Vec::new();
+    let first_seq = ops.first().map_or(0, |op| op.seq);
+    let time_of = |seq: u64| -> Option<i64> {
+        let i = usize::try_from(seq.checked_sub(first_seq)?).ok()?;
+        ops.get(i).filter(|op| op.seq == seq).map(|op| op.time_ms)
+    };
     for (i, op) in ops.iter().enumerate() {
         let update = decode(op.update)?;
         let added: u64 = update
@@ -404,7 +468,11 @@ pub fn timeline(ops: &[OpRecord<'_>], bases: &[OpBase], gap_ms: i64) -> Result<V
         let behind = bases
             .get(i)
             .and_then(|b| b.base_seq)
-            .filter(|&base| base + 1 < op.seq);
+            .filter(|&base| base + 1 < op.seq)
+            .filter(|&base| {
+                // The first op it missed was committed long enough before it.
+                time_of(base + 1).is_none_or(|t| op.time_ms - t >= stale_ms)
+            });
         let joins = groups.last().is_some_and(|g| {
             op.time_ms - g.end_ms <= gap_ms
                 && g.authors.last().map(String::as_str) == Some(author.as_str())
@@ -548,6 +616,29 @@ mod tests {
     }
 
     #[test]
+    fn restore_by_text_reads_the_target_and_keeps_unchanged_lines() {
+        let mut a = Document::new(1);
+        let u1 = a.insert(0, "one\ntwo\nthree\n").unwrap();
+        let u2 = a.replace(4, 3, "TWO, rewritten").unwrap();
+        let u3 = a.insert(0, "zero\n").unwrap();
+        let head = Past::build(None, &[&u1, &u2, &u3], 3).unwrap();
+        let restore = restore_update_by_text(&head.state(), "one\ntwo\nthree\n", 5)
+            .unwrap()
+            .unwrap();
+        let mut doc = Document::from_update(7, &head.state()).unwrap();
+        // Someone edits an unchanged line meanwhile: it survives the restore.
+        let mut c = Document::from_update(3, &head.state()).unwrap();
+        let typed = c.insert(5 + 4 + 15 + 2, "!").unwrap(); // "th!ree"
+        doc.apply_update(&restore).unwrap();
+        assert_eq!(doc.text(), "one\ntwo\nthree\n");
+        doc.apply_update(&typed).unwrap();
+        assert_eq!(doc.text(), "one\ntwo\nth!ree\n");
+        assert!(restore_update_by_text(&head.state(), &head.text(), 5)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
     fn blame_names_the_op_of_every_character() {
         let ops = history();
         let recs = records(&ops);
@@ -586,7 +677,7 @@ mod tests {
         recs[2].time_ms = recs[1].time_ms + 500;
         recs[1].author = Some("ada");
         let bases = vec![OpBase::default(); 3];
-        let groups = timeline(&recs, &bases, 60_000).unwrap();
+        let groups = timeline(&recs, &bases, 60_000, 0).unwrap();
         assert_eq!(groups.len(), 1, "{groups:?}");
         assert_eq!((groups[0].from_seq, groups[0].to_seq), (1, 3));
         assert_eq!(groups[0].added, 11 + 5 + 1);
@@ -597,12 +688,15 @@ mod tests {
             OpBase::default(),
             OpBase { base_seq: Some(1) },
         ];
-        let groups = timeline(&recs, &bases, 60_000).unwrap();
+        let groups = timeline(&recs, &bases, 60_000, 0).unwrap();
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[1].made_against_seq, Some(1));
+        // Unless what it missed was committed only just before it (a live client's lag).
+        let groups = timeline(&recs, &bases, 60_000, 10_000).unwrap();
+        assert_eq!(groups.len(), 1);
         // A pause starts a new group too.
         recs[2].time_ms += 120_000;
-        let groups = timeline(&recs, &[OpBase::default(); 3], 60_000).unwrap();
+        let groups = timeline(&recs, &[OpBase::default(); 3], 60_000, 0).unwrap();
         assert_eq!(groups.len(), 2);
     }
 }

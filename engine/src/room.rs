@@ -141,6 +141,8 @@ struct Staged {
     update: Vec<u8>,
     /// Duplicates that arrived while this was staged: acked when this is durable.
     dup_acks: Vec<(ConnId, String)>,
+    /// The room seq its sender said it had seen (history: edits made against an older state).
+    base: Option<u64>,
 }
 
 /// Committed updates seen out of order, waiting for the gap below them to fill.
@@ -336,6 +338,18 @@ impl RoomState {
     /// for updates that build on changes the room has not seen. A duplicate (by id, or because
     /// it adds nothing new) is not staged; it is acked once what it duplicates is durable.
     pub fn handle_op(&mut self, conn: ConnId, id: Option<String>, update: &[u8]) -> Result<()> {
+        self.handle_op_based(conn, id, update, None)
+    }
+
+    /// [`RoomState::handle_op`] for an op whose sender said which room seq it had seen when it
+    /// made it (`base`), which history keeps (see [`RoomState::in_flight_origins`]).
+    pub fn handle_op_based(
+        &mut self,
+        conn: ConnId,
+        id: Option<String>,
+        update: &[u8],
+        base: Option<u64>,
+    ) -> Result<()> {
         if let Some(id) = &id {
             if let Some(&seq) = self.recent_ids.get(id) {
                 self.events.push_back(RoomEvent::Ack {
@@ -421,6 +435,7 @@ impl RoomState {
                 id,
                 update: integrated,
                 dup_acks: Vec::new(),
+                base,
             });
         } else if let Some(id) = id {
             match self.staged.last_mut().or(self.in_flight.last_mut()) {
@@ -445,10 +460,10 @@ impl RoomState {
         Some(self.in_flight.iter().map(|s| s.update.clone()).collect())
     }
 
-    /// Who sent each update of the batch in flight (from [`RoomState::take_batch`]), in order:
-    /// what history records as their authors.
-    pub fn in_flight_origins(&self) -> Vec<ConnId> {
-        self.in_flight.iter().map(|s| s.conn).collect()
+    /// Who sent each update of the batch in flight (from [`RoomState::take_batch`]) and the
+    /// seq they said they had seen, in order: what history records of them.
+    pub fn in_flight_origins(&self) -> Vec<(ConnId, Option<u64>)> {
+        self.in_flight.iter().map(|s| (s.conn, s.base)).collect()
     }
 
     /// The batch from [`RoomState::take_batch`] is committed with seqs `first_seq ..`.
@@ -472,6 +487,7 @@ impl RoomState {
                 id,
                 update,
                 dup_acks,
+                ..
             } = staged;
             if let Some(id) = id {
                 self.remember_id(id.clone(), seq);

@@ -135,6 +135,8 @@ enum RawClient {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         data: RawOpData,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<u64>,
     },
     Sync {
         update: String,
@@ -184,6 +186,9 @@ pub enum ClientMessage {
         id: Option<String>,
         /// v2 update bytes.
         update: Vec<u8>,
+        /// The room seq this replica had seen when the edits were made (optional; history
+        /// shows edits made against an older state, e.g. offline, as such).
+        base: Option<u64>,
     },
     /// What the server lacks, sent after the first `sync` (two-way sync).
     Sync {
@@ -290,12 +295,12 @@ impl ClientMessage {
         check_size("frame", text.len(), limits.max_frame_bytes)?;
         let raw: RawClient = serde_json::from_str(text).map_err(malformed)?;
         Ok(Some(match raw {
-            RawClient::Op { id, data } => {
+            RawClient::Op { id, data, base } => {
                 if let Some(id) = &id {
                     validate_op_id(id)?;
                 }
                 let update = decode_update_field("data.update", &data.update, limits)?;
-                ClientMessage::Op { id, update }
+                ClientMessage::Op { id, update, base }
             }
             RawClient::Sync { update } => ClientMessage::Sync {
                 update: decode_update_field("update", &update, limits)?,
@@ -311,11 +316,12 @@ impl ClientMessage {
     /// The JSON text frame for this message.
     pub fn to_json(&self) -> String {
         let raw = match self {
-            ClientMessage::Op { id, update } => RawClient::Op {
+            ClientMessage::Op { id, update, base } => RawClient::Op {
                 id: id.clone(),
                 data: RawOpData {
                     update: encode_b64(update),
                 },
+                base: *base,
             },
             ClientMessage::Sync { update } => RawClient::Sync {
                 update: encode_b64(update),
@@ -484,6 +490,7 @@ mod tests {
         let op = ClientMessage::Op {
             id: Some("a-1".into()),
             update: vec![0, 1],
+            base: None,
         };
         assert_eq!(
             op.to_json(),
@@ -527,7 +534,8 @@ mod tests {
             m,
             Some(ClientMessage::Op {
                 id: None,
-                update: vec![0, 1]
+                update: vec![0, 1],
+                base: None,
             })
         );
     }

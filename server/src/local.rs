@@ -41,6 +41,7 @@ pub async fn apply(app: &AppState, room: &str, update: Vec<u8>, author: &str) ->
             msg: Request::Json(ClientMessage::Op {
                 id: Some(id.clone()),
                 update,
+                base: None,
             }),
         })
         .await;

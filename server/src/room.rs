@@ -233,6 +233,8 @@ enum Input {
         update: Vec<u8>,
         /// v1 bytes (a Yjs client's), converted here before the room sees them.
         v1: bool,
+        /// The room seq the sender said it had seen (JSON ops may say).
+        base: Option<u64>,
     },
     /// An update from a Hocuspocus member that may not write: not applied; its `SyncStatus`
     /// says whether it would have changed anything (a provider's sync step 2 usually does not).
@@ -501,6 +503,7 @@ impl Core {
                     id,
                     update,
                     v1,
+                    base,
                 } => {
                     self.full_sync = None;
                     let start = Instant::now();
@@ -518,7 +521,7 @@ impl Core {
                     } else {
                         update
                     };
-                    if let Err(e) = self.state.handle_op(conn, id, &update) {
+                    if let Err(e) = self.state.handle_op_based(conn, id, &update, base) {
                         tracing::debug!(room = %self.id, conn = conn.0, error = %e, "update rejected");
                         if self.dialect(conn) == Dialect::Json {
                             fx.outs
@@ -1080,8 +1083,16 @@ impl Room {
                 let Some(m) = self.members.get_mut(&conn) else {
                     return;
                 };
+                let mut base = None;
                 let (id, update, v1) = match msg {
-                    Request::Json(ClientMessage::Op { id, update }) => (id, update, false),
+                    Request::Json(ClientMessage::Op {
+                        id,
+                        update,
+                        base: said,
+                    }) => {
+                        base = said;
+                        (id, update, false)
+                    }
                     Request::Json(ClientMessage::Sync { update }) => (None, update, false),
                     Request::Json(ClientMessage::Presence(mut p)) => {
                         // Who it is from, and its clock, are the server's to say.
@@ -1183,6 +1194,7 @@ impl Room {
                     id,
                     update,
                     v1,
+                    base,
                 });
             }
             RoomCmd::Leave { conn } => {
@@ -1234,14 +1246,14 @@ impl Room {
         core.state
             .in_flight_origins()
             .into_iter()
-            .map(|conn| crate::store::OpMeta {
+            .map(|(conn, base_seq)| crate::store::OpMeta {
                 author: self.members.get(&conn).and_then(|m| {
                     m.member
                         .name
                         .clone()
                         .or_else(|| m.presence.as_ref().and_then(|p| p.name.clone()))
                 }),
-                base_seq: None,
+                base_seq,
             })
             .collect()
     }

@@ -50,10 +50,10 @@ pub fn router(state: AppState) -> Router {
         .route("/yjs/{room}", get(yjs))
         .route("/hocuspocus", get(hocuspocus))
         .merge(crate::api::accounts::routes())
+        .merge(crate::api::history::routes())
         .route_service("/", ServeFile::new(web.join("demo.html")))
         .route_service("/demo.html", ServeFile::new(web.join("demo.html")))
         .nest_service("/pkg", ServeDir::new(web.join("pkg")))
-        .merge(crate::api::history::routes())
         .nest_service("/src", ServeDir::new(web.join("src")))
         .with_state(state)
 }

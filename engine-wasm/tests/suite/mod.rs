@@ -334,7 +334,7 @@ impl Server {
             .expect("the session sends valid frames")
             .expect("the session sends known frames");
         let result = match msg {
-            ClientMessage::Op { id, update } => self.room.handle_op(conn, id, &update),
+            ClientMessage::Op { id, update, .. } => self.room.handle_op(conn, id, &update),
             ClientMessage::Sync { update } => self.room.handle_op(conn, None, &update),
             ClientMessage::Presence(_) => Ok(()),
         };

@@ -286,6 +286,7 @@ fn garbage_frame(rng: &mut SmallRng, pool: &Pool, room_state: &[u8], forge: bool
                 ClientMessage::Op {
                     id: Some(format!("g-{}", rng.gen::<u32>())),
                     update: bytes,
+                    base: None,
                 }
             } else {
                 ClientMessage::Sync { update: bytes }
@@ -297,6 +298,7 @@ fn garbage_frame(rng: &mut SmallRng, pool: &Pool, room_state: &[u8], forge: bool
             let msg = ClientMessage::Op {
                 id: Some("m-1".into()),
                 update: pool.pick(rng),
+                base: None,
             };
             mutate_text(rng, msg.to_json())
         }
@@ -518,7 +520,7 @@ fn round(seed: u64, tally: &mut Tally) {
         } else {
             let frame = garbage_frame(&mut rng, &pool, &state, true);
             match ClientMessage::parse(&frame, &limits) {
-                Ok(Some(ClientMessage::Op { id, update })) => {
+                Ok(Some(ClientMessage::Op { id, update, .. })) => {
                     attack(&mut r, id, &update, tally, &what)
                 }
                 Ok(Some(ClientMessage::Sync { update })) => {
@@ -953,9 +955,12 @@ fn bad_input_oversized_frames() {
     let frame = ClientMessage::Op {
         id: Some("z".into()),
         update: zeros,
+        base: None,
     }
     .to_json();
-    if let Some(ClientMessage::Op { id, update }) = ClientMessage::parse(&frame, &limits).unwrap() {
+    if let Some(ClientMessage::Op { id, update, .. }) =
+        ClientMessage::parse(&frame, &limits).unwrap()
+    {
         assert!(room.handle_op(ConnId(1), id, &update).is_err());
     }
     assert!(room.encode_state() == before);

@@ -39,7 +39,9 @@ fn iteration(seed: u64) -> usize {
     let mut log = Log::default();
     let mut room = RoomState::new(CompactionPolicy::default(), 0);
     let clients = rng.gen_range(2..=4);
-    let mut docs: Vec<Document> = (0..clients).map(|i| Document::new(100 + i as u64)).collect();
+    let mut docs: Vec<Document> = (0..clients)
+        .map(|i| Document::new(100 + i as u64))
+        .collect();
     let steps = rng.gen_range(10..60);
     for _ in 0..steps {
         // A client edits its replica (which may lag behind the room) and sends the update.
@@ -77,8 +79,7 @@ fn iteration(seed: u64) -> usize {
             let seq = log.ops.len() as u64;
             let from = log.checkpoints.last().map_or(0, |(s, _)| *s);
             let base = log.checkpoints.last().map(|(_, s)| s.as_slice());
-            let state =
-                concord_engine::room::fold(base, &log.ops[from as usize..]).expect("fold");
+            let state = concord_engine::room::fold(base, &log.ops[from as usize..]).expect("fold");
             log.checkpoints.push((seq, state));
         }
         if rng.gen_bool(0.1) {
@@ -120,9 +121,7 @@ fn iteration(seed: u64) -> usize {
         let later: Vec<&[u8]> = log.ops[seq as usize..].iter().map(Vec::as_slice).collect();
         let target = head_doc.snapshot();
         head_doc.advance(&later, head).expect("advance");
-        if let Some(update) =
-            history::restore_update(&head_doc, &target, 999).expect("restore")
-        {
+        if let Some(update) = history::restore_update(&head_doc, &target, 999).expect("restore") {
             let mut doc = Document::from_update(3, &at_head.state()).unwrap();
             doc.apply_update(&update).expect("restore applies");
             assert_eq!(doc.text(), replay.text(), "restore of seq {seq}");

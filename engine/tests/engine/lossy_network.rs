@@ -282,6 +282,7 @@ impl Sim {
             if let ClientMessage::Op {
                 id: Some(id),
                 update,
+                ..
             } = &msg
             {
                 self.stats.ops_sent += 1;
@@ -361,7 +362,7 @@ impl Sim {
                     .unwrap_or_else(|e| panic!("server refused a client frame ({e}): {frame}"))
                     .expect("clients send no unknown frames");
                 let result = match msg {
-                    ClientMessage::Op { id, update } => self.room.handle_op(conn, id, &update),
+                    ClientMessage::Op { id, update, .. } => self.room.handle_op(conn, id, &update),
                     ClientMessage::Sync { update } => self.room.handle_op(conn, None, &update),
                     ClientMessage::Presence(_) => Ok(()),
                 };

@@ -127,7 +127,7 @@ fn resend_without_state_vector(session: &mut ClientSession) -> Vec<u8> {
     assert_eq!(session.status(), SessionStatus::Online);
     let ops: Vec<(Option<String>, Vec<u8>)> = std::iter::from_fn(|| session.poll_transmit())
         .filter_map(|msg| match msg {
-            ClientMessage::Op { id, update } => Some((id, update)),
+            ClientMessage::Op { id, update, .. } => Some((id, update)),
             _ => None,
         })
         .collect();

@@ -39,6 +39,10 @@ pub fn routes() -> Router<AppState> {
         .route("/rooms/{id}/blame", get(blame))
 }
 
+/// A restore replays what was written since the point (to restore by ids) up to this many
+/// ops; further back it compares the texts instead (see `restore_update_by_text`).
+const RESTORE_BY_IDS_WITHIN: u64 = 5_000;
+
 /// Most ops one timeline or blame request reads.
 const MAX_ROWS: u64 = 300_000;
 
@@ -296,12 +300,23 @@ async fn restore(
         }
     };
     check_point(target, floor, head)?;
-    let (past, at_target) = rebuild(&app, &room, target, Some(head)).await?;
     let client = rand::random::<u64>() & ((1 << 53) - 1);
-    let update = on_pool(&app, move || {
-        history::restore_update(&past, &at_target, client)
-    })
-    .await?;
+    let update = if head - target <= RESTORE_BY_IDS_WITHIN {
+        // Everything written since is replayed once: restore by the CRDT's ids.
+        let (past, at_target) = rebuild(&app, &room, target, Some(head)).await?;
+        on_pool(&app, move || {
+            history::restore_update(&past, &at_target, client)
+        })
+        .await?
+    } else {
+        // Far back: two cheap rebuilds (each from its nearest checkpoint) and a line diff.
+        let (then, _) = rebuild(&app, &room, target, None).await?;
+        let (now, _) = rebuild(&app, &room, head, None).await?;
+        on_pool(&app, move || {
+            history::restore_update_by_text(&now.state(), &then.text(), client)
+        })
+        .await?
+    };
     let Some(update) = update else {
         return Ok(Json(json!({"applied": false, "seq": head})).into_response());
     };
@@ -371,7 +386,11 @@ async fn at(
 
 #[derive(Deserialize)]
 struct TimelineQuery {
+    /// A pause longer than this starts a new group (default 60 s).
     gap_ms: Option<i64>,
+    /// Edits whose sender had missed ops committed this long before them were made against a
+    /// stale state (an offline session); default 5 s.
+    stale_ms: Option<i64>,
 }
 
 /// Every op after the floor, with the row's metadata, bounded.
@@ -389,6 +408,7 @@ async fn timeline(
 ) -> Result<Response, ApiError> {
     access(&app, &token, &room, Role::Read).await?;
     let gap = q.gap_ms.unwrap_or(60_000).clamp(0, 86_400_000);
+    let stale = q.stale_ms.unwrap_or(5_000).clamp(0, 86_400_000);
     let (head, rows) = all_rows(&app, &room).await?;
     let groups = on_pool(&app, move || {
         let recs = records(&rows);
@@ -398,7 +418,7 @@ async fn timeline(
                 base_seq: r.base_seq,
             })
             .collect();
-        history::timeline(&recs, &bases, gap)
+        history::timeline(&recs, &bases, gap, stale)
     })
     .await?;
     let groups: Vec<_> = groups

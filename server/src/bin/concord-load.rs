@@ -288,7 +288,7 @@ async fn run_client(
                     continue;
                 }
                 while let Some(msg) = session.poll_transmit() {
-                    if let ClientMessage::Op { id: Some(id), update } = &msg {
+                    if let ClientMessage::Op { id: Some(id), update, .. } = &msg {
                         let now = Instant::now();
                         in_flight.insert(id.clone(), now);
                         report.sent += 1;

@@ -158,7 +158,14 @@ pub async fn versions_diff_playback_restore(backend: Backend) {
     assert_eq!(state, ada.state());
 
     // Timeline and blame.
-    let (status, _, t) = http(addr, "GET", &path("timeline?gap_ms=0"), None, None).await;
+    let (status, _, t) = http(
+        addr,
+        "GET",
+        &path("timeline?gap_ms=0&stale_ms=0"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{t}");
     let groups = t["groups"].as_array().unwrap();
     assert!(groups.len() >= 3, "{t}");
@@ -168,6 +175,14 @@ pub async fn versions_diff_playback_restore(backend: Backend) {
     );
     assert!(
         groups.iter().any(|g| g["authors"] == json!(["restore"])),
+        "{t}"
+    );
+    // The edits made while cut off from the room were merged after the restore: the timeline
+    // shows them as made against the older state.
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["authors"] == json!(["Ada"]) && g["made_against_seq"].is_u64()),
         "{t}"
     );
     let (status, _, b) = http(addr, "GET", &path("blame"), None, None).await;
@@ -198,5 +213,19 @@ pub async fn versions_diff_playback_restore(backend: Backend) {
     )
     .await;
     assert_eq!(d["removed"][0]["id"], removed_id, "diff ids are stable");
+    // And the same on a second instance over the same store.
+    let other = TestServer::start(test_config(&db)).await;
+    let (_, _, list_b) = http(other.addr, "GET", &path("versions"), None, None).await;
+    assert_eq!(list_b, list);
+    let (_, _, d_b) = http(
+        other.addr,
+        "GET",
+        &path(&format!("diff?from={v1_id}&to=seq:{head}")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(d_b, d, "diffs agree across instances");
+    other.stop().await;
     server.stop().await;
 }

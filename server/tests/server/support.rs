@@ -397,6 +397,7 @@ impl TestClient {
             if let concord_engine::ClientMessage::Op {
                 id: Some(id),
                 update,
+                ..
             } = &msg
             {
                 self.sent.push((id.clone(), update.clone()));
@@ -419,6 +420,7 @@ impl TestClient {
         let msg = concord_engine::ClientMessage::Op {
             id: Some(format!("forged-{id}")),
             update,
+            base: None,
         };
         let Some(ws) = self.ws.as_mut() else { return };
         if ws.send(Message::Text(msg.to_json().into())).await.is_err() {

@@ -1,0 +1,203 @@
+//! History benchmark (not a test): a room holding a whole editing trace as committed ops, one
+//! op per edit, in a real store; then the document at random seqs cold from the store, the
+//! storage cost of keeping history, and a restore of the whole document.
+//!
+//! ```text
+//! cargo bench -p concord-server --bench history                      # automerge-paper, SQLite
+//! CONCORD_BENCH_TRACE=seq-friendsforever_flat.json.gz cargo bench -p concord-server --bench history
+//! CONCORD_BENCH_DB=postgres://postgres@127.0.0.1:5432/test cargo bench -p concord-server --bench history
+//! ```
+//!
+//! Figures go to docs/benchmarks.md ("History").
+
+use std::time::{Duration, Instant};
+
+use concord_engine::history::{self, Past};
+use concord_engine::Document;
+use concord_server::store::history::HistoryPolicy;
+use concord_server::store::{self, Append, OpMeta};
+use rand::{Rng, SeedableRng};
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary(name: &str, mut v: Vec<Duration>) {
+    v.sort();
+    let at = |p: f64| ms(v[((v.len() - 1) as f64 * p).round() as usize]);
+    println!(
+        "{name:<44} median {:>7.2} ms  p95 {:>7.2} ms  max {:>7.2} ms  ({} samples)",
+        at(0.5),
+        at(0.95),
+        at(1.0),
+        v.len()
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let trace_name =
+        std::env::var("CONCORD_BENCH_TRACE").unwrap_or("seq-automerge-paper.json.gz".into());
+    let trace = concord_testkit::traces::load_seq(&trace_name);
+    let dir = tempdir();
+    let url = std::env::var("CONCORD_BENCH_DB")
+        .unwrap_or_else(|_| format!("sqlite://{}/history.db", dir.display()));
+    let store = store::connect(&url).await.expect("store");
+    let room = format!("hist-bench-{}", std::process::id());
+    let policy = HistoryPolicy::default();
+
+    // Every edit its own op, committed in groups of 500, compacted every 200 ops as a room is.
+    let mut doc = Document::new(42);
+    doc.insert(0, &trace.start_content).ok();
+    let start = Instant::now();
+    let (mut batch, mut committed, mut op_bytes) = (Vec::new(), 0u64, 0u64);
+    let patches: Vec<_> = trace.patches().cloned().collect();
+    for (i, p) in patches.iter().enumerate() {
+        let update = doc.replace(p.pos, p.del, &p.ins).expect("edit");
+        op_bytes += update.len() as u64;
+        batch.push(update);
+        if batch.len() == 500 || i + 1 == patches.len() {
+            let n = batch.len();
+            store
+                .append(&[Append {
+                    room: room.clone(),
+                    updates: std::mem::take(&mut batch),
+                    meta: vec![OpMeta::default(); n],
+                }])
+                .await
+                .expect("append");
+            let before = committed;
+            committed += n as u64;
+            if committed / 200 > before / 200 || i + 1 == patches.len() {
+                store.compact(&room, &policy).await.expect("compact");
+            }
+        }
+    }
+    assert_eq!(doc.text(), trace.end_content);
+    println!(
+        "== {trace_name}: {committed} ops committed into {} in {:.1} s ({} cores)",
+        url.split("://").next().unwrap_or("?"),
+        start.elapsed().as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // The document at random seqs, cold from the store (read rows + rebuild).
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut times = Vec::new();
+    for _ in 0..60 {
+        let seq = rng.gen_range(1..=committed);
+        let t = Instant::now();
+        let rows = store.past(&room, seq).await.expect("past");
+        let checkpoint = rows.checkpoint.as_ref().map(|(s, _)| s.as_slice());
+        let ops: Vec<&[u8]> = rows.ops.iter().map(|r| r.op.as_slice()).collect();
+        let past = Past::build(checkpoint, &ops, seq).expect("build");
+        let _ = past.text();
+        times.push(t.elapsed());
+    }
+    summary("state at a random seq, cold (store + rebuild)", times);
+
+    // Storage: what history keeps against the compacted-only store (one snapshot).
+    let snapshot = store
+        .load(&room)
+        .await
+        .expect("load")
+        .snapshot
+        .unwrap_or_default();
+    let checkpoints = checkpoint_bytes(&url, &room).await;
+    println!(
+        "storage: ops {:.1} B/op, checkpoints {:.1} B/op, snapshot {} B \
+         (compacted-only keeps {:.2} B/op; history {:.1} B/op, {:.0}x)",
+        op_bytes as f64 / committed as f64,
+        checkpoints as f64 / committed as f64,
+        snapshot.len(),
+        snapshot.len() as f64 / committed as f64,
+        (op_bytes + checkpoints + snapshot.len() as u64) as f64 / committed as f64,
+        (op_bytes + checkpoints + snapshot.len() as u64) as f64 / snapshot.len().max(1) as f64,
+    );
+
+    // Restore, as the server computes it: near points by ids (replaying what was written
+    // since), far points by comparing the texts of two cheap rebuilds.
+    let head_len = doc.text().len();
+    let mut near = Vec::new();
+    for back in [50u64, 500, 2000, 5000] {
+        let target = committed - back;
+        let t = Instant::now();
+        let rows = store.past(&room, target).await.expect("past");
+        let later = store
+            .op_rows(&room, target + 1, committed)
+            .await
+            .expect("rows");
+        let checkpoint = rows.checkpoint.as_ref().map(|(s, _)| s.as_slice());
+        let ops: Vec<&[u8]> = rows.ops.iter().map(|r| r.op.as_slice()).collect();
+        let mut past = Past::build(checkpoint, &ops, target).expect("build");
+        let at = past.snapshot();
+        let later: Vec<&[u8]> = later.iter().map(|r| r.op.as_slice()).collect();
+        past.advance(&later, committed).expect("advance");
+        let _ = history::restore_update(&past, &at, 78).expect("restore");
+        near.push(t.elapsed());
+    }
+    summary(
+        &format!(
+            "restore by ids, {} KB doc, 50-5000 ops back",
+            head_len / 1024
+        ),
+        near,
+    );
+    let mut far = Vec::new();
+    for target in [
+        1,
+        committed / 10,
+        committed / 3,
+        committed / 2,
+        committed - 6000,
+    ] {
+        let t = Instant::now();
+        let build = |rows: concord_server::store::history::PastRows, seq| {
+            let checkpoint = rows.checkpoint.as_ref().map(|(s, _)| s.clone());
+            let ops: Vec<Vec<u8>> = rows.ops.into_iter().map(|r| r.op).collect();
+            Past::build(checkpoint.as_deref(), &ops, seq).expect("build")
+        };
+        let then = build(store.past(&room, target).await.expect("past"), target);
+        let now = build(store.past(&room, committed).await.expect("past"), committed);
+        let update =
+            history::restore_update_by_text(&now.state(), &then.text(), 79).expect("restore");
+        far.push(t.elapsed());
+        let mut check = Document::from_update(5, &now.state()).expect("doc");
+        if let Some(update) = update {
+            check.apply_update(&update).expect("applies");
+        }
+        assert_eq!(check.text(), then.text());
+    }
+    summary(
+        &format!("restore by text, {} KB doc, far back", head_len / 1024),
+        far,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("concord-history-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+async fn checkpoint_bytes(url: &str, room: &str) -> u64 {
+    let q = "SELECT COALESCE(SUM(LENGTH(state)), 0) FROM checkpoints WHERE room_id = $1";
+    if url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+        let n: i64 = sqlx::query_scalar(q)
+            .bind(room)
+            .fetch_one(&pool)
+            .await
+            .expect("sum");
+        n as u64
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.expect("pg");
+        let n: i64 = sqlx::query_scalar(q)
+            .bind(room)
+            .fetch_one(&pool)
+            .await
+            .expect("sum");
+        n as u64
+    }
+}
