@@ -72,8 +72,19 @@ impl Past {
     /// plus every op after the checkpoint up to `seq`, in order. The ops are merged and applied
     /// in one transaction (yrs pays per transaction).
     pub fn build<B: AsRef<[u8]>>(checkpoint: Option<&[u8]>, ops: &[B], seq: u64) -> Result<Past> {
+        Past::build_as(PAST_CLIENT_ID, checkpoint, ops, seq)
+    }
+
+    /// [`Past::build`] under the yrs client `client_id`: a past that will be edited by
+    /// [`restore_in_place`] as that (new, unique) client.
+    pub fn build_as<B: AsRef<[u8]>>(
+        client_id: u64,
+        checkpoint: Option<&[u8]>,
+        ops: &[B],
+        seq: u64,
+    ) -> Result<Past> {
         let doc = Doc::with_options(Options {
-            client_id: ClientID::new(PAST_CLIENT_ID),
+            client_id: ClientID::new(client_id & crate::doc::MAX_CLIENT_ID),
             offset_kind: OffsetKind::Utf16,
             skip_gc: true,
             ..Options::default()
@@ -163,6 +174,17 @@ pub struct TextDiff {
     pub moved: Vec<Span>,
 }
 
+/// Each line's number in `ids`, numbering lines not seen before.
+fn intern<'a>(ids: &mut HashMap<&'a str, u32>, lines: &[&'a str]) -> Vec<u32> {
+    lines
+        .iter()
+        .map(|line| {
+            let next = ids.len() as u32;
+            *ids.entry(line).or_insert(next)
+        })
+        .collect()
+}
+
 fn utf16_len(s: &str) -> u32 {
     s.encode_utf16().count() as u32
 }
@@ -223,9 +245,45 @@ pub fn diff(from: &Snapshot, to: &Past) -> TextDiff {
 /// `client_id`. Restoring is an edit, not a rollback: edits made concurrently merge with it,
 /// and it can itself be undone by restoring a later point. `None` if nothing differs.
 pub fn restore_update(head: &Past, target: &Snapshot, client_id: u64) -> Result<Option<Vec<u8>>> {
-    let chunks = head.chunks(target, &head.snapshot());
+    let edits = restore_edits_by_ids(head, target);
+    if edits.is_empty() {
+        return Ok(None);
+    }
     let mut doc = crate::Document::from_update(client_id, &head.state())?;
-    let mut updates = Vec::new();
+    let edits: Vec<(u32, u32, &str)> = edits.iter().map(|(i, n, t)| (*i, *n, t.as_str())).collect();
+    doc.replace_many(&edits).map(Some)
+}
+
+/// [`restore_update`] made by editing `head` itself, which must have been built with
+/// [`Past::build_as`] for the restoring client: no copy of the whole document (an encode and a
+/// decode, most of a restore's cost on a large document). Afterwards `head` reads as `target`.
+pub fn restore_in_place(head: &mut Past, target: &Snapshot) -> Result<Option<Vec<u8>>> {
+    let edits = restore_edits_by_ids(head, target);
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    let mut txn = head.doc.transact_mut();
+    let body = &head.body;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for (at, len, text) in &edits {
+            if *len > 0 {
+                body.remove_range(&mut txn, *at, *len);
+            }
+            if !text.is_empty() {
+                body.insert(&mut txn, *at, text);
+            }
+        }
+    }))
+    .map_err(|_| invalid("restore panicked while editing"))?;
+    Ok(Some(txn.encode_update_v2()))
+}
+
+/// The edits (`(index, delete, insert)`, each against the text the ones before it left) that
+/// make `head` read as at `target`: what was written since goes, what was deleted since comes
+/// back.
+fn restore_edits_by_ids(head: &Past, target: &Snapshot) -> Vec<(u32, u32, String)> {
+    let chunks = head.chunks(target, &head.snapshot());
+    let mut edits = Vec::new();
     let mut at = 0u32;
     for chunk in &chunks {
         let Some(text) = chunk_text(chunk) else {
@@ -236,17 +294,14 @@ pub fn restore_update(head: &Past, target: &Snapshot, client_id: u64) -> Result<
             None => at += len,
             // Only at the target point: write it again.
             Some(change) if change.kind == ChangeKind::Added => {
-                updates.push(doc.insert(at, &text)?);
+                edits.push((at, 0, text));
                 at += len;
             }
             // Written since the target point: delete it.
-            Some(_) => updates.push(doc.delete(at, len)?),
+            Some(_) => edits.push((at, len, String::new())),
         }
     }
-    if updates.is_empty() {
-        return Ok(None);
-    }
-    merge_updates(&updates).map(Some)
+    edits
 }
 
 /// The edit that makes `body` of the document `head_state` (a full state) read `target`, from a
@@ -260,6 +315,35 @@ pub fn restore_update_by_text(
     client_id: u64,
 ) -> Result<Option<Vec<u8>>> {
     let mut doc = crate::Document::from_update(client_id, head_state)?;
+    restore_edits(&mut doc, target)
+}
+
+/// A room's document at a seq for editing or reading its text: `checkpoint` (a full state at
+/// or below the seq) plus the ops after it, as a [`crate::Document`] of `client_id`. Cheaper
+/// than [`Past`] when deleted content is not needed (no second decode of an encoded state).
+pub fn document_at<B: AsRef<[u8]>>(
+    client_id: u64,
+    checkpoint: Option<&[u8]>,
+    ops: &[B],
+) -> Result<crate::Document> {
+    let mut doc = match checkpoint {
+        Some(state) => crate::Document::from_update(client_id, state)?,
+        None => crate::Document::new(client_id),
+    };
+    match ops.len() {
+        0 => {}
+        1 => {
+            doc.apply_update(ops[0].as_ref())?;
+        }
+        _ => {
+            doc.apply_update(&merge_updates(ops)?)?;
+        }
+    }
+    Ok(doc)
+}
+
+/// [`restore_update_by_text`] on a document already at the head (see [`document_at`]).
+pub fn restore_edits(doc: &mut crate::Document, target: &str) -> Result<Option<Vec<u8>>> {
     let current = doc.text();
     if current == target {
         return Ok(None);
@@ -267,37 +351,41 @@ pub fn restore_update_by_text(
     let old: Vec<&str> = current.split_inclusive('\n').collect();
     let new: Vec<&str> = target.split_inclusive('\n').collect();
     let units = |lines: &[&str]| lines.iter().map(|l| utf16_len(l)).sum::<u32>();
-    let mut updates = Vec::new();
+    let mut edits: Vec<(u32, u32, String)> = Vec::new();
     let mut at = 0u32;
-    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &old, &new) {
-        match op {
+    // Lines interned to numbers first: the diff compares integers, not strings (several
+    // times faster on a document of a thousand lines).
+    let mut ids: HashMap<&str, u32> = HashMap::with_capacity(old.len() + new.len());
+    let (old_ids, new_ids) = (intern(&mut ids, &old), intern(&mut ids, &new));
+    let ops = similar::capture_diff_slices(similar::Algorithm::Myers, &old_ids, &new_ids);
+    for op in ops {
+        let (old_range, new_range) = match op {
             similar::DiffOp::Equal { old_index, len, .. } => {
                 at += units(&old[old_index..old_index + len]);
+                continue;
             }
             similar::DiffOp::Delete {
                 old_index, old_len, ..
-            } => updates.push(doc.delete(at, units(&old[old_index..old_index + old_len]))?),
+            } => (old_index..old_index + old_len, 0..0),
             similar::DiffOp::Insert {
                 new_index, new_len, ..
-            } => {
-                let text = new[new_index..new_index + new_len].concat();
-                updates.push(doc.insert(at, &text)?);
-                at += utf16_len(&text);
-            }
+            } => (0..0, new_index..new_index + new_len),
             similar::DiffOp::Replace {
                 old_index,
                 old_len,
                 new_index,
                 new_len,
-            } => {
-                let text = new[new_index..new_index + new_len].concat();
-                let gone = units(&old[old_index..old_index + old_len]);
-                updates.push(doc.replace(at, gone, &text)?);
-                at += utf16_len(&text);
-            }
-        }
+            } => (
+                old_index..old_index + old_len,
+                new_index..new_index + new_len,
+            ),
+        };
+        let text = new[new_range].concat();
+        edits.push((at, units(&old[old_range]), text));
+        at += utf16_len(&edits[edits.len() - 1].2);
     }
-    merge_updates(&updates).map(Some)
+    let edits: Vec<(u32, u32, &str)> = edits.iter().map(|(i, n, t)| (*i, *n, t.as_str())).collect();
+    doc.replace_many(&edits).map(Some)
 }
 
 /// Who wrote a run of the current text, and when it was committed.
@@ -599,6 +687,14 @@ mod tests {
             room.canonical_state().unwrap(),
             c.canonical_state().unwrap()
         );
+        // Made in place on a past built for the restoring client: the same edit.
+        let mut editable = Past::build_as(99, None, &ops, 3).unwrap();
+        let in_place = restore_in_place(&mut editable, &target).unwrap().unwrap();
+        assert_eq!(editable.text(), "hello world");
+        let mut other = Document::from_update(7, &head.state()).unwrap();
+        other.apply_update(&in_place).unwrap();
+        assert_eq!(other.text(), "hello world");
+        assert_eq!(in_place, restore);
         // Restoring the present changes nothing.
         assert!(restore_update(&head, &head.snapshot(), 99)
             .unwrap()

@@ -122,19 +122,26 @@ async fn main() {
     for back in [50u64, 500, 2000, 5000] {
         let target = committed - back;
         let t = Instant::now();
-        let rows = store.past(&room, target).await.expect("past");
-        let later = store
-            .op_rows(&room, target + 1, committed)
-            .await
-            .expect("rows");
+        // As the server does: both reads together, the past built for the restoring client
+        // and edited in place.
+        let (rows, later) = tokio::try_join!(
+            store.past(&room, target),
+            store.op_rows(&room, target + 1, committed)
+        )
+        .expect("rows");
         let checkpoint = rows.checkpoint.as_ref().map(|(s, _)| s.as_slice());
         let ops: Vec<&[u8]> = rows.ops.iter().map(|r| r.op.as_slice()).collect();
-        let mut past = Past::build(checkpoint, &ops, target).expect("build");
+        let mut past = Past::build_as(78, checkpoint, &ops, target).expect("build");
         let at = past.snapshot();
+        let then = past.text();
         let later: Vec<&[u8]> = later.iter().map(|r| r.op.as_slice()).collect();
         past.advance(&later, committed).expect("advance");
-        let _ = history::restore_update(&past, &at, 78).expect("restore");
+        let update = history::restore_in_place(&mut past, &at).expect("restore");
         near.push(t.elapsed());
+        let mut check = Document::new(5);
+        check.apply_update(&past.state()).expect("state");
+        assert_eq!(check.text(), then);
+        assert!(update.is_some());
     }
     summary(
         &format!(
@@ -152,21 +159,27 @@ async fn main() {
         committed - 6000,
     ] {
         let t = Instant::now();
-        let build = |rows: concord_server::store::history::PastRows, seq| {
-            let checkpoint = rows.checkpoint.as_ref().map(|(s, _)| s.clone());
-            let ops: Vec<Vec<u8>> = rows.ops.into_iter().map(|r| r.op).collect();
-            Past::build(checkpoint.as_deref(), &ops, seq).expect("build")
+        let at = |rows: &concord_server::store::history::PastRows, client| {
+            let ops: Vec<&[u8]> = rows.ops.iter().map(|r| r.op.as_slice()).collect();
+            let checkpoint = rows.checkpoint.as_ref().map(|(s, _)| s.as_slice());
+            history::document_at(client, checkpoint, &ops).expect("rebuild")
         };
-        let then = build(store.past(&room, target).await.expect("past"), target);
-        let now = build(store.past(&room, committed).await.expect("past"), committed);
-        let update =
-            history::restore_update_by_text(&now.state(), &then.text(), 79).expect("restore");
+        // As the server does: both rows read together, both rebuilds side by side.
+        let (then_rows, now_rows) =
+            tokio::try_join!(store.past(&room, target), store.past(&room, committed))
+                .expect("past");
+        let (then, mut now) = std::thread::scope(|s| {
+            let then = s.spawn(|| at(&then_rows, 1).text());
+            let now = at(&now_rows, 79);
+            (then.join().expect("then"), now)
+        });
+        let update = history::restore_edits(&mut now, &then).expect("restore");
         far.push(t.elapsed());
-        let mut check = Document::from_update(5, &now.state()).expect("doc");
+        let mut check = at(&now_rows, 5);
         if let Some(update) = update {
             check.apply_update(&update).expect("applies");
         }
-        assert_eq!(check.text(), then.text());
+        assert_eq!(check.text(), then);
     }
     summary(
         &format!("restore by text, {} KB doc, far back", head_len / 1024),

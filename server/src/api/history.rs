@@ -111,6 +111,13 @@ async fn on_pool<T: Send + 'static>(
     }
 }
 
+/// The document these rows hold (no deleted content: for its text, or to edit it).
+fn rebuild_doc(rows: &PastRows, client: u64) -> concord_engine::Result<concord_engine::Document> {
+    let ops: Vec<&[u8]> = rows.ops.iter().map(|r| r.op.as_slice()).collect();
+    let checkpoint = rows.checkpoint.as_ref().map(|(s, _)| s.as_slice());
+    history::document_at(client, checkpoint, &ops)
+}
+
 /// The room at `seq`, with the ops up to `more_to` applied on top when given: a document that
 /// keeps what was deleted between `seq` and `more_to`.
 async fn rebuild(
@@ -119,16 +126,33 @@ async fn rebuild(
     seq: u64,
     more_to: Option<u64>,
 ) -> Result<(Past, concord_engine::history::PastSnapshot), ApiError> {
-    let rows: PastRows = app.rooms.ctx().store.past(room, seq).await?;
-    let more: Vec<OpRow> = match more_to {
-        Some(to) if to > seq => app.rooms.ctx().store.op_rows(room, seq + 1, to).await?,
-        _ => Vec::new(),
+    rebuild_as(app, room, seq, more_to, None).await
+}
+
+/// [`rebuild`] under the yrs client `editor`, when given: a past to restore in place.
+async fn rebuild_as(
+    app: &AppState,
+    room: &str,
+    seq: u64,
+    more_to: Option<u64>,
+    editor: Option<u64>,
+) -> Result<(Past, concord_engine::history::PastSnapshot), ApiError> {
+    let store = &app.rooms.ctx().store;
+    let more = async {
+        match more_to {
+            Some(to) if to > seq => store.op_rows(room, seq + 1, to).await,
+            _ => Ok(Vec::new()),
+        }
     };
+    let (rows, more): (PastRows, Vec<OpRow>) = tokio::try_join!(store.past(room, seq), more)?;
     let to = more_to.unwrap_or(seq).max(seq);
     on_pool(app, move || {
         let checkpoint = rows.checkpoint.as_ref().map(|(s, _)| s.as_slice());
         let ops: Vec<&[u8]> = rows.ops.iter().map(|r| r.op.as_slice()).collect();
-        let mut past = Past::build(checkpoint, &ops, seq)?;
+        let mut past = match editor {
+            Some(client) => Past::build_as(client, checkpoint, &ops, seq)?,
+            None => Past::build(checkpoint, &ops, seq)?,
+        };
         let at_seq = past.snapshot();
         let later: Vec<&[u8]> = more.iter().map(|r| r.op.as_slice()).collect();
         past.advance(&later, to)?;
@@ -303,19 +327,22 @@ async fn restore(
     let client = rand::random::<u64>() & ((1 << 53) - 1);
     let update = if head - target <= RESTORE_BY_IDS_WITHIN {
         // Everything written since is replayed once: restore by the CRDT's ids.
-        let (past, at_target) = rebuild(&app, &room, target, Some(head)).await?;
+        let (mut past, at_target) =
+            rebuild_as(&app, &room, target, Some(head), Some(client)).await?;
         on_pool(&app, move || {
-            history::restore_update(&past, &at_target, client)
+            history::restore_in_place(&mut past, &at_target)
         })
         .await?
     } else {
-        // Far back: two cheap rebuilds (each from its nearest checkpoint) and a line diff.
-        let (then, _) = rebuild(&app, &room, target, None).await?;
-        let (now, _) = rebuild(&app, &room, head, None).await?;
-        on_pool(&app, move || {
-            history::restore_update_by_text(&now.state(), &then.text(), client)
-        })
-        .await?
+        // Far back: two cheap rebuilds (each from its nearest checkpoint), side by side on
+        // the pool, and a line diff.
+        let store = &app.rooms.ctx().store;
+        let (then, now) = tokio::try_join!(store.past(&room, target), store.past(&room, head))?;
+        let (target_text, mut now) = tokio::try_join!(
+            on_pool(&app, move || Ok(rebuild_doc(&then, 1)?.text())),
+            on_pool(&app, move || rebuild_doc(&now, client)),
+        )?;
+        on_pool(&app, move || history::restore_edits(&mut now, &target_text)).await?
     };
     let Some(update) = update else {
         return Ok(Json(json!({"applied": false, "seq": head})).into_response());
