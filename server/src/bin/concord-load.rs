@@ -21,7 +21,9 @@
 //! R times a second, with a name, a color and a cursor (offsets, or relative positions into
 //! `body` as y-codemirror.next sends them); with `--rate 0` that is all it sends. Presence and
 //! awareness messages received (and the entries they carry) are counted; with `--server-pid`,
-//! the servers' CPU time over the window says what relaying them cost.
+//! the servers' CPU time over the window says what relaying them cost. `--rate 0` without
+//! presence leaves the clients idle once joined: with `--server-pid`, what an idle connection
+//! costs in memory (`bench/peers/idle.sh`).
 //!
 //! ```text
 //! concord-load --url ws://127.0.0.1:8080 --clients 1000 --rooms 100 --rate 20 --secs 30
@@ -121,12 +123,7 @@ fn parse_args() -> Args {
     if args.urls.is_empty() {
         args.urls.push("ws://127.0.0.1:8080".to_owned());
     }
-    if args.clients == 0
-        || args.rooms == 0
-        || args.rate < 0.0
-        || args.presence < 0.0
-        || args.rate + args.presence <= 0.0
-    {
+    if args.clients == 0 || args.rooms == 0 || args.rate < 0.0 || args.presence < 0.0 {
         usage();
     }
     args
@@ -681,14 +678,16 @@ async fn main() {
         let stop = stop_sampling.clone();
         tokio::spawn(async move {
             let mut peak = vec![0u64; pids.len()];
+            let mut last = vec![0u64; pids.len()];
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tick.tick().await;
                 for (i, pid) in pids.iter().enumerate() {
-                    peak[i] = peak[i].max(rss_kib(*pid).unwrap_or(0));
+                    last[i] = rss_kib(*pid).unwrap_or(0);
+                    peak[i] = peak[i].max(last[i]);
                 }
             }
-            peak
+            (peak, last)
         })
     };
     // Server CPU over the typing window (connections are made before it starts).
@@ -711,7 +710,8 @@ async fn main() {
         reports.push(task.await.unwrap_or_default());
     }
     stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak_rss = sampler.await.unwrap_or_default();
+    // Peak, and at the end of the window (all clients still connected: steady state).
+    let (peak_rss, end_rss) = sampler.await.unwrap_or_default();
     let server_cpu_ms = cpu_window.await.unwrap_or(0);
 
     let sent_maps: Vec<HashMap<u64, Instant>> = sent_by_key
@@ -800,7 +800,7 @@ async fn main() {
                 "ack_max_us": ack_lat.last().copied().unwrap_or(0),
                 "fanout_p50_us": percentile(&fanout, 50.0), "fanout_p99_us": percentile(&fanout, 99.0),
                 "fanout_max_us": fanout.last().copied().unwrap_or(0), "fanout_samples": fanout.len(),
-                "server_peak_rss_kib": peak_rss, "lost": lost, "duplicated": duplicated,
+                "server_peak_rss_kib": peak_rss, "server_end_rss_kib": end_rss, "lost": lost, "duplicated": duplicated,
                 "errors": errors, "unacked_at_end": unacked, "unreadable_rooms": unreadable,
                 "deliveries": deliveries, "deliveries_expected": deliveries_expected,
                 "server_cpu_ms": server_cpu_ms, "peer": args.peer,
