@@ -73,9 +73,22 @@ impl Document {
     /// does not own a source of randomness. Only its low 53 bits are used, as in Yjs, so ids
     /// survive a trip through a JavaScript number.
     pub fn new(client_id: u64) -> Self {
+        Document::with_gc(client_id, true)
+    }
+
+    /// A document that keeps deleted content (yrs `skip_gc`): for a short-lived copy that is
+    /// edited once and dropped, where collecting what an edit deletes is wasted work (it was
+    /// most of the commit of a whole-document restore, measured in
+    /// `server/benches/history.rs`). A long-lived replica uses [`Document::new`].
+    pub fn keeping_deleted(client_id: u64) -> Self {
+        Document::with_gc(client_id, false)
+    }
+
+    fn with_gc(client_id: u64, gc: bool) -> Self {
         let options = Options {
             client_id: ClientID::new(client_id & MAX_CLIENT_ID),
             offset_kind: OffsetKind::Utf16,
+            skip_gc: !gc,
             ..Options::default()
         };
         let doc = Doc::with_options(options);
@@ -140,10 +153,15 @@ impl Document {
     /// edit: a restore of a large document is hundreds of hunks, and committing and encoding
     /// each one alone costs several times the edits themselves. On an out-of-bounds edit the
     /// ones before it stay applied here and no update is returned.
+    ///
+    /// Edits in document order (each at or after where the one before it ended, as a diff
+    /// gives them) are applied in one walk of the text (see [`apply_edits`]).
     pub fn replace_many(&mut self, edits: &[(u32, u32, &str)]) -> Result<Vec<u8>> {
         let mut txn = self.doc.transact_mut_with(LOCAL_ORIGIN);
-        for &(index, len, text) in edits {
-            self.edit_in(&mut txn, index, len, text)?;
+        if !apply_edits(&self.body, &mut txn, edits)? {
+            for &(index, len, text) in edits {
+                self.edit_in(&mut txn, index, len, text)?;
+            }
         }
         Ok(txn.encode_update_v2())
     }
@@ -565,6 +583,64 @@ pub fn update_v2_to_v1(bytes: &[u8]) -> Result<Vec<u8>> {
     guarded(|| update.encode_v1()).map_err(|reason| EngineError::InvalidUpdate { reason })
 }
 
+/// Applies `edits` (`(index, len, text)`, each against the text the ones before it left) to
+/// `body` in one walk from its start, as a Yjs delta (retain, delete, insert), and returns true;
+/// or returns false, changing nothing, when they are not in document order (an edit starting
+/// before the end of the one before it), for the caller to apply one by one.
+///
+/// Why: every positional edit looks its index up from the start of the text (or a nearby
+/// search marker), through every deleted item on the way; a restore of a document with a long
+/// history is hundreds of hunks over tens of thousands of tombstones, and one walk for all of
+/// them is several times cheaper (measured in `server/benches/history.rs`).
+pub(crate) fn apply_edits(
+    body: &TextRef,
+    txn: &mut yrs::TransactionMut<'_>,
+    edits: &[(u32, u32, &str)],
+) -> Result<bool> {
+    let text_len = body.len(txn);
+    // Validate everything before touching the document: yrs panics on a delete past the end.
+    let (mut at, mut len_now) = (0u32, text_len);
+    for &(index, len, text) in edits {
+        if index < at {
+            return Ok(false);
+        }
+        match index.checked_add(len) {
+            Some(end) if end <= len_now => {}
+            _ => {
+                return Err(EngineError::OutOfBounds {
+                    index,
+                    len,
+                    text_len: len_now,
+                })
+            }
+        }
+        let inserted = text.encode_utf16().count() as u32;
+        len_now = len_now - len + inserted;
+        at = index + inserted;
+    }
+    let mut delta: Vec<yrs::types::Delta<String>> = Vec::with_capacity(edits.len() * 3);
+    let mut at = 0u32;
+    for &(index, len, text) in edits {
+        if index > at {
+            delta.push(yrs::types::Delta::Retain(index - at, None));
+        }
+        if len > 0 {
+            delta.push(yrs::types::Delta::Deleted(len));
+        }
+        let inserted = text.encode_utf16().count() as u32;
+        if inserted > 0 {
+            delta.push(yrs::types::Delta::Inserted(text.to_owned(), None));
+        }
+        at = index + inserted;
+    }
+    catch_unwind(AssertUnwindSafe(|| body.apply_delta(txn, delta))).map_err(|_| {
+        EngineError::InvalidUpdate {
+            reason: "edits panicked while applying".to_owned(),
+        }
+    })?;
+    Ok(true)
+}
+
 /// Merges v2 updates into one (no document needed), guarding yrs against hostile input.
 pub fn merge_updates<B: AsRef<[u8]>>(updates: &[B]) -> Result<Vec<u8>> {
     let slices: Vec<&[u8]> = updates.iter().map(|u| u.as_ref()).collect();
@@ -614,6 +690,83 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-walk path of `replace_many` reads exactly as the edits applied one by one, on
+    /// a text with tombstones and non-ASCII characters; edits out of order still apply (one by
+    /// one); an out-of-bounds edit is refused before anything changes.
+    #[test]
+    fn replace_many_in_one_walk_equals_edit_by_edit() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let seed = 0x5eed_0015;
+        println!("seed {seed:#x}");
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // The base text has no surrogate pairs, so that no random index falls inside one (a
+        // caller's positions are on character boundaries); inserted text may have them.
+        let bmp: Vec<char> = "ab c\nd中é".chars().collect();
+        let any: Vec<char> = "ab c\nd😀中é".chars().collect();
+        let pick = |rng: &mut SmallRng, set: &[char], n: usize| -> String {
+            (0..n).map(|_| set[rng.gen_range(0..set.len())]).collect()
+        };
+        for round in 0..200 {
+            let mut base = Document::new(1);
+            let first = pick(&mut rng, &bmp, 60);
+            base.insert(0, &first).unwrap();
+            // Tombstones: delete a few runs.
+            for _ in 0..5 {
+                let len = base.len();
+                let at = rng.gen_range(0..len);
+                let n = rng.gen_range(0..=(len - at).min(4));
+                base.delete(at, n).unwrap();
+            }
+            let state = base.encode_state_as_update(None).unwrap();
+            // Edits in document order against a growing cursor.
+            let mut edits: Vec<(u32, u32, String)> = Vec::new();
+            let (mut at, mut len_now) = (0u32, base.len());
+            for _ in 0..rng.gen_range(0..8) {
+                if at > len_now {
+                    break;
+                }
+                let index = rng.gen_range(at..=len_now);
+                let del = rng.gen_range(0..=(len_now - index).min(6));
+                let n = rng.gen_range(0..5);
+                let text = pick(&mut rng, &any, n);
+                let ins = text.encode_utf16().count() as u32;
+                len_now = len_now - del + ins;
+                at = index + ins;
+                edits.push((index, del, text));
+            }
+            let edits: Vec<(u32, u32, &str)> =
+                edits.iter().map(|(i, n, t)| (*i, *n, t.as_str())).collect();
+            let mut one_walk = Document::from_update(2, &state).unwrap();
+            let mut one_by_one = Document::from_update(3, &state).unwrap();
+            let walked = one_walk.replace_many(&edits);
+            let mut stepped = Ok(());
+            for &(i, n, t) in &edits {
+                if let Err(e) = one_by_one.replace_silent(i, n, t) {
+                    stepped = Err(e);
+                    break;
+                }
+            }
+            walked.unwrap();
+            stepped.unwrap();
+            assert_eq!(
+                one_walk.text(),
+                one_by_one.text(),
+                "round {round}: {edits:?}"
+            );
+        }
+
+        let mut doc = Document::new(4);
+        doc.insert(0, "hello world").unwrap();
+        // Out of order: applied one by one.
+        doc.replace_many(&[(6, 5, "there"), (0, 5, "HELLO")])
+            .unwrap();
+        assert_eq!(doc.text(), "HELLO there");
+        // Out of bounds, found before anything is touched.
+        let before = doc.encode_state_as_update(None).unwrap();
+        assert!(doc.replace_many(&[(0, 1, "h"), (11, 1, "")]).is_err());
+        assert_eq!(doc.encode_state_as_update(None).unwrap(), before);
+    }
 
     #[test]
     fn utf16_offsets_address_emoji_and_cjk() {

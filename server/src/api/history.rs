@@ -40,8 +40,10 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// A restore replays what was written since the point (to restore by ids) up to this many
-/// ops; further back it compares the texts instead (see `restore_update_by_text`).
-const RESTORE_BY_IDS_WITHIN: u64 = 5_000;
+/// ops; further back it compares the texts instead (see `restore_update_by_text`). Replaying
+/// costs about as much as a rebuild from a checkpoint per 1,000 ops (automerge-paper, 100 KB:
+/// `cargo bench -p concord-server --bench history`), so beyond that the texts are cheaper.
+pub const RESTORE_BY_IDS_WITHIN: u64 = 1_000;
 
 /// Most ops one timeline or blame request reads.
 const MAX_ROWS: u64 = 300_000;
