@@ -325,6 +325,32 @@ pub fn document_at<B: AsRef<[u8]>>(
     Ok(doc)
 }
 
+/// Positional edits a thin client made against the room as it was at an older seq, turned
+/// into one update that lands where they were meant in the room as it is now.
+///
+/// `base` is the room at that seq ([`document_at`], under a client id of its own). The edits
+/// (`(index, delete, insert)` in UTF-16 units, each against the text the ones before it left)
+/// are applied to it, and the update they produce is returned. That update names what it
+/// touched by the CRDT's ids, not by offsets: each insertion is anchored to the characters
+/// that surrounded it at the base seq and each deletion names the characters it removed, so
+/// applied to the room now it keeps what others typed since, deletes nothing they wrote, and a
+/// range someone else already deleted is simply deleted once. No transform functions: the
+/// rebase is the CRDT's own merge. `None` when the edits change nothing.
+///
+/// Fails with [`EngineError::OutOfBounds`] if an edit addresses text outside the base version.
+pub fn rebase_edits(
+    base: &mut crate::Document,
+    edits: &[(u32, u32, &str)],
+) -> Result<Option<Vec<u8>>> {
+    if edits
+        .iter()
+        .all(|&(_, delete, insert)| delete == 0 && insert.is_empty())
+    {
+        return Ok(None);
+    }
+    base.replace_many(edits).map(Some)
+}
+
 /// [`restore_update_by_text`] on a document already at the head (see [`document_at`]).
 pub fn restore_edits(doc: &mut crate::Document, target: &str) -> Result<Option<Vec<u8>>> {
     let current = doc.text();
@@ -750,6 +776,118 @@ mod tests {
                 doc.apply_update(&update).unwrap();
             }
             assert_eq!(doc.text(), to, "round {round}: {from:?} -> {to:?}");
+        }
+    }
+
+    #[test]
+    fn rebased_edits_land_where_they_were_meant() {
+        let mut a = Document::new(1);
+        let ops = vec![a.insert(0, "The quick fox.").unwrap()];
+        // Meanwhile, at the head: "brown " before "fox", a prefix, and "quick " deleted by
+        // someone who did not see the thin client's edit.
+        let mut others =
+            Document::from_update(2, &a.encode_state_as_update(None).unwrap()).unwrap();
+        let mut head_ops = ops.clone();
+        head_ops.push(others.insert(10, "brown ").unwrap());
+        head_ops.push(others.insert(0, "Intro: ").unwrap());
+        let mut head = document_at(3, None, &head_ops).unwrap();
+        assert_eq!(head.text(), "Intro: The quick brown fox.");
+
+        // Against seq 1: replace "quick" with "slow", then (in the text that left) add " jumps"
+        // before the full stop.
+        let mut base = document_at(9, None, &ops).unwrap();
+        let update = rebase_edits(&mut base, &[(4, 5, "slow"), (12, 0, " jumps")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(base.text(), "The slow fox jumps.");
+        head.apply_update(&update).unwrap();
+        assert_eq!(head.text(), "Intro: The slow brown fox jumps.");
+
+        // A range someone else deleted meanwhile is deleted once; nothing of theirs goes.
+        let mut head = document_at(5, None, &head_ops).unwrap();
+        head.apply_update(&others.delete(11, 6).unwrap()).unwrap(); // "quick "
+        assert_eq!(head.text(), "Intro: The brown fox.");
+        let mut base = document_at(10, None, &ops).unwrap();
+        let update = rebase_edits(&mut base, &[(4, 6, "")]).unwrap().unwrap();
+        head.apply_update(&update).unwrap();
+        assert_eq!(head.text(), "Intro: The brown fox.");
+
+        // Nothing to do, and edits outside the base version.
+        let mut base = document_at(11, None, &ops).unwrap();
+        assert!(rebase_edits(&mut base, &[(3, 0, "")]).unwrap().is_none());
+        assert!(matches!(
+            rebase_edits(&mut base, &[(15, 0, "x")]),
+            Err(EngineError::OutOfBounds { .. })
+        ));
+    }
+
+    /// Random histories: a thin client edits the base version by offsets while others edit
+    /// the head. After the rebased update, every base character is kept unless one side
+    /// deleted it, in base order; everything the others wrote is kept in their order; and
+    /// the thin client's own text is exactly what it typed, in its order.
+    #[test]
+    fn rebased_edits_keep_both_sides() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let seed = 0x5eed_0161;
+        println!("seed {seed:#x}");
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // Base characters are unique (CJK, one UTF-16 unit each); others type A-Z; the thin
+        // client types digits.
+        let is_base = |c: char| ('\u{4e00}'..'\u{9fff}').contains(&c);
+        // Edits against a model of the text, so each is in bounds as the engine applies them.
+        fn edit(rng: &mut SmallRng, model: &mut Vec<char>, alphabet: &[u8]) -> (u32, u32, String) {
+            let index = rng.gen_range(0..=model.len());
+            let delete = if rng.gen_bool(0.4) {
+                rng.gen_range(0..=(model.len() - index).min(4))
+            } else {
+                0
+            };
+            let insert: String = (0..rng.gen_range(0..4))
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
+                .collect();
+            model.splice(index..index + delete, insert.chars());
+            (index as u32, delete as u32, insert)
+        }
+        for round in 0..200 {
+            let base_text: Vec<char> = (0..rng.gen_range(0..40))
+                .map(|i| char::from_u32(0x4e00 + i).unwrap())
+                .collect();
+            let mut a = Document::new(1);
+            let ops = vec![a.insert(0, &base_text.iter().collect::<String>()).unwrap()];
+            let mut others = document_at(2, None, &ops).unwrap();
+            let mut head_model = base_text.clone();
+            let mut head_ops = ops.clone();
+            for _ in 0..rng.gen_range(0..6) {
+                let (i, d, t) = edit(&mut rng, &mut head_model, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+                head_ops.push(others.replace(i, d, &t).unwrap());
+            }
+            let mut thin_model = base_text.clone();
+            let edits: Vec<(u32, u32, String)> = (0..rng.gen_range(0..6))
+                .map(|_| edit(&mut rng, &mut thin_model, b"0123456789"))
+                .collect();
+            let edits: Vec<(u32, u32, &str)> =
+                edits.iter().map(|(i, d, t)| (*i, *d, t.as_str())).collect();
+            let mut base = document_at(3, None, &ops).unwrap();
+            let update = rebase_edits(&mut base, &edits).unwrap();
+            let mut head = document_at(4, None, &head_ops).unwrap();
+            if let Some(update) = update {
+                head.apply_update(&update).unwrap();
+            }
+            let got: Vec<char> = head.text().chars().collect();
+            let kept: Vec<char> = base_text
+                .iter()
+                .copied()
+                .filter(|c| head_model.contains(c) && thin_model.contains(c))
+                .collect();
+            let ctx = format!("round {round}: edits {edits:?}");
+            let only = |text: &[char], keep: &dyn Fn(char) -> bool| -> Vec<char> {
+                text.iter().copied().filter(|&c| keep(c)).collect()
+            };
+            assert_eq!(only(&got, &is_base), kept, "{ctx}");
+            let upper = |c: char| c.is_ascii_uppercase();
+            assert_eq!(only(&got, &upper), only(&head_model, &upper), "{ctx}");
+            let digit = |c: char| c.is_ascii_digit();
+            assert_eq!(only(&got, &digit), only(&thin_model, &digit), "{ctx}");
         }
     }
 
