@@ -144,6 +144,12 @@ pub enum RoomCmd {
         /// The connection.
         conn: ConnId,
     },
+    /// The room's stored data is being deleted: close every member (4404) and unload without
+    /// writing anything more. `done` is dropped once the room task has stopped.
+    Delete {
+        /// Dropped when the room has stopped.
+        done: Option<oneshot::Sender<()>>,
+    },
 }
 
 /// A member's frame, decoded by its protocol's adapter.
@@ -792,6 +798,7 @@ impl RoomTask {
             inputs: Vec::new(),
             server_ops: 0,
             presence_out: Coalescer::new(awareness::Budget::default()),
+            deleted: None,
         };
         for p in ctx.hub.live_presence(&self.id).await {
             room.hub_event(HubEvent::Presence(p));
@@ -917,6 +924,15 @@ impl RoomTask {
                 }
             }
 
+            if room.deleted.is_some() {
+                // Whatever is in flight is dropped: a commit not yet done rolls back, and the
+                // deleter removes whatever did commit after this room has stopped.
+                tracing::info!(room = %room.id, "room deleted; closing its members");
+                room.close_all(4404, "room deleted");
+                drop((commit, compaction, catch_up));
+                self.rooms.unregister(&self.id, self.generation);
+                return self.fail_joins(ServerError::RoomClosing).await;
+            }
             if !room.inputs.is_empty() {
                 match room.run_core().await {
                     Ok(catch_up) => resync |= catch_up,
@@ -1052,6 +1068,9 @@ struct Room {
     server_ops: u64,
     /// Presence changes waiting for the next flush (local and from other instances).
     presence_out: Coalescer,
+    /// Deleted (here or on another instance): stop without writing anything more. Holds the
+    /// deleters waiting for the stop.
+    deleted: Option<Vec<oneshot::Sender<()>>>,
 }
 
 impl Room {
@@ -1077,6 +1096,10 @@ impl Room {
                     dialect: member.dialect,
                 });
                 self.joining.insert(conn, (member, reply));
+            }
+            RoomCmd::Delete { done } => {
+                let waiting = self.deleted.get_or_insert_with(Vec::new);
+                waiting.extend(done);
             }
             RoomCmd::Frame { conn, msg } => {
                 let now = now_ms();
@@ -1436,6 +1459,10 @@ impl Room {
                 if len <= self.max_presence_bytes {
                     self.remote_presence_event(p);
                 }
+                false
+            }
+            HubEvent::Deleted => {
+                self.deleted.get_or_insert_with(Vec::new);
                 false
             }
             HubEvent::Resync => true,

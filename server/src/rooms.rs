@@ -139,6 +139,39 @@ impl Rooms {
         handle
     }
 
+    /// Deletes the room's stored data and stops it on every instance: its members are closed
+    /// (4404). The room here is stopped first and waited for, so nothing it has in flight
+    /// commits after the delete; it is told again afterwards in case a client reloaded it in
+    /// between; other instances hear it through the hub, after the delete (a commit of theirs
+    /// racing that message can outlive the delete: see the README). Returns whether anything
+    /// was stored or loaded.
+    pub async fn delete(&self, room: &str) -> Result<bool> {
+        let (done, stopped) = oneshot::channel();
+        let was_loaded = self.tell(room, RoomCmd::Delete { done: Some(done) }).await;
+        if was_loaded {
+            let _ = stopped.await;
+        }
+        let stored = self.ctx.store.delete_room(room).await?;
+        self.tell(room, RoomCmd::Delete { done: None }).await;
+        self.ctx.hub.publish_deleted(room);
+        Ok(stored || was_loaded)
+    }
+
+    /// Sends `cmd` to the room if it is loaded here (never loads it); false if it is not.
+    async fn tell(&self, room: &str, cmd: RoomCmd) -> bool {
+        let tx = {
+            let map = match self.map.lock() {
+                Ok(map) => map,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            map.get(room).map(|h| h.tx.clone())
+        };
+        match tx {
+            Some(tx) => tx.send(cmd).await.is_ok(),
+            None => false,
+        }
+    }
+
     /// Removes the room's entry if it is still this generation.
     pub(crate) fn unregister(&self, room: &str, generation: u64) {
         let mut map = match self.map.lock() {

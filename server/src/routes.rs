@@ -51,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/hocuspocus", get(hocuspocus))
         .merge(crate::api::accounts::routes())
         .merge(crate::api::history::routes())
+        .merge(crate::api::rooms::routes(
+            state.config.limits.max_update_bytes,
+        ))
         .route_service("/", ServeFile::new(web.join("demo.html")))
         .route_service("/demo.html", ServeFile::new(web.join("demo.html")))
         .nest_service("/pkg", ServeDir::new(web.join("pkg")))

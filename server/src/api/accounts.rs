@@ -403,6 +403,8 @@ async fn delete_doc(
     if !app.auth.directory().delete_doc(&id).await? {
         return Err(ApiError::not_found("no such document"));
     }
+    // Its content goes with it (members are closed 4404 before the grants are re-checked).
+    app.rooms.delete(&id).await?;
     // Everyone in the room re-checks, finds no grant, and is closed (4403).
     app.auth.changed(AccessChange {
         room: id.clone(),

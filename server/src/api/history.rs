@@ -48,7 +48,7 @@ pub const RESTORE_BY_IDS_WITHIN: u64 = 1_000;
 /// Most ops one timeline or blame request reads.
 const MAX_ROWS: u64 = 300_000;
 
-const GONE: ApiError = ApiError::new(
+pub(super) const GONE: ApiError = ApiError::new(
     StatusCode::GONE,
     "history_pruned",
     "that point is older than the history this server keeps (HISTORY_RETENTION)",
@@ -56,7 +56,7 @@ const GONE: ApiError = ApiError::new(
 const NO_VERSION: ApiError = ApiError::not_found("no such version in this room");
 
 /// The caller's token (header or `?token=`).
-struct Token(Option<String>);
+pub(super) struct Token(pub(super) Option<String>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Token {
     type Rejection = std::convert::Infallible;
@@ -70,7 +70,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Token {
 }
 
 /// Checks the room id and the caller's access; returns who they are (with auth on).
-async fn access(
+pub(super) async fn access(
     app: &AppState,
     token: &Token,
     room: &str,
@@ -164,7 +164,7 @@ async fn rebuild_as(
 }
 
 /// Where history starts and ends for this room: `(floor, head)`.
-async fn bounds(app: &AppState, room: &str) -> Result<(u64, u64), ApiError> {
+pub(super) async fn bounds(app: &AppState, room: &str) -> Result<(u64, u64), ApiError> {
     let store = &app.rooms.ctx().store;
     Ok((
         store.history_floor(room).await?,
@@ -172,7 +172,7 @@ async fn bounds(app: &AppState, room: &str) -> Result<(u64, u64), ApiError> {
     ))
 }
 
-fn check_point(seq: u64, floor: u64, head: u64) -> Result<(), ApiError> {
+pub(super) fn check_point(seq: u64, floor: u64, head: u64) -> Result<(), ApiError> {
     if seq > head {
         return Err(ApiError::bad_request(
             "that seq is beyond the room's last op",

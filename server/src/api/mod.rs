@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod history;
+pub mod rooms;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

@@ -25,6 +25,8 @@ impl Hub for MemoryHub {
 
     fn publish_update(&self, _room: &str, _seq: u64, _update: &[u8]) {}
 
+    fn publish_deleted(&self, _room: &str) {}
+
     fn publish_presence(&self, _room: &str, _presence: &Presence, _ttl_ms: u64) {}
 
     async fn live_presence(&self, _room: &str) -> Vec<Presence> {

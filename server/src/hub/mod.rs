@@ -27,6 +27,8 @@ pub enum HubEvent {
     },
     /// A presence frame from a client on another instance.
     Presence(Presence),
+    /// The room was deleted (`DELETE /api/rooms/{id}`): close its members and unload it.
+    Deleted,
     /// Messages may have been missed (subscription just became active, or the hub
     /// reconnected): catch up from the store.
     Resync,
@@ -66,6 +68,10 @@ pub trait Hub: Send + Sync + 'static {
 
     /// Tells other instances about an update this instance committed. Best effort.
     fn publish_update(&self, room: &str, seq: u64, update: &[u8]);
+
+    /// Tells other instances that this instance deleted the room's stored data. Best effort:
+    /// an instance that misses it keeps serving the room from memory until it unloads.
+    fn publish_deleted(&self, room: &str);
 
     /// Relays a presence frame of a local client to other instances and records it in the
     /// room's presence set (expiring `ttl_ms` from now unless refreshed). Best effort.

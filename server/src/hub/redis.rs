@@ -37,6 +37,9 @@ struct Wire {
     update: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     presence: Option<Presence>,
+    /// The room was deleted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
 }
 
 /// The channel of grant changes.
@@ -210,6 +213,23 @@ impl Hub for RedisHub {
             seq: Some(seq),
             update: Some(encode_b64(update)),
             presence: None,
+            deleted: false,
+        };
+        if let Ok(payload) = serde_json::to_string(&wire) {
+            self.enqueue(PubCmd::Update {
+                room: room.to_owned(),
+                payload,
+            });
+        }
+    }
+
+    fn publish_deleted(&self, room: &str) {
+        let wire = Wire {
+            o: self.instance.clone(),
+            seq: None,
+            update: None,
+            presence: None,
+            deleted: true,
         };
         if let Ok(payload) = serde_json::to_string(&wire) {
             self.enqueue(PubCmd::Update {
@@ -225,6 +245,7 @@ impl Hub for RedisHub {
             seq: None,
             update: None,
             presence: Some(presence.clone()),
+            deleted: false,
         };
         let (Ok(payload), Ok(state)) = (
             serde_json::to_string(&wire),
@@ -523,6 +544,9 @@ fn decode(instance: &str, payload: &[u8]) -> Option<HubEvent> {
     let wire: Wire = serde_json::from_slice(payload).ok()?;
     if wire.o == instance {
         return None;
+    }
+    if wire.deleted {
+        return Some(HubEvent::Deleted);
     }
     if let Some(p) = wire.presence {
         return Some(HubEvent::Presence(p));

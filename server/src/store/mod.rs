@@ -193,6 +193,11 @@ pub trait Store: directory::Directory + history::HistoryStore + Send + Sync + 's
         history: &history::HistoryPolicy,
     ) -> Result<Option<(Vec<u8>, u64)>>;
 
+    /// Deletes everything stored of the room (ops, snapshot, checkpoints, versions) in one
+    /// transaction under the room's write lock, so no commit of the room interleaves with it.
+    /// Returns whether there was anything to delete. Bounded by `timeouts().commit`.
+    async fn delete_room(&self, room: &str) -> Result<bool>;
+
     /// Answers a trivial query (`SELECT 1`), for `/readyz`; the caller bounds it in time.
     async fn ping(&self) -> Result<()>;
 }

@@ -34,6 +34,14 @@ pub struct PgStore {
     compactions: tokio::sync::Semaphore,
 }
 
+/// Deletes a room's rows from every table that holds its document or history.
+const DELETE_ROOM: [&str; 4] = [
+    "DELETE FROM ops WHERE room_id = $1",
+    "DELETE FROM snapshots WHERE room_id = $1",
+    "DELETE FROM checkpoints WHERE room_id = $1",
+    "DELETE FROM versions WHERE room_id = $1",
+];
+
 const LOCK_ROOM: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7217))";
 
 impl PgStore {
@@ -167,6 +175,25 @@ impl Store for PgStore {
             .map_err(|_| crate::error::ServerError::Unavailable)?;
         self.timeouts
             .bound("compact", self.compact_unbounded(room, history))
+            .await
+    }
+
+    async fn delete_room(&self, room: &str) -> Result<bool> {
+        self.timeouts
+            .bound("delete", async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
+                let mut deleted = 0;
+                for statement in DELETE_ROOM {
+                    deleted += sqlx::query(statement)
+                        .bind(room)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(deleted > 0)
+            })
             .await
     }
 

@@ -26,6 +26,14 @@ use crate::error::Result;
 /// rooms per seq lookup.
 const INSERT_CHUNK: usize = 256;
 
+/// Deletes a room's rows from every table that holds its document or history.
+const DELETE_ROOM: [&str; 4] = [
+    "DELETE FROM ops WHERE room_id = ?",
+    "DELETE FROM snapshots WHERE room_id = ?",
+    "DELETE FROM checkpoints WHERE room_id = ?",
+    "DELETE FROM versions WHERE room_id = ?",
+];
+
 /// SQLite-backed store.
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -173,6 +181,25 @@ impl Store for SqliteStore {
             .map_err(|_| crate::error::ServerError::Unavailable)?;
         self.timeouts
             .bound("compact", self.compact_unbounded(room, history))
+            .await
+    }
+
+    async fn delete_room(&self, room: &str) -> Result<bool> {
+        self.timeouts
+            .bound("delete", async {
+                let writer = self.writer.lock().await;
+                let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+                let mut deleted = 0;
+                for statement in DELETE_ROOM {
+                    deleted += sqlx::query(statement)
+                        .bind(room)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(deleted > 0)
+            })
             .await
     }
 

@@ -5,6 +5,7 @@
 mod abuse;
 mod auth;
 mod bad_input;
+mod docapi;
 mod history;
 mod operations;
 mod scale_out;
@@ -30,6 +31,10 @@ macro_rules! for_each_store {
             async fn history_versions_diff_playback_restore() {
                 crate::history::versions_diff_playback_restore(crate::support::Backend::Sqlite).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn document_api() {
+                crate::docapi::document_api(crate::support::Backend::Sqlite).await
+            }
         }
         mod postgres {
             $(
@@ -45,6 +50,10 @@ macro_rules! for_each_store {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn history_versions_diff_playback_restore() {
                 crate::history::versions_diff_playback_restore(crate::support::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn document_api() {
+                crate::docapi::document_api(crate::support::Backend::Postgres).await
             }
         }
     };
