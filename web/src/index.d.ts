@@ -79,9 +79,10 @@ export interface ConcordEventMap {
   presence: { user: string; presence: Presence | null; presences: Map<string, Presence> };
   /** The role changed: `read` (local edits now throw) or `write` again. */
   access: { role: Role };
-  /** The server shut this provider out: `access_revoked` (close 4403) or `token_expired`
-   * (close 4401 with a fixed string token). No more reconnects until `connect()`. */
-  denied: { code: 'access_revoked' | 'token_expired'; reason: string };
+  /** The server shut this provider out: `access_revoked` (close 4403), `room_deleted`
+   * (close 4404) or `token_expired` (close 4401 with a fixed string token). No more reconnects
+   * until `connect()`. */
+  denied: { code: 'access_revoked' | 'room_deleted' | 'token_expired'; reason: string };
   error: { code: string; message: string; error?: unknown };
   saved: { bytes: number };
   destroy: {};

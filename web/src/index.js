@@ -100,6 +100,8 @@ const OPEN = 1;
 /** Close codes of access control: the token expired (mint a fresh one), the room was revoked. */
 const CLOSE_TOKEN_EXPIRED = 4401;
 const CLOSE_ACCESS_REVOKED = 4403;
+/** The room was deleted (`DELETE /api/rooms/{id}`): reconnecting would write it back. */
+const CLOSE_ROOM_DELETED = 4404;
 
 /**
  * A shared text in one room of a Concord server.
@@ -113,7 +115,8 @@ const CLOSE_ACCESS_REVOKED = 4403;
  * of one, called before every connect) goes on the URL as `?token=`. `role` is `'write'`, or
  * `'read'` while the server says so: local edits then throw (`code` `read_only`) and nothing is
  * queued. A token that expired while connected (close 4401) is asked for again before
- * reconnecting; a revoked room (close 4403) stops reconnecting with status `denied`.
+ * reconnecting; a revoked room (close 4403) or a deleted one (close 4404) stops reconnecting
+ * with status `denied`.
  */
 export class ConcordProvider extends EventTarget {
   /**
@@ -450,7 +453,8 @@ export class ConcordProvider extends EventTarget {
   /**
    * The socket closed by itself. 4401: the token expired, so reconnect at once (a token
    * function is asked for a fresh one; a fixed token cannot get better: denied). 4403: this
-   * room is no longer ours: stay offline (status `denied`) until `connect()`.
+   * room is no longer ours, 4404: it was deleted (reconnecting would write our copy back):
+   * stay offline (status `denied`) until `connect()`.
    * @param {number} [code]
    * @param {string} [reason]
    */
@@ -458,6 +462,10 @@ export class ConcordProvider extends EventTarget {
     this._ws = null;
     this._closedSession();
     const renewable = typeof this.options.token === 'function';
+    if (code === CLOSE_ROOM_DELETED) {
+      this._deny('room_deleted', reason || 'room deleted');
+      return;
+    }
     if (code === CLOSE_ACCESS_REVOKED || (code === CLOSE_TOKEN_EXPIRED && !renewable)) {
       this._deny(code === CLOSE_ACCESS_REVOKED ? 'access_revoked' : 'token_expired', reason);
       return;

@@ -258,6 +258,43 @@ pub async fn token_matrix() {
 
     reader_write_is_refused(&base, &room, &reader, &writer).await;
 
+    // The document API, under the same rules: reading needs read, writing and deleting need
+    // write, and every denied write leaves the room byte-equal.
+    let before = room_state(&base, &room, Some(writer.clone())).await;
+    let edits = json!({"base_seq": 0, "edits": [{"index": 0, "insert": "x"}]});
+    let mut api_cases = cases.clone();
+    api_cases.push(("reader writing", Some(reader.clone()), 403, "forbidden"));
+    for (what, t, status, want) in &api_cases {
+        let reads = t.as_deref() == Some(reader.as_str());
+        for (method, path, body) in [
+            ("GET", format!("/api/rooms/{room}/text"), None),
+            ("POST", format!("/api/rooms/{room}/edits"), Some(&edits)),
+            ("DELETE", format!("/api/rooms/{room}"), None),
+        ] {
+            let (got, _, answer) = http(s.addr, method, &path, t.as_deref(), body).await;
+            if reads && method == "GET" {
+                assert_eq!(got, 200, "{what}: {method} {path}: {answer}");
+                assert_eq!(answer["text"], "hello from ed", "{what}");
+            } else {
+                assert_eq!(
+                    (got, code(&answer)),
+                    (*status, *want),
+                    "{what}: {method} {path}: {answer}"
+                );
+            }
+        }
+    }
+    assert_eq!(before, room_state(&base, &room, Some(writer.clone())).await);
+    let (got, _, answer) = http(
+        s.addr,
+        "GET",
+        &format!("/api/rooms/{room}/text"),
+        Some(&writer),
+        None,
+    )
+    .await;
+    assert_eq!((got, answer["text"].as_str()), (200, Some("hello from ed")));
+
     // REST in tokens mode: the accounts routes are not there, and say so in JSON.
     let (status, _, body) = http(s.addr, "GET", "/api/docs", Some(&writer), None).await;
     assert_eq!((status, code(&body)), (404, "not_found"));
@@ -511,7 +548,8 @@ pub async fn accounts(backend: Backend) {
     while !a.closed {
         a.pump_for(Duration::from_millis(20)).await;
     }
-    assert_eq!(a.close_code, Some(4403));
+    // 4404, room deleted (its content went with the document), before the grant re-check.
+    assert_eq!(a.close_code, Some(4404));
     let (status, _, _) = http(s.addr, "GET", &path, Some(&ada.token), None).await;
     assert_eq!(status, 404);
     s.stop().await;

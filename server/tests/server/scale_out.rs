@@ -258,3 +258,43 @@ async fn hub_input_is_checked_like_client_input() {
     assert_eq!(fresh.text(), "truth holds");
     a.stop().await;
 }
+
+/// `DELETE /api/rooms/{id}` on one instance closes the room's members on another (4404,
+/// through the hub), and the next client there finds the room empty, not the old document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_deleted_on_one_instance_closes_on_the_other() {
+    let Some((pg, redis)) = scale_out_services().await else {
+        return;
+    };
+    let a = instance(&pg, &redis).await;
+    let b = instance(&pg, &redis).await;
+    let room = unique("deleted");
+    let mut on_b = TestClient::new(&b.ws_base(), &room, 811);
+    on_b.connect().await;
+    on_b.session.insert(0, "to be deleted").unwrap();
+    on_b.pump_until(|c| c.session.pending_count() == 0).await;
+
+    let (status, _, body) =
+        crate::auth::http(a.addr, "DELETE", &format!("/api/rooms/{room}"), None, None).await;
+    assert_eq!(status, 204, "{body}");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while on_b.pump_for(Duration::from_millis(50)).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's member not closed"
+        );
+    }
+    assert_eq!(on_b.close_code, Some(4404));
+    let mut fresh = TestClient::new(&b.ws_base(), &room, 812);
+    fresh.connect().await;
+    assert_eq!(fresh.text(), "");
+    let (status, _, body) = crate::auth::http(
+        b.addr,
+        "GET",
+        &format!("/api/rooms/{room}/text"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((status, body["text"].as_str()), (200, Some("")), "{body}");
+}
