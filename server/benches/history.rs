@@ -159,6 +159,47 @@ async fn main() {
         &format!("restore, {kb} KB doc, 10 points from 50 ops back to the start"),
         all,
     );
+
+    // Document API: a thin client's positional edits against an older seq, rebased to now as
+    // `POST /api/rooms/{id}/edits` does (read the rows at base_seq, rebuild, apply the edits,
+    // encode one update), and checked to apply to the head.
+    let head_state = store.past(&room, committed).await.expect("past");
+    let head_doc = || {
+        let ops: Vec<&[u8]> = head_state.ops.iter().map(|r| r.op.as_slice()).collect();
+        let checkpoint = head_state.checkpoint.as_ref().map(|(s, _)| s.as_slice());
+        history::document_at(5, checkpoint, &ops).expect("head")
+    };
+    let mut rebases = Vec::new();
+    for back in [0u64, 50, 1_000, 20_000, committed / 2, committed - 1] {
+        let base_seq = committed - back;
+        let mut best = Duration::MAX;
+        let mut update = None;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let rows = store.past(&room, base_seq).await.expect("past");
+            let ops: Vec<&[u8]> = rows.ops.iter().map(|r| r.op.as_slice()).collect();
+            let checkpoint = rows.checkpoint.as_ref().map(|(s, _)| s.as_slice());
+            let mut base = history::document_at(80, checkpoint, &ops).expect("rebuild");
+            // Ten edits spread over the base text, as a form or a script would send them.
+            let len = base.len();
+            let edits: Vec<(u32, u32, &str)> = (0..10u32)
+                .map(|i| (len / 10 * (9 - i), u32::from(len > 20), "edited "))
+                .collect();
+            update = history::rebase_edits(&mut base, &edits).expect("rebase");
+            best = best.min(t.elapsed());
+        }
+        let mut head = head_doc();
+        assert!(
+            head.apply_update(&update.expect("an update"))
+                .expect("applies")
+                .changed
+        );
+        rebases.push(best);
+    }
+    summary(
+        &format!("edits rebased from base_seq, {kb} KB doc, 0 ops back to the start"),
+        rebases,
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
