@@ -87,6 +87,8 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// How log lines are written (`LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// Where document and room events are POSTed, if anywhere (`WEBHOOK_URL`).
+    pub webhooks: Option<crate::webhooks::WebhookSettings>,
 }
 
 /// How log lines are written.
@@ -179,6 +181,46 @@ pub const SETTINGS: &[Setting] = &[
         name: "METRICS",
         default: |c| if c.metrics { "on" } else { "off" }.to_owned(),
         what: "on or off: serve Prometheus metrics on /metrics",
+    },
+    Setting {
+        name: "WEBHOOK_URL",
+        default: unset,
+        what: "http(s) URL that document.changed, room.loaded and room.unloaded events are POSTed to (unset: no webhooks)",
+    },
+    Setting {
+        name: "WEBHOOK_SECRET",
+        default: unset,
+        what: "HMAC-SHA256 key of the Concord-Signature header (at least 16 bytes; required with WEBHOOK_URL)",
+    },
+    Setting {
+        name: "WEBHOOK_SECRET_FILE",
+        default: unset,
+        what: "a file holding WEBHOOK_SECRET instead",
+    },
+    Setting {
+        name: "WEBHOOK_DEBOUNCE_MS",
+        default: |_| crate::webhooks::WebhookSettings::DEFAULT.debounce.as_millis().to_string(),
+        what: "document.changed is sent this long after a room's last change...",
+    },
+    Setting {
+        name: "WEBHOOK_MAX_DELAY_MS",
+        default: |_| crate::webhooks::WebhookSettings::DEFAULT.max_delay.as_millis().to_string(),
+        what: "...and never later than this after its first unsent change, however busy the room",
+    },
+    Setting {
+        name: "WEBHOOK_TIMEOUT_MS",
+        default: |_| crate::webhooks::WebhookSettings::DEFAULT.timeout.as_millis().to_string(),
+        what: "a delivery that takes longer fails and is retried",
+    },
+    Setting {
+        name: "WEBHOOK_RETRY_MIN_MS",
+        default: |_| crate::webhooks::WebhookSettings::DEFAULT.retry_min.as_millis().to_string(),
+        what: "first retry delay; doubles per failed attempt (with jitter)...",
+    },
+    Setting {
+        name: "WEBHOOK_RETRY_MAX_MS",
+        default: |_| crate::webhooks::WebhookSettings::DEFAULT.retry_max.as_millis().to_string(),
+        what: "...up to this; events are kept and retried until the receiver answers 2xx",
     },
     Setting {
         name: "METRICS_TOKEN",
@@ -427,6 +469,11 @@ impl Secret {
         Secret(s.into())
     }
 
+    /// No secret (a default to be replaced).
+    pub const fn empty() -> Secret {
+        Secret(String::new())
+    }
+
     /// The secret itself; only for keying.
     pub fn expose(&self) -> &str {
         &self.0
@@ -437,6 +484,56 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
     }
+}
+
+/// Webhooks, if `WEBHOOK_URL` is set: the URL checked, the secret required.
+fn webhook_settings() -> Result<Option<crate::webhooks::WebhookSettings>> {
+    let d = crate::webhooks::WebhookSettings::DEFAULT;
+    let debounce = millis("WEBHOOK_DEBOUNCE_MS", d.debounce)?;
+    let max_delay = millis("WEBHOOK_MAX_DELAY_MS", d.max_delay)?;
+    let timeout = millis("WEBHOOK_TIMEOUT_MS", d.timeout)?;
+    let retry_min = millis("WEBHOOK_RETRY_MIN_MS", d.retry_min)?;
+    let retry_max = millis("WEBHOOK_RETRY_MAX_MS", d.retry_max)?;
+    let secret = match (
+        non_empty("WEBHOOK_SECRET"),
+        non_empty("WEBHOOK_SECRET_FILE"),
+    ) {
+        (Some(s), _) => Some(s),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path.trim())
+                .map_err(|e| ServerError::Config {
+                    name: "WEBHOOK_SECRET_FILE",
+                    value: "(not shown)".to_owned(),
+                    reason: format!("cannot read it: {}", e.kind()),
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let Some(url) = non_empty("WEBHOOK_URL") else {
+        return Ok(None);
+    };
+    let settings = crate::webhooks::WebhookSettings {
+        url: url.trim().to_owned(),
+        secret: Secret::new(secret.unwrap_or_default()),
+        debounce,
+        max_delay,
+        timeout,
+        retry_min,
+        retry_max,
+    };
+    settings
+        .check()
+        .map_err(|(name, reason)| ServerError::Config {
+            name,
+            value: match name {
+                "WEBHOOK_URL" => redact_url(&settings.url),
+                _ => "(not shown)".to_owned(),
+            },
+            reason: reason.to_owned(),
+        })?;
+    Ok(Some(settings))
 }
 
 /// Shortest shared secret accepted: HS256 keys should have at least 256 bits.
@@ -540,6 +637,7 @@ impl Default for Config {
             metrics: true,
             metrics_token: None,
             log_format: LogFormat::Text,
+            webhooks: None,
         }
     }
 }
@@ -774,6 +872,7 @@ impl Config {
             metrics: switch("METRICS", d.metrics)?,
             metrics_token: non_empty("METRICS_TOKEN").map(|t| Secret::new(t.trim())),
             log_format: parse("LOG_FORMAT", d.log_format)?,
+            webhooks: webhook_settings()?,
         })
     }
 

@@ -16,6 +16,7 @@
 //! - [`hub`]: the `Hub` trait: in-memory (one instance) or Redis fan-out and presence.
 //! - [`auth`]: tokens, accounts, grants: the one access check every transport and route runs.
 //! - [`api`]: the JSON REST API under `/api` (accounts, documents, grants).
+//! - [`webhooks`]: signed event delivery from the store's durable outbox.
 //! - [`error`]: the crate's error type, `ServerError`.
 //!
 //! The engine decides (what a frame means, whether an update is new, what to ack and
@@ -43,9 +44,11 @@ pub mod room;
 pub mod rooms;
 pub mod routes;
 pub mod store;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -115,6 +118,14 @@ pub async fn run(
         config.auth.mode.as_str()
     );
 
+    let webhooks = config.webhooks.clone().map(|settings| {
+        store.enable_webhooks(settings.timing());
+        tracing::info!(
+            "webhooks on: events to {}",
+            config::redact_url(&settings.url)
+        );
+        tokio::spawn(webhooks::run(store.clone(), settings, token.clone()))
+    });
     let signal = token.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -142,6 +153,10 @@ pub async fn run(
         tracing::warn!("shutdown grace elapsed with rooms or connections still draining");
     }
     commit_tracker.close();
+    if let Some(worker) = webhooks {
+        // It stops at the cancellation; a delivery cut short is retried after its lease.
+        let _ = tokio::time::timeout(Duration::from_secs(1), worker).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

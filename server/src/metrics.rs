@@ -52,6 +52,10 @@ pub struct Metrics {
     pub store_up: IntGauge,
     /// `concord_hub_up`: 1 if the last check passed.
     pub hub_up: IntGauge,
+    /// `concord_webhook_deliveries_total{result}`: `ok` (2xx) or `failed` (retried later).
+    pub webhook_deliveries: IntCounterVec,
+    /// `concord_webhook_outbox_depth`: events waiting in the outbox (all instances).
+    pub webhook_outbox_depth: IntGauge,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: a commit is an fsync (ms) but a stalled store is
@@ -91,6 +95,14 @@ impl Metrics {
             &["code"],
         )?;
         registry.register(Box::new(error_frames.clone()))?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "concord_webhook_deliveries_total",
+                "Webhook deliveries: ok (the receiver answered 2xx) or failed (retried later).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(webhook_deliveries.clone()))?;
         // Present from the start, at 0, so dashboards see every protocol.
         for dialect in [Dialect::Json, Dialect::Yjs, Dialect::Hocuspocus] {
             connections.with_label_values(&[protocol(dialect)]);
@@ -135,6 +147,11 @@ impl Metrics {
                 "concord_hub_up",
                 "1 if the hub (Redis, or in-memory) answered its last health check, else 0.",
             )?,
+            webhook_deliveries,
+            webhook_outbox_depth: gauge(
+                "concord_webhook_outbox_depth",
+                "Webhook events waiting for delivery (read from the store every few seconds).",
+            )?,
             registry,
         })
     }
@@ -144,6 +161,18 @@ impl Metrics {
         let gauge = self.connections.with_label_values(&[protocol(dialect)]);
         gauge.inc();
         ConnectionGuard(gauge)
+    }
+
+    /// A webhook delivery ended.
+    pub fn webhook_delivery(&self, ok: bool) {
+        self.webhook_deliveries
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// The outbox holds `depth` events.
+    pub fn webhook_depth(&self, depth: i64) {
+        self.webhook_outbox_depth.set(depth);
     }
 
     /// An error frame with `code` is being sent.

@@ -782,6 +782,15 @@ impl RoomTask {
             }
         };
         tracing::debug!(room = %self.id, seq = core.state.seq(), "room loaded");
+        if ctx.config.webhooks.is_some() {
+            // Off the room's path: joins do not wait for the outbox write.
+            let (store, id, seq) = (ctx.store.clone(), self.id.clone(), core.state.seq());
+            ctx.tracker.spawn(async move {
+                if let Err(e) = store.webhook_event(&id, crate::store::webhooks::LOADED, seq).await {
+                    tracing::warn!(room = %id, error = %e, "webhooks: recording room.loaded failed");
+                }
+            });
+        }
         let mut room = Room {
             id: self.id.clone(),
             core: Some(core),
@@ -992,6 +1001,16 @@ impl RoomTask {
         while let Ok(cmd) = self.rx.try_recv() {
             if let RoomCmd::Join { reply, .. } = cmd {
                 let _ = reply.send(Err(ServerError::RoomClosing));
+            }
+        }
+        if ctx.config.webhooks.is_some() {
+            let seq = room.core.as_ref().map_or(0, |c| c.state.seq());
+            if let Err(e) = ctx
+                .store
+                .webhook_event(&room.id, crate::store::webhooks::UNLOADED, seq)
+                .await
+            {
+                tracing::warn!(room = %room.id, error = %e, "webhooks: recording room.unloaded failed");
             }
         }
         tracing::debug!(room = %room.id, "room unloaded");

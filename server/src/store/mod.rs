@@ -13,6 +13,7 @@ pub mod directory;
 pub mod history;
 pub mod postgres;
 pub mod sqlite;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -156,7 +157,9 @@ pub fn now_unix_ms() -> i64 {
 
 /// Where rooms live.
 #[async_trait]
-pub trait Store: directory::Directory + history::HistoryStore + Send + Sync + 'static {
+pub trait Store:
+    directory::Directory + history::HistoryStore + webhooks::WebhookStore + Send + Sync + 'static
+{
     /// Short description for the startup log (`sqlite data/concord.db`, `postgres host/db`).
     fn describe(&self) -> String;
 

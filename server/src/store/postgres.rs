@@ -32,6 +32,8 @@ pub struct PgStore {
     /// Compactions at once: each reads and re-encodes a whole room, and a burst of them (rooms
     /// loaded together fall due together) would take the pool's connections from the commits.
     compactions: tokio::sync::Semaphore,
+    /// Set when webhooks are on: `append` records `document.changed` (see [`super::webhooks`]).
+    webhooks: std::sync::OnceLock<super::webhooks::Timing>,
 }
 
 /// Deletes a room's rows from every table that holds its document or history.
@@ -79,6 +81,7 @@ impl PgStore {
             describe,
             timeouts,
             compactions: tokio::sync::Semaphore::new(2),
+            webhooks: std::sync::OnceLock::new(),
         })
     }
 
@@ -259,6 +262,23 @@ impl PgStore {
         .bind(&bases)
         .execute(&mut *tx)
         .await?;
+        if let Some(timing) = self.webhooks.get() {
+            let rooms: Vec<(&str, i64, i64)> = batch
+                .iter()
+                .zip(&firsts)
+                .filter(|(a, _)| !a.updates.is_empty())
+                .map(|(a, &first)| {
+                    let first = seq_to_db(first);
+                    (a.room.as_str(), first, first + a.updates.len() as i64 - 1)
+                })
+                .collect();
+            for chunk in rooms.chunks(1024) {
+                super::webhooks::changed_upsert(chunk, super::now_unix_ms(), *timing)
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         Ok(firsts)
     }
@@ -311,3 +331,126 @@ impl PgStore {
 super::history::history_impl!(PgStore);
 super::history::keep_history_impl!(sqlx::PgConnection);
 super::directory::directory_impl!(PgStore);
+
+#[async_trait]
+impl super::webhooks::WebhookStore for PgStore {
+    fn enable_webhooks(&self, timing: super::webhooks::Timing) {
+        let _ = self.webhooks.set(timing);
+    }
+
+    async fn webhook_event(&self, room: &str, kind: &'static str, seq: u64) -> Result<()> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                let conn = &self.pool;
+                sqlx::query(super::webhooks::EVENT)
+                    .bind(room)
+                    .bind(kind)
+                    .bind(seq_to_db(seq))
+                    .bind(super::now_unix_ms())
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn webhook_due(&self, now_ms: i64) -> Result<bool> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                let n: i64 = sqlx::query_scalar(super::webhooks::DUE)
+                    .bind(now_ms)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn webhook_claim(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<super::webhooks::OutboxRow>> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                let conn = &self.pool;
+                let rows = sqlx::query(super::webhooks::CLAIM_POSTGRES)
+                    .bind(now_ms + lease_ms)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(conn)
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(super::webhooks::row)
+                    .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?)
+            })
+            .await
+    }
+
+    async fn webhook_done(&self, row: &super::webhooks::OutboxRow, now_ms: i64) -> Result<()> {
+        let timing = self
+            .webhooks
+            .get()
+            .copied()
+            .unwrap_or(super::webhooks::Timing {
+                debounce_ms: 0,
+                max_delay_ms: 0,
+            });
+        self.timeouts
+            .bound("webhook outbox", async {
+                let conn = &self.pool;
+                let deleted = sqlx::query(super::webhooks::DONE)
+                    .bind(&row.room)
+                    .bind(&row.kind)
+                    .bind(row.last_seq)
+                    .bind(row.last_at)
+                    .execute(conn)
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    sqlx::query(super::webhooks::DONE_KEEP)
+                        .bind(&row.room)
+                        .bind(&row.kind)
+                        .bind(row.last_seq)
+                        .bind(now_ms)
+                        .bind(timing.debounce_ms)
+                        .bind(timing.max_delay_ms)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn webhook_retry(
+        &self,
+        row: &super::webhooks::OutboxRow,
+        retry_at_ms: i64,
+    ) -> Result<()> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                let conn = &self.pool;
+                sqlx::query(super::webhooks::RETRY)
+                    .bind(&row.room)
+                    .bind(&row.kind)
+                    .bind(retry_at_ms)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn webhook_depth(&self) -> Result<i64> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                Ok(sqlx::query_scalar(super::webhooks::DEPTH)
+                    .fetch_one(&self.pool)
+                    .await?)
+            })
+            .await
+    }
+}

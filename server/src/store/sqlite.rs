@@ -50,6 +50,8 @@ pub struct SqliteStore {
     compactions: tokio::sync::Semaphore,
     /// The background WAL checkpoint task, stopped with the store.
     checkpointer: tokio::task::AbortHandle,
+    /// Set when webhooks are on: `append` records `document.changed` (see [`super::webhooks`]).
+    webhooks: std::sync::OnceLock<super::webhooks::Timing>,
 }
 
 impl Drop for SqliteStore {
@@ -116,6 +118,7 @@ impl SqliteStore {
             writer: tokio::sync::Mutex::new(writer),
             compactions: tokio::sync::Semaphore::new(1),
             checkpointer,
+            webhooks: std::sync::OnceLock::new(),
         })
     }
 }
@@ -266,6 +269,23 @@ impl SqliteStore {
             });
             insert.build().execute(&mut *tx).await?;
         }
+        if let Some(timing) = self.webhooks.get() {
+            let rooms: Vec<(&str, i64, i64)> = batch
+                .iter()
+                .zip(&firsts)
+                .filter(|(a, _)| !a.updates.is_empty())
+                .map(|(a, &first)| {
+                    let first = seq_to_db(first);
+                    (a.room.as_str(), first, first + a.updates.len() as i64 - 1)
+                })
+                .collect();
+            for chunk in rooms.chunks(INSERT_CHUNK) {
+                super::webhooks::changed_upsert(chunk, super::now_unix_ms(), *timing)
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         Ok(firsts)
     }
@@ -344,3 +364,130 @@ async fn read_room(
 super::history::history_impl!(SqliteStore);
 super::history::keep_history_impl!(sqlx::SqliteConnection);
 super::directory::directory_impl!(SqliteStore);
+
+#[async_trait]
+impl super::webhooks::WebhookStore for SqliteStore {
+    fn enable_webhooks(&self, timing: super::webhooks::Timing) {
+        let _ = self.webhooks.set(timing);
+    }
+
+    async fn webhook_event(&self, room: &str, kind: &'static str, seq: u64) -> Result<()> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                let writer = self.writer.lock().await;
+                let conn = &*writer;
+                sqlx::query(super::webhooks::EVENT)
+                    .bind(room)
+                    .bind(kind)
+                    .bind(seq_to_db(seq))
+                    .bind(super::now_unix_ms())
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn webhook_due(&self, now_ms: i64) -> Result<bool> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                let n: i64 = sqlx::query_scalar(super::webhooks::DUE)
+                    .bind(now_ms)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn webhook_claim(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<super::webhooks::OutboxRow>> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                let writer = self.writer.lock().await;
+                let conn = &*writer;
+                let rows = sqlx::query(super::webhooks::CLAIM_SQLITE)
+                    .bind(now_ms + lease_ms)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(conn)
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(super::webhooks::row)
+                    .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?)
+            })
+            .await
+    }
+
+    async fn webhook_done(&self, row: &super::webhooks::OutboxRow, now_ms: i64) -> Result<()> {
+        let timing = self
+            .webhooks
+            .get()
+            .copied()
+            .unwrap_or(super::webhooks::Timing {
+                debounce_ms: 0,
+                max_delay_ms: 0,
+            });
+        self.timeouts
+            .bound("webhook outbox", async {
+                let writer = self.writer.lock().await;
+                let conn = &*writer;
+                let deleted = sqlx::query(super::webhooks::DONE)
+                    .bind(&row.room)
+                    .bind(&row.kind)
+                    .bind(row.last_seq)
+                    .bind(row.last_at)
+                    .execute(conn)
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    sqlx::query(super::webhooks::DONE_KEEP)
+                        .bind(&row.room)
+                        .bind(&row.kind)
+                        .bind(row.last_seq)
+                        .bind(now_ms)
+                        .bind(timing.debounce_ms)
+                        .bind(timing.max_delay_ms)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn webhook_retry(
+        &self,
+        row: &super::webhooks::OutboxRow,
+        retry_at_ms: i64,
+    ) -> Result<()> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                let writer = self.writer.lock().await;
+                let conn = &*writer;
+                sqlx::query(super::webhooks::RETRY)
+                    .bind(&row.room)
+                    .bind(&row.kind)
+                    .bind(retry_at_ms)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn webhook_depth(&self) -> Result<i64> {
+        self.timeouts
+            .bound("webhook outbox", async {
+                Ok(sqlx::query_scalar(super::webhooks::DEPTH)
+                    .fetch_one(&self.pool)
+                    .await?)
+            })
+            .await
+    }
+}

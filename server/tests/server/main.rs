@@ -12,6 +12,7 @@ mod scale_out;
 mod store_faults;
 mod suite;
 mod support;
+mod webhooks;
 
 /// Instantiates each suite function once per store.
 macro_rules! for_each_store {
@@ -35,6 +36,10 @@ macro_rules! for_each_store {
             async fn document_api() {
                 crate::docapi::document_api(crate::support::Backend::Sqlite).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn webhooks_every_change_arrives_signed() {
+                crate::webhooks::every_change_arrives_signed(crate::support::Backend::Sqlite).await
+            }
         }
         mod postgres {
             $(
@@ -54,6 +59,10 @@ macro_rules! for_each_store {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn document_api() {
                 crate::docapi::document_api(crate::support::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn webhooks_every_change_arrives_signed() {
+                crate::webhooks::every_change_arrives_signed(crate::support::Backend::Postgres).await
             }
         }
     };
