@@ -87,6 +87,8 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// How log lines are written (`LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// The bucket snapshots live in, if any (`OBJECT_STORE_URL`).
+    pub objects: Option<crate::store::objects::ObjectSettings>,
     /// Where document and room events are POSTed, if anywhere (`WEBHOOK_URL`).
     pub webhooks: Option<crate::webhooks::WebhookSettings>,
 }
@@ -181,6 +183,36 @@ pub const SETTINGS: &[Setting] = &[
         name: "METRICS",
         default: |c| if c.metrics { "on" } else { "off" }.to_owned(),
         what: "on or off: serve Prometheus metrics on /metrics",
+    },
+    Setting {
+        name: "OBJECT_STORE_URL",
+        default: unset,
+        what: "s3://bucket[/prefix]: room snapshots are kept in this S3-compatible bucket, the database names them (unset: in the database)",
+    },
+    Setting {
+        name: "OBJECT_STORE_ENDPOINT",
+        default: unset,
+        what: "the S3 API's URL for MinIO and other S3-compatible servers (unset: AWS)",
+    },
+    Setting {
+        name: "OBJECT_STORE_REGION",
+        default: |_| "us-east-1".to_owned(),
+        what: "the bucket's region",
+    },
+    Setting {
+        name: "OBJECT_STORE_TIMEOUT_MS",
+        default: |_| "3000".to_owned(),
+        what: "bound on one bucket request (one retry after it)",
+    },
+    Setting {
+        name: "AWS_ACCESS_KEY_ID",
+        default: unset,
+        what: "the bucket's access key (never logged)",
+    },
+    Setting {
+        name: "AWS_SECRET_ACCESS_KEY",
+        default: unset,
+        what: "the bucket's secret key (never logged)",
     },
     Setting {
         name: "WEBHOOK_URL",
@@ -486,6 +518,43 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The bucket, if `OBJECT_STORE_URL` is set.
+fn object_settings() -> Result<Option<crate::store::objects::ObjectSettings>> {
+    let timeout = millis("OBJECT_STORE_TIMEOUT_MS", Duration::from_millis(3000))?;
+    let region = non_empty("OBJECT_STORE_REGION").unwrap_or_else(|| "us-east-1".to_owned());
+    let endpoint = non_empty("OBJECT_STORE_ENDPOINT");
+    let access_key = non_empty("AWS_ACCESS_KEY_ID").map(Secret::new);
+    let secret_key = non_empty("AWS_SECRET_ACCESS_KEY").map(Secret::new);
+    let Some(url) = non_empty("OBJECT_STORE_URL") else {
+        return Ok(None);
+    };
+    let url = url.trim().to_owned();
+    if let Err(reason) = crate::store::objects::parse_url(&url) {
+        return Err(ServerError::Config {
+            name: "OBJECT_STORE_URL",
+            value: url,
+            reason: reason.to_owned(),
+        });
+    }
+    if let Some(e) = &endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(ServerError::Config {
+                name: "OBJECT_STORE_ENDPOINT",
+                value: redact_url(e),
+                reason: "expected an http:// or https:// URL".to_owned(),
+            });
+        }
+    }
+    Ok(Some(crate::store::objects::ObjectSettings {
+        url,
+        endpoint,
+        region,
+        access_key,
+        secret_key,
+        timeout,
+    }))
+}
+
 /// Webhooks, if `WEBHOOK_URL` is set: the URL checked, the secret required.
 fn webhook_settings() -> Result<Option<crate::webhooks::WebhookSettings>> {
     let d = crate::webhooks::WebhookSettings::DEFAULT;
@@ -638,6 +707,7 @@ impl Default for Config {
             metrics_token: None,
             log_format: LogFormat::Text,
             webhooks: None,
+            objects: None,
         }
     }
 }
@@ -873,6 +943,7 @@ impl Config {
             metrics_token: non_empty("METRICS_TOKEN").map(|t| Secret::new(t.trim())),
             log_format: parse("LOG_FORMAT", d.log_format)?,
             webhooks: webhook_settings()?,
+            objects: object_settings()?,
         })
     }
 

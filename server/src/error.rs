@@ -96,6 +96,15 @@ pub enum ServerError {
         code: String,
     },
 
+    /// The object store (`OBJECT_STORE_URL`) failed or did not answer in time.
+    #[error("object store {what}: {reason}")]
+    Objects {
+        /// The call (`put`, `get`, `delete`, `ping`).
+        what: &'static str,
+        /// What went wrong, without credentials.
+        reason: String,
+    },
+
     /// The hub (Redis) did not answer a health check.
     #[error("hub: {reason}")]
     Hub {

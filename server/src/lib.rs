@@ -69,6 +69,17 @@ pub async fn run(
 ) -> Result<()> {
     let config = Arc::new(config);
     let store = store::connect_with(&config.database_url, config.store_timeouts()).await?;
+    if let Some(settings) = &config.objects {
+        let objects = Arc::new(store::objects::Objects::open(settings)?);
+        // Unreachable at startup is a settings error (exit 2), as for the store and Redis;
+        // later outages only delay compaction and loads of bucket-backed rooms.
+        objects.ping().await.map_err(|e| ServerError::Connect {
+            target: format!("OBJECT_STORE_URL={}", objects.describe()),
+            reason: e.to_string(),
+        })?;
+        tracing::info!("snapshots in {}", objects.describe());
+        store.use_objects(objects);
+    }
     let hub = hub::connect(config.redis_url.as_deref()).await?;
     let tracker = TaskTracker::new();
     let commit_tracker = TaskTracker::new();

@@ -11,6 +11,7 @@
 pub mod committer;
 pub mod directory;
 pub mod history;
+pub mod objects;
 pub mod postgres;
 pub mod sqlite;
 pub mod webhooks;
@@ -200,6 +201,9 @@ pub trait Store:
     /// transaction under the room's write lock, so no commit of the room interleaves with it.
     /// Returns whether there was anything to delete. Bounded by `timeouts().commit`.
     async fn delete_room(&self, room: &str) -> Result<bool>;
+
+    /// From now on, snapshots are written to (and read from) this bucket.
+    fn use_objects(&self, objects: Arc<objects::Objects>);
 
     /// Answers a trivial query (`SELECT 1`), for `/readyz`; the caller bounds it in time.
     async fn ping(&self) -> Result<()>;

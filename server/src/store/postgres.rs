@@ -34,6 +34,8 @@ pub struct PgStore {
     compactions: tokio::sync::Semaphore,
     /// Set when webhooks are on: `append` records `document.changed` (see [`super::webhooks`]).
     webhooks: std::sync::OnceLock<super::webhooks::Timing>,
+    /// Set with `OBJECT_STORE_URL`: snapshots live in the bucket (see [`super::objects`]).
+    objects: std::sync::OnceLock<std::sync::Arc<super::objects::Objects>>,
 }
 
 /// Deletes a room's rows from every table that holds its document or history.
@@ -82,23 +84,26 @@ impl PgStore {
             timeouts,
             compactions: tokio::sync::Semaphore::new(2),
             webhooks: std::sync::OnceLock::new(),
+            objects: std::sync::OnceLock::new(),
         })
     }
 
     async fn read_room(
         tx: &mut sqlx::PgConnection,
         room: &str,
-    ) -> Result<(Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>)> {
-        let snapshot = sqlx::query("SELECT state, op_seq FROM snapshots WHERE room_id = $1")
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (snapshot, snapshot_seq) = match snapshot {
+    ) -> Result<(Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>, Option<String>)> {
+        let snapshot =
+            sqlx::query("SELECT state, op_seq, object_key FROM snapshots WHERE room_id = $1")
+                .bind(room)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (snapshot, snapshot_seq, key) = match snapshot {
             Some(row) => (
                 Some(row.try_get::<Vec<u8>, _>(0)?),
                 row.try_get::<i64, _>(1)?,
+                row.try_get::<Option<String>, _>(2)?,
             ),
-            None => (None, 0),
+            None => (None, 0, None),
         };
         let ops =
             sqlx::query("SELECT seq, op FROM ops WHERE room_id = $1 AND seq > $2 ORDER BY seq")
@@ -109,7 +114,7 @@ impl PgStore {
                 .into_iter()
                 .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok((snapshot, snapshot_seq, ops))
+        Ok((snapshot, snapshot_seq, ops, key))
     }
 }
 
@@ -132,17 +137,29 @@ impl Store for PgStore {
             .bound("load", async {
                 // One consistent snapshot of both tables: a concurrent compaction must not be
                 // seen half-done (new snapshot missing, old ops already deleted).
-                let mut tx = self
-                    .pool
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await?;
-                let (snapshot, snapshot_seq, ops) = Self::read_room(&mut tx, room).await?;
-                tx.commit().await?;
-                Ok(Loaded {
-                    snapshot,
-                    snapshot_seq: seq_from_db(snapshot_seq),
-                    ops: ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect(),
-                })
+                let mut attempt = 0;
+                loop {
+                    let mut tx = self
+                        .pool
+                        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                        .await?;
+                    let (snapshot, snapshot_seq, ops, key) = Self::read_room(&mut tx, room).await?;
+                    tx.commit().await?;
+                    // A compaction may replace the object between the read and the fetch.
+                    let snapshot =
+                        match super::objects::resolve(self.objects.get(), snapshot, key).await {
+                            Err(e) if super::objects::is_not_found(&e) && attempt < 2 => {
+                                attempt += 1;
+                                continue;
+                            }
+                            other => other?,
+                        };
+                    return Ok(Loaded {
+                        snapshot,
+                        snapshot_seq: seq_from_db(snapshot_seq),
+                        ops: ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect(),
+                    });
+                }
             })
             .await
     }
@@ -181,11 +198,21 @@ impl Store for PgStore {
             .await
     }
 
+    fn use_objects(&self, objects: std::sync::Arc<super::objects::Objects>) {
+        let _ = self.objects.set(objects);
+    }
+
     async fn delete_room(&self, room: &str) -> Result<bool> {
         self.timeouts
             .bound("delete", async {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
+                let keys: Vec<String> = sqlx::query_scalar(
+                    "SELECT object_key FROM snapshots WHERE room_id = $1 AND object_key IS NOT NULL",
+                )
+                .bind(room)
+                .fetch_all(&mut *tx)
+                .await?;
                 let mut deleted = 0;
                 for statement in DELETE_ROOM {
                     deleted += sqlx::query(statement)
@@ -195,13 +222,22 @@ impl Store for PgStore {
                         .rows_affected();
                 }
                 tx.commit().await?;
+                if let Some(o) = self.objects.get() {
+                    for key in keys {
+                        o.delete(&key).await;
+                    }
+                }
                 Ok(deleted > 0)
             })
             .await
     }
 
+    /// The database, and the bucket when snapshots live there.
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        if let Some(o) = self.objects.get() {
+            o.ping().await?;
+        }
         Ok(())
     }
 }
@@ -293,37 +329,63 @@ impl PgStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        let (snapshot, snapshot_seq, ops) = Self::read_room(&mut tx, room).await?;
+        let (snapshot, snapshot_seq, ops, key) = Self::read_room(&mut tx, room).await?;
         tx.commit().await?;
         let Some(&(op_seq, _)) = ops.last() else {
             return Ok(None);
         };
+        let snapshot = super::objects::resolve(self.objects.get(), snapshot, key).await?;
         let state =
             fold_blocking(room, snapshot, ops.into_iter().map(|(_, u)| u).collect()).await?;
 
+        // The object first, the row naming it after: a row never names a missing object.
+        let objects = self.objects.get();
+        let new_key = match objects {
+            Some(o) => {
+                let key = o.new_snapshot_key(room, seq_from_db(op_seq));
+                o.put(&key, state.clone()).await?;
+                Some(key)
+            }
+            None => None,
+        };
         let mut tx = self.pool.begin().await?;
         sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT op_seq FROM snapshots WHERE room_id = $1")
+        let current: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT op_seq, object_key FROM snapshots WHERE room_id = $1")
                 .bind(room)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if current.unwrap_or(0) != snapshot_seq {
+        let (current_seq, old_key) = current.unwrap_or((0, None));
+        if current_seq != snapshot_seq {
             // Another instance compacted the room since the read: keep its work.
+            drop(tx);
+            if let (Some(o), Some(k)) = (objects, &new_key) {
+                o.delete(k).await;
+            }
             return Ok(None);
         }
         sqlx::query(
-            "INSERT INTO snapshots (room_id, state, op_seq, updated_at) VALUES ($1, $2, $3, now()) \
+            "INSERT INTO snapshots (room_id, state, op_seq, updated_at, object_key) \
+             VALUES ($1, $2, $3, now(), $4) \
              ON CONFLICT (room_id) DO UPDATE SET state = EXCLUDED.state, \
-               op_seq = EXCLUDED.op_seq, updated_at = EXCLUDED.updated_at",
+               op_seq = EXCLUDED.op_seq, updated_at = EXCLUDED.updated_at, \
+               object_key = EXCLUDED.object_key",
         )
         .bind(room)
-        .bind(state.as_slice())
+        .bind(if new_key.is_some() {
+            &[][..]
+        } else {
+            state.as_slice()
+        })
         .bind(op_seq)
+        .bind(new_key.as_deref())
         .execute(&mut *tx)
         .await?;
         keep_history(&mut tx, room, op_seq, &state, history).await?;
         tx.commit().await?;
+        if let (Some(o), Some(old)) = (objects, old_key) {
+            o.delete(&old).await;
+        }
         Ok(Some((state, seq_from_db(op_seq))))
     }
 }

@@ -52,6 +52,8 @@ pub struct SqliteStore {
     checkpointer: tokio::task::AbortHandle,
     /// Set when webhooks are on: `append` records `document.changed` (see [`super::webhooks`]).
     webhooks: std::sync::OnceLock<super::webhooks::Timing>,
+    /// Set with `OBJECT_STORE_URL`: snapshots live in the bucket (see [`super::objects`]).
+    objects: std::sync::OnceLock<std::sync::Arc<super::objects::Objects>>,
 }
 
 impl Drop for SqliteStore {
@@ -119,6 +121,7 @@ impl SqliteStore {
             compactions: tokio::sync::Semaphore::new(1),
             checkpointer,
             webhooks: std::sync::OnceLock::new(),
+            objects: std::sync::OnceLock::new(),
         })
     }
 }
@@ -140,15 +143,26 @@ impl Store for SqliteStore {
     async fn load(&self, room: &str) -> Result<Loaded> {
         self.timeouts
             .bound("load", async {
-                let mut tx = self.pool.begin().await?;
-                let (snapshot, snapshot_seq, ops) = read_room(&mut tx, room).await?;
-                let ops = ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect();
-                tx.commit().await?;
-                Ok(Loaded {
-                    snapshot,
-                    snapshot_seq: seq_from_db(snapshot_seq),
-                    ops,
-                })
+                let mut attempt = 0;
+                loop {
+                    let mut tx = self.pool.begin().await?;
+                    let (snapshot, snapshot_seq, ops, key) = read_room(&mut tx, room).await?;
+                    tx.commit().await?;
+                    // A compaction may replace the object between the read and the fetch.
+                    let snapshot =
+                        match super::objects::resolve(self.objects.get(), snapshot, key).await {
+                            Err(e) if super::objects::is_not_found(&e) && attempt < 2 => {
+                                attempt += 1;
+                                continue;
+                            }
+                            other => other?,
+                        };
+                    return Ok(Loaded {
+                        snapshot,
+                        snapshot_seq: seq_from_db(snapshot_seq),
+                        ops: ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect(),
+                    });
+                }
             })
             .await
     }
@@ -187,11 +201,21 @@ impl Store for SqliteStore {
             .await
     }
 
+    fn use_objects(&self, objects: std::sync::Arc<super::objects::Objects>) {
+        let _ = self.objects.set(objects);
+    }
+
     async fn delete_room(&self, room: &str) -> Result<bool> {
         self.timeouts
             .bound("delete", async {
                 let writer = self.writer.lock().await;
                 let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+                let keys: Vec<String> = sqlx::query_scalar(
+                    "SELECT object_key FROM snapshots WHERE room_id = ? AND object_key IS NOT NULL",
+                )
+                .bind(room)
+                .fetch_all(&mut *tx)
+                .await?;
                 let mut deleted = 0;
                 for statement in DELETE_ROOM {
                     deleted += sqlx::query(statement)
@@ -201,13 +225,22 @@ impl Store for SqliteStore {
                         .rows_affected();
                 }
                 tx.commit().await?;
+                if let Some(o) = self.objects.get() {
+                    for key in keys {
+                        o.delete(&key).await;
+                    }
+                }
                 Ok(deleted > 0)
             })
             .await
     }
 
+    /// The database, and the bucket when snapshots live there.
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        if let Some(o) = self.objects.get() {
+            o.ping().await?;
+        }
         Ok(())
     }
 }
@@ -298,38 +331,65 @@ impl SqliteStore {
         // A deferred (read) transaction: in WAL mode it sees one consistent snapshot of both
         // tables and never blocks the committer.
         let mut tx = self.pool.begin().await?;
-        let (snapshot, snapshot_seq, ops) = read_room(&mut tx, room).await?;
+        let (snapshot, snapshot_seq, ops, key) = read_room(&mut tx, room).await?;
         tx.commit().await?;
         let Some(&(op_seq, _)) = ops.last() else {
             return Ok(None);
         };
+        let snapshot = super::objects::resolve(self.objects.get(), snapshot, key).await?;
         let ops = ops.into_iter().map(|(_, u)| u).collect();
         let state = fold_blocking(room, snapshot, ops).await?;
 
+        // The object first, the row naming it after: a row never names a missing object.
+        let objects = self.objects.get();
+        let new_key = match objects {
+            Some(o) => {
+                let key = o.new_snapshot_key(room, seq_from_db(op_seq));
+                o.put(&key, state.clone()).await?;
+                Some(key)
+            }
+            None => None,
+        };
         let writer = self.writer.lock().await;
         let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT op_seq FROM snapshots WHERE room_id = ?")
+        let current: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT op_seq, object_key FROM snapshots WHERE room_id = ?")
                 .bind(room)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if current.unwrap_or(0) != snapshot_seq {
+        let (current_seq, old_key) = current.unwrap_or((0, None));
+        if current_seq != snapshot_seq {
             // Another compaction moved the snapshot since the read: keep its work.
+            drop(tx);
+            drop(writer);
+            if let (Some(o), Some(k)) = (objects, &new_key) {
+                o.delete(k).await;
+            }
             return Ok(None);
         }
         sqlx::query(
-            "INSERT INTO snapshots (room_id, state, op_seq, updated_at) \
-             VALUES (?1, ?2, ?3, CAST(strftime('%s','now') AS INTEGER)) \
+            "INSERT INTO snapshots (room_id, state, op_seq, updated_at, object_key) \
+             VALUES (?1, ?2, ?3, CAST(strftime('%s','now') AS INTEGER), ?4) \
              ON CONFLICT(room_id) DO UPDATE SET state = excluded.state, \
-               op_seq = excluded.op_seq, updated_at = excluded.updated_at",
+               op_seq = excluded.op_seq, updated_at = excluded.updated_at, \
+               object_key = excluded.object_key",
         )
         .bind(room)
-        .bind(state.as_slice())
+        .bind(if new_key.is_some() {
+            &[][..]
+        } else {
+            state.as_slice()
+        })
         .bind(op_seq)
+        .bind(new_key.as_deref())
         .execute(&mut *tx)
         .await?;
         keep_history(&mut tx, room, op_seq, &state, history).await?;
         tx.commit().await?;
+        drop(writer);
+        if let (Some(o), Some(old)) = (objects, old_key) {
+            o.delete(&old).await;
+        }
         Ok(Some((state, seq_from_db(op_seq))))
     }
 }
@@ -338,17 +398,18 @@ impl SqliteStore {
 async fn read_room(
     tx: &mut sqlx::SqliteConnection,
     room: &str,
-) -> Result<(Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>)> {
-    let snapshot = sqlx::query("SELECT state, op_seq FROM snapshots WHERE room_id = ?")
+) -> Result<(Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>, Option<String>)> {
+    let snapshot = sqlx::query("SELECT state, op_seq, object_key FROM snapshots WHERE room_id = ?")
         .bind(room)
         .fetch_optional(&mut *tx)
         .await?;
-    let (snapshot, snapshot_seq) = match snapshot {
+    let (snapshot, snapshot_seq, key) = match snapshot {
         Some(row) => (
             Some(row.try_get::<Vec<u8>, _>(0)?),
             row.try_get::<i64, _>(1)?,
+            row.try_get::<Option<String>, _>(2)?,
         ),
-        None => (None, 0),
+        None => (None, 0, None),
     };
     let ops = sqlx::query("SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq")
         .bind(room)
@@ -358,7 +419,7 @@ async fn read_room(
         .into_iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok((snapshot, snapshot_seq, ops))
+    Ok((snapshot, snapshot_seq, ops, key))
 }
 
 super::history::history_impl!(SqliteStore);

@@ -7,6 +7,7 @@ mod auth;
 mod bad_input;
 mod docapi;
 mod history;
+mod object_store;
 mod operations;
 mod scale_out;
 mod store_faults;
@@ -37,6 +38,10 @@ macro_rules! for_each_store {
                 crate::docapi::document_api(crate::support::Backend::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn snapshots_in_a_bucket() {
+                crate::object_store::snapshots_in_a_bucket(crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn webhooks_every_change_arrives_signed() {
                 crate::webhooks::every_change_arrives_signed(crate::support::Backend::Sqlite).await
             }
@@ -59,6 +64,10 @@ macro_rules! for_each_store {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn document_api() {
                 crate::docapi::document_api(crate::support::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn snapshots_in_a_bucket() {
+                crate::object_store::snapshots_in_a_bucket(crate::support::Backend::Postgres).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn webhooks_every_change_arrives_signed() {
