@@ -115,7 +115,7 @@ pub(crate) const HEAD_SEQ: &str = "SELECT CASE WHEN o > s THEN o ELSE s END FROM
 pub(crate) const FLOOR: &str = "SELECT CASE \
      WHEN EXISTS (SELECT 1 FROM ops WHERE room_id = $1 AND seq = 1) THEN 0 \
      ELSE COALESCE((SELECT MIN(seq) FROM checkpoints WHERE room_id = $1), 0) END";
-pub(crate) const CHECKPOINT_AT: &str = "SELECT state, seq FROM checkpoints \
+pub(crate) const CHECKPOINT_AT: &str = "SELECT state, seq, object_key FROM checkpoints \
      WHERE room_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1";
 pub(crate) const OPS_BETWEEN: &str = "SELECT seq, op, committed_at, author, base_seq FROM ops \
      WHERE room_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq";
@@ -133,7 +133,14 @@ pub(crate) const VERSION: &str =
 pub(crate) const LAST_CHECKPOINT: &str =
     "SELECT COALESCE((SELECT MAX(seq) FROM checkpoints WHERE room_id = $1), 0)";
 pub(crate) const INSERT_CHECKPOINT: &str =
-    "INSERT INTO checkpoints (room_id, seq, state) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+    "INSERT INTO checkpoints (room_id, seq, state, object_key) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT DO NOTHING";
+/// Objects of the checkpoints retention is about to drop.
+pub(crate) const PRUNED_OBJECTS: &str = "SELECT object_key FROM checkpoints \
+     WHERE room_id = $1 AND seq < $2 AND object_key IS NOT NULL";
+/// Whether a checkpoint still names an object (then a replaced snapshot's object stays).
+pub(crate) const OBJECT_IN_HISTORY: &str =
+    "SELECT COUNT(*) FROM checkpoints WHERE room_id = $1 AND object_key = $2";
 /// The checkpoint up to which retention may drop history: the latest one at or below both the
 /// last op older than the window and the oldest version.
 pub(crate) const PRUNE_BASE: &str = "SELECT COALESCE((SELECT MAX(c.seq) FROM checkpoints c \
@@ -194,10 +201,11 @@ macro_rules! history_impl {
                             .map(|row| -> std::result::Result<_, sqlx::Error> {
                                 let state: Vec<u8> = row.try_get(0)?;
                                 let at: i64 = row.try_get(1)?;
-                                Ok((state, $crate::store::seq_from_db(at)))
+                                let key: Option<String> = row.try_get(2)?;
+                                Ok((state, $crate::store::seq_from_db(at), key))
                             })
                             .transpose()?;
-                        let from = checkpoint.as_ref().map_or(0, |(_, s)| *s) + 1;
+                        let from = checkpoint.as_ref().map_or(0, |(_, s, _)| *s) + 1;
                         let rows = sqlx::query(h::OPS_BETWEEN)
                             .bind(room)
                             .bind($crate::store::seq_to_db(from))
@@ -209,6 +217,17 @@ macro_rules! history_impl {
                             .into_iter()
                             .map(h::op_row)
                             .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+                        // A checkpoint in the bucket is read after the transaction: a prune
+                        // that deletes it meanwhile fails this read (retry), never a wrong one.
+                        let checkpoint = match checkpoint {
+                            Some((state, at, key)) => {
+                                let objects = self.objects.get();
+                                $crate::store::objects::resolve(objects, Some(state), key)
+                                    .await?
+                                    .map(|state| (state, at))
+                            }
+                            None => None,
+                        };
                         Ok(h::PastRows { checkpoint, ops })
                     })
                     .await
@@ -368,8 +387,9 @@ macro_rules! keep_history_impl {
             room: &str,
             op_seq: i64,
             state: &[u8],
+            object_key: Option<&str>,
             policy: &$crate::store::history::HistoryPolicy,
-        ) -> $crate::error::Result<()> {
+        ) -> $crate::error::Result<Vec<String>> {
             use $crate::store::history as h;
             let last: i64 = sqlx::query_scalar(h::LAST_CHECKPOINT)
                 .bind(room)
@@ -377,13 +397,16 @@ macro_rules! keep_history_impl {
                 .await?;
             let every = i64::try_from(policy.checkpoint_ops.max(1)).unwrap_or(i64::MAX);
             if op_seq - last >= every {
+                // With a bucket, the checkpoint names the snapshot's object (the same state).
                 sqlx::query(h::INSERT_CHECKPOINT)
                     .bind(room)
                     .bind(op_seq)
-                    .bind(state)
+                    .bind(if object_key.is_some() { &[][..] } else { state })
+                    .bind(object_key)
                     .execute(&mut *tx)
                     .await?;
             }
+            let mut pruned = Vec::new();
             if let Some(retention) = policy.retention_ms {
                 let cutoff = $crate::store::now_unix_ms().saturating_sub(retention);
                 let base: i64 = sqlx::query_scalar(h::PRUNE_BASE)
@@ -397,6 +420,11 @@ macro_rules! keep_history_impl {
                         .bind(base)
                         .execute(&mut *tx)
                         .await?;
+                    pruned = sqlx::query_scalar(h::PRUNED_OBJECTS)
+                        .bind(room)
+                        .bind(base)
+                        .fetch_all(&mut *tx)
+                        .await?;
                     sqlx::query(h::PRUNE_CHECKPOINTS)
                         .bind(room)
                         .bind(base)
@@ -404,7 +432,7 @@ macro_rules! keep_history_impl {
                         .await?;
                 }
             }
-            Ok(())
+            Ok(pruned)
         }
     };
 }

@@ -208,7 +208,8 @@ impl Store for PgStore {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
                 let keys: Vec<String> = sqlx::query_scalar(
-                    "SELECT object_key FROM snapshots WHERE room_id = $1 AND object_key IS NOT NULL",
+                    "SELECT object_key FROM snapshots WHERE room_id = $1 AND object_key IS NOT NULL \
+                     UNION SELECT object_key FROM checkpoints WHERE room_id = $1 AND object_key IS NOT NULL",
                 )
                 .bind(room)
                 .fetch_all(&mut *tx)
@@ -381,10 +382,24 @@ impl PgStore {
         .bind(new_key.as_deref())
         .execute(&mut *tx)
         .await?;
-        keep_history(&mut tx, room, op_seq, &state, history).await?;
+        let mut unreferenced =
+            keep_history(&mut tx, room, op_seq, &state, new_key.as_deref(), history).await?;
+        // The replaced snapshot's object goes, unless a checkpoint still names it.
+        if let Some(old) = old_key {
+            let named: i64 = sqlx::query_scalar(super::history::OBJECT_IN_HISTORY)
+                .bind(room)
+                .bind(&old)
+                .fetch_one(&mut *tx)
+                .await?;
+            if named == 0 {
+                unreferenced.push(old);
+            }
+        }
         tx.commit().await?;
-        if let (Some(o), Some(old)) = (objects, old_key) {
-            o.delete(&old).await;
+        if let Some(o) = objects {
+            for key in unreferenced {
+                o.delete(&key).await;
+            }
         }
         Ok(Some((state, seq_from_db(op_seq))))
     }

@@ -211,7 +211,8 @@ impl Store for SqliteStore {
                 let writer = self.writer.lock().await;
                 let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
                 let keys: Vec<String> = sqlx::query_scalar(
-                    "SELECT object_key FROM snapshots WHERE room_id = ? AND object_key IS NOT NULL",
+                    "SELECT object_key FROM snapshots WHERE room_id = ?1 AND object_key IS NOT NULL \
+                     UNION SELECT object_key FROM checkpoints WHERE room_id = ?1 AND object_key IS NOT NULL",
                 )
                 .bind(room)
                 .fetch_all(&mut *tx)
@@ -384,11 +385,25 @@ impl SqliteStore {
         .bind(new_key.as_deref())
         .execute(&mut *tx)
         .await?;
-        keep_history(&mut tx, room, op_seq, &state, history).await?;
+        let mut unreferenced =
+            keep_history(&mut tx, room, op_seq, &state, new_key.as_deref(), history).await?;
+        // The replaced snapshot's object goes, unless a checkpoint still names it.
+        if let Some(old) = old_key {
+            let named: i64 = sqlx::query_scalar(super::history::OBJECT_IN_HISTORY)
+                .bind(room)
+                .bind(&old)
+                .fetch_one(&mut *tx)
+                .await?;
+            if named == 0 {
+                unreferenced.push(old);
+            }
+        }
         tx.commit().await?;
         drop(writer);
-        if let (Some(o), Some(old)) = (objects, old_key) {
-            o.delete(&old).await;
+        if let Some(o) = objects {
+            for key in unreferenced {
+                o.delete(&key).await;
+            }
         }
         Ok(Some((state, seq_from_db(op_seq))))
     }

@@ -170,6 +170,27 @@ async fn snapshot_row(db: &str, room: &str) -> Option<(i64, usize, Option<String
     row.map(|(seq, state, key)| (seq, state.len(), key))
 }
 
+/// The room's checkpoints: (seq, inline state length, object key), oldest first.
+async fn checkpoint_rows(db: &str, room: &str) -> Vec<(i64, usize, Option<String>)> {
+    const Q: &str =
+        "SELECT seq, state, object_key FROM checkpoints WHERE room_id = $1 ORDER BY seq";
+    type Row = (i64, Vec<u8>, Option<String>);
+    let rows: Vec<Row> = if db.starts_with("sqlite:") {
+        let pool = sqlx::sqlite::SqlitePool::connect(db).await.unwrap();
+        let rows = sqlx::query_as(Q).bind(room).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    } else {
+        let pool = sqlx::postgres::PgPool::connect(db).await.unwrap();
+        let rows = sqlx::query_as(Q).bind(room).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    };
+    rows.into_iter()
+        .map(|(seq, state, key)| (seq, state.len(), key))
+        .collect()
+}
+
 /// Polls the snapshot row until `cond` holds (bounded by [`DEADLINE`]).
 async fn wait_row(
     db: &str,
@@ -224,6 +245,7 @@ pub async fn snapshots_in_a_bucket(backend: Backend) {
     let proxy = Proxy::start(moto.port).await;
     let mut config = test_config(&db);
     config.compaction.max_ops = 10;
+    config.history.checkpoint_ops = 10;
     config.objects = Some(ObjectSettings {
         url: format!("s3://{BUCKET}/{}", unique("t")),
         endpoint: Some(format!("http://127.0.0.1:{}", proxy.port)),
@@ -250,6 +272,23 @@ pub async fn snapshots_in_a_bucket(backend: Backend) {
     })
     .unwrap();
     assert!(!direct.get(&key).await.unwrap().is_empty());
+    // History's checkpoints are there too, and the past reads from them.
+    let checkpoints = checkpoint_rows(&db, &room).await;
+    assert!(!checkpoints.is_empty());
+    for (_, inline, ck) in &checkpoints {
+        assert_eq!(*inline, 0);
+        assert!(!direct.get(ck.as_ref().unwrap()).await.unwrap().is_empty());
+    }
+    let at = checkpoints[0].0;
+    let past = format!("/rooms/{room}/at?seq={at}");
+    let (status, _, body) = http(server.addr, "GET", &past, None, None).await;
+    assert_eq!(status, 200, "{body}");
+    // Typing only appended, so any past text is a prefix of the present one.
+    let then = body["text"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !then.is_empty() && "snapshots live in the bucket".starts_with(&then),
+        "{body}"
+    );
 
     // A restart loads from the bucket, byte-equal.
     let want = ada.session.document().canonical_state().unwrap();
@@ -282,10 +321,14 @@ pub async fn snapshots_in_a_bucket(backend: Backend) {
     );
     let (seq, _, same) = snapshot_row(&db, &room).await.unwrap();
     assert_eq!(same, key, "no compaction can succeed without the bucket");
+    let (status, _, _) = http(server.addr, "GET", &past, None, None).await;
+    assert_eq!(status, 503, "the past needs its checkpoint");
 
     // It comes back: reads, readiness and compaction recover, and a restart is byte-equal.
     proxy.set_up(true);
     status_until(server.addr, "/readyz", 200).await;
+    let (status, _, body) = http(server.addr, "GET", &past, None, None).await;
+    assert_eq!((status, body["text"].as_str()), (200, Some(then.as_str())));
     let (status, _, body) = http(
         server.addr,
         "GET",
@@ -311,14 +354,38 @@ pub async fn snapshots_in_a_bucket(backend: Backend) {
     cy.connect().await;
     assert_eq!(cy.session.document().canonical_state().unwrap(), want);
     assert_eq!(cy.text(), text);
-    // The replaced objects were deleted: only the latest is left for this room.
+    // A replaced snapshot's object is deleted unless a checkpoint still names it.
     let (_, _, latest) = snapshot_row(&db, &room).await.unwrap();
-    let gone = direct.get(&key.unwrap()).await;
+    let key = key.unwrap();
+    let named = checkpoint_rows(&db, &room)
+        .await
+        .iter()
+        .any(|c| c.2.as_deref() == Some(key.as_str()));
+    let old = direct.get(&key).await;
+    if named {
+        assert!(old.is_ok(), "{old:?}");
+    } else {
+        assert!(
+            matches!(&old, Err(ServerError::Objects { reason, .. }) if reason == "not found"),
+            "{old:?}"
+        );
+    }
+    assert!(!direct.get(&latest.unwrap()).await.unwrap().is_empty());
+    // Deleting the room deletes its objects.
+    let (status, _, _) = http(
+        server.addr,
+        "DELETE",
+        &format!("/api/rooms/{room}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let gone = direct.get(&key).await;
     assert!(
         matches!(&gone, Err(ServerError::Objects { reason, .. }) if reason == "not found"),
         "{gone:?}"
     );
-    assert!(!direct.get(&latest.unwrap()).await.unwrap().is_empty());
     cy.disconnect();
     server.stop().await;
 }
