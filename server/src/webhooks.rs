@@ -73,19 +73,19 @@ impl WebhookSettings {
         if self.secret.expose().len() < MIN_SECRET_BYTES {
             return Err((
                 "WEBHOOK_SECRET",
-                "required with WEBHOOK_URL, at least 16 bytes (or WEBHOOK_SECRET_FILE)",
+                "required with WEBHOOK_URL: expected at least 16 bytes (or WEBHOOK_SECRET_FILE)",
             ));
         }
         if self.max_delay < self.debounce {
             return Err((
                 "WEBHOOK_MAX_DELAY_MS",
-                "must be at least WEBHOOK_DEBOUNCE_MS",
+                "expected at least WEBHOOK_DEBOUNCE_MS",
             ));
         }
         if self.retry_max < self.retry_min {
             return Err((
                 "WEBHOOK_RETRY_MAX_MS",
-                "must be at least WEBHOOK_RETRY_MIN_MS",
+                "expected at least WEBHOOK_RETRY_MIN_MS",
             ));
         }
         Ok(())

@@ -101,6 +101,43 @@ pub async fn bad_settings_exit_2_naming_the_variable() {
         ("COMPACT_OPS", vec![("COMPACT_OPS", "-1".to_owned())]),
         ("LOG_FORMAT", vec![("LOG_FORMAT", "xml".to_owned())]),
         ("METRICS", vec![("METRICS", "maybe".to_owned())]),
+        (
+            "WEBHOOK_URL",
+            vec![
+                ("DATABASE_URL", sqlite_url()),
+                ("WEBHOOK_URL", format!("ftp://u:{PASSWORD}@127.0.0.1/hook")),
+                ("WEBHOOK_SECRET", "0123456789abcdef0123".to_owned()),
+            ],
+        ),
+        (
+            "WEBHOOK_SECRET",
+            vec![
+                ("DATABASE_URL", sqlite_url()),
+                ("WEBHOOK_URL", "http://127.0.0.1:9/hook".to_owned()),
+            ],
+        ),
+        (
+            "WEBHOOK_SECRET",
+            vec![
+                ("DATABASE_URL", sqlite_url()),
+                ("WEBHOOK_URL", "http://127.0.0.1:9/hook".to_owned()),
+                ("WEBHOOK_SECRET", PASSWORD.to_owned()),
+            ],
+        ),
+        (
+            "WEBHOOK_DEBOUNCE_MS",
+            vec![("WEBHOOK_DEBOUNCE_MS", "soon".to_owned())],
+        ),
+        (
+            "WEBHOOK_MAX_DELAY_MS",
+            vec![
+                ("DATABASE_URL", sqlite_url()),
+                ("WEBHOOK_URL", "http://127.0.0.1:9/hook".to_owned()),
+                ("WEBHOOK_SECRET", "0123456789abcdef0123".to_owned()),
+                ("WEBHOOK_DEBOUNCE_MS", "5000".to_owned()),
+                ("WEBHOOK_MAX_DELAY_MS", "1000".to_owned()),
+            ],
+        ),
     ];
     for (name, env) in cases {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
