@@ -168,3 +168,148 @@ where
         attempts: r.try_get("attempts")?,
     })
 }
+
+/// Implements [`WebhookStore`] for a store type with `pool`, `timeouts` and `webhooks` fields
+/// and an `outbox_writer()` method giving the pool that writes (SQLite: behind its one-writer
+/// lock, so outbox writes queue with the committer instead of sleeping in SQLite's busy
+/// handler). `$claim` is the store's claim statement.
+macro_rules! webhook_impl {
+    ($store:ty, $claim:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::webhooks::WebhookStore for $store {
+            fn enable_webhooks(&self, timing: $crate::store::webhooks::Timing) {
+                let _ = self.webhooks.set(timing);
+            }
+
+            async fn webhook_event(
+                &self,
+                room: &str,
+                kind: &'static str,
+                seq: u64,
+            ) -> $crate::error::Result<()> {
+                self.timeouts
+                    .bound("webhook outbox", async {
+                        let writer = self.outbox_writer().await;
+                        let conn = &*writer;
+                        sqlx::query($crate::store::webhooks::EVENT)
+                            .bind(room)
+                            .bind(kind)
+                            .bind($crate::store::seq_to_db(seq))
+                            .bind($crate::store::now_unix_ms())
+                            .execute(conn)
+                            .await?;
+                        Ok(())
+                    })
+                    .await
+            }
+
+            async fn webhook_due(&self, now_ms: i64) -> $crate::error::Result<bool> {
+                self.timeouts
+                    .bound("webhook outbox", async {
+                        let n: i64 = sqlx::query_scalar($crate::store::webhooks::DUE)
+                            .bind(now_ms)
+                            .fetch_one(&self.pool)
+                            .await?;
+                        Ok(n > 0)
+                    })
+                    .await
+            }
+
+            async fn webhook_claim(
+                &self,
+                now_ms: i64,
+                lease_ms: i64,
+                limit: i64,
+            ) -> $crate::error::Result<Vec<$crate::store::webhooks::OutboxRow>> {
+                self.timeouts
+                    .bound("webhook outbox", async {
+                        let writer = self.outbox_writer().await;
+                        let conn = &*writer;
+                        let rows = sqlx::query($claim)
+                            .bind(now_ms + lease_ms)
+                            .bind(now_ms)
+                            .bind(limit)
+                            .fetch_all(conn)
+                            .await?;
+                        Ok(rows
+                            .iter()
+                            .map($crate::store::webhooks::row)
+                            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?)
+                    })
+                    .await
+            }
+
+            async fn webhook_done(
+                &self,
+                row: &$crate::store::webhooks::OutboxRow,
+                now_ms: i64,
+            ) -> $crate::error::Result<()> {
+                let timing =
+                    self.webhooks
+                        .get()
+                        .copied()
+                        .unwrap_or($crate::store::webhooks::Timing {
+                            debounce_ms: 0,
+                            max_delay_ms: 0,
+                        });
+                self.timeouts
+                    .bound("webhook outbox", async {
+                        let writer = self.outbox_writer().await;
+                        let conn = &*writer;
+                        let deleted = sqlx::query($crate::store::webhooks::DONE)
+                            .bind(&row.room)
+                            .bind(&row.kind)
+                            .bind(row.last_seq)
+                            .bind(row.last_at)
+                            .execute(conn)
+                            .await?
+                            .rows_affected();
+                        if deleted == 0 {
+                            sqlx::query($crate::store::webhooks::DONE_KEEP)
+                                .bind(&row.room)
+                                .bind(&row.kind)
+                                .bind(row.last_seq)
+                                .bind(now_ms)
+                                .bind(timing.debounce_ms)
+                                .bind(timing.max_delay_ms)
+                                .execute(conn)
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                    .await
+            }
+
+            async fn webhook_retry(
+                &self,
+                row: &$crate::store::webhooks::OutboxRow,
+                retry_at_ms: i64,
+            ) -> $crate::error::Result<()> {
+                self.timeouts
+                    .bound("webhook outbox", async {
+                        let writer = self.outbox_writer().await;
+                        let conn = &*writer;
+                        sqlx::query($crate::store::webhooks::RETRY)
+                            .bind(&row.room)
+                            .bind(&row.kind)
+                            .bind(retry_at_ms)
+                            .execute(conn)
+                            .await?;
+                        Ok(())
+                    })
+                    .await
+            }
+
+            async fn webhook_depth(&self) -> $crate::error::Result<i64> {
+                self.timeouts
+                    .bound("webhook outbox", async {
+                        Ok(sqlx::query_scalar($crate::store::webhooks::DEPTH)
+                            .fetch_one(&self.pool)
+                            .await?)
+                    })
+                    .await
+            }
+        }
+    };
+}
+pub(crate) use webhook_impl;
