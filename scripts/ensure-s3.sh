@@ -8,10 +8,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.cache/moto"
 version="5.2.5"
 server="$venv/bin/moto_server"
+# Suites that need it start at once (one per store): the first installs, the others wait.
+mkdir -p "$root/.cache"
+exec 9>"$root/.cache/moto.lock"
+flock 9
 if [ ! -x "$server" ] || [ "$(cat "$venv/.version" 2>/dev/null)" != "$version" ]; then
   echo "installing moto $version into .cache/moto" >&2
   rm -rf "$venv"
-  mkdir -p "$root/.cache"
   python3 -m venv "$venv" >&2
   "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$version" >&2
   echo "$version" > "$venv/.version"
