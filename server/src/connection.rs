@@ -238,76 +238,85 @@ pub async fn serve(
             sent
         };
         while let Some(msg) = next_message(&mut stream, &kill, silence, &wrote_at).await {
-            match msg {
-                Message::Text(_) if dialect == Dialect::Yjs => {
-                    kill.kill(1003, "y-websocket frames are binary");
-                    break;
-                }
-                Message::Binary(bytes) if dialect == Dialect::Yjs => {
-                    let Ok(_parsing) = app.inbound.acquire(bytes.len()).await else {
-                        break;
-                    };
-                    let parsed = parse(&app.cpu, bytes.len(), move || {
-                        concord_engine::yjs::decode(&bytes, &limits)
-                    });
-                    let req = match parsed.await {
-                        Some(Ok(req)) => req,
-                        Some(Err(e)) => {
-                            tracing::debug!(conn = conn.0, error = %e, "bad y-websocket frame");
-                            kill.kill(close_code(&e), "bad y-protocols message");
-                            break;
-                        }
-                        None => break,
-                    };
-                    if matches!(req, concord_engine::yjs::YjsRequest::Update(_))
-                        && !pace(&mut pacer, &kill, conn, flood_notice).await
-                    {
-                        break;
+            // Boxed, so the idle reader (waiting above) is not as large as the busiest path
+            // through a frame: an idle connection's task is most of what it costs.
+            let go = Box::pin(async {
+                match msg {
+                    Message::Text(_) if dialect == Dialect::Yjs => {
+                        kill.kill(1003, "y-websocket frames are binary");
+                        return false;
                     }
-                    if !forward(Request::Yjs(req)).await {
-                        break;
-                    }
-                }
-                Message::Text(text) => {
-                    // Parsing costs a few times the frame's size: the instance parses at most
-                    // its inbound budget's worth at once, and a flood waits here.
-                    let Ok(_parsing) = app.inbound.acquire(text.len()).await else {
-                        break;
-                    };
-                    let parsed = parse(&app.cpu, text.len(), move || {
-                        ClientMessage::parse(text.as_str(), &limits)
-                    });
-                    match parsed.await {
-                        Some(Ok(Some(msg))) => {
-                            if !matches!(msg, ClientMessage::Presence(_))
-                                && !pace(&mut pacer, &kill, conn, flood_notice).await
-                            {
-                                break;
+                    Message::Binary(bytes) if dialect == Dialect::Yjs => {
+                        let Ok(_parsing) = app.inbound.acquire(bytes.len()).await else {
+                            return false;
+                        };
+                        let parsed = parse(&app.cpu, bytes.len(), move || {
+                            concord_engine::yjs::decode(&bytes, &limits)
+                        });
+                        let req = match parsed.await {
+                            Some(Ok(req)) => req,
+                            Some(Err(e)) => {
+                                tracing::debug!(conn = conn.0, error = %e, "bad y-websocket frame");
+                                kill.kill(close_code(&e), "bad y-protocols message");
+                                return false;
                             }
-                            if !forward(Request::Json(msg)).await {
-                                break;
-                            }
+                            None => return false,
+                        };
+                        if matches!(req, concord_engine::yjs::YjsRequest::Update(_))
+                            && !pace(&mut pacer, &kill, conn, flood_notice).await
+                        {
+                            return false;
                         }
-                        Some(Ok(None)) => {}
-                        Some(Err(e)) => {
-                            if !out.offer(crate::room::text(&ServerMessage::error(&e))) {
-                                break;
-                            }
+                        if !forward(Request::Yjs(req)).await {
+                            return false;
                         }
-                        None => break,
                     }
-                }
-                Message::Binary(_) => {
-                    let frame = error_text(
-                        "unsupported_frame",
-                        "binary frames are not part of the protocol; send JSON text frames",
-                    );
-                    if !out.offer(frame) {
-                        break;
+                    Message::Text(text) => {
+                        // Parsing costs a few times the frame's size: the instance parses at most
+                        // its inbound budget's worth at once, and a flood waits here.
+                        let Ok(_parsing) = app.inbound.acquire(text.len()).await else {
+                            return false;
+                        };
+                        let parsed = parse(&app.cpu, text.len(), move || {
+                            ClientMessage::parse(text.as_str(), &limits)
+                        });
+                        match parsed.await {
+                            Some(Ok(Some(msg))) => {
+                                if !matches!(msg, ClientMessage::Presence(_))
+                                    && !pace(&mut pacer, &kill, conn, flood_notice).await
+                                {
+                                    return false;
+                                }
+                                if !forward(Request::Json(msg)).await {
+                                    return false;
+                                }
+                            }
+                            Some(Ok(None)) => {}
+                            Some(Err(e)) => {
+                                if !out.offer(crate::room::text(&ServerMessage::error(&e))) {
+                                    return false;
+                                }
+                            }
+                            None => return false,
+                        }
                     }
+                    Message::Binary(_) => {
+                        let frame = error_text(
+                            "unsupported_frame",
+                            "binary frames are not part of the protocol; send JSON text frames",
+                        );
+                        if !out.offer(frame) {
+                            return false;
+                        }
+                    }
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => return false,
                 }
-                Message::Ping(_) | Message::Pong(_) => {}
-                Message::Close(_) => break,
+                true
+            })
+            .await;
+            if !go {
+                break;
             }
         }
         // A room stuck on a long job must not hold this connection open; if the leave cannot
@@ -379,7 +388,8 @@ impl Watch {
                 },
             };
             if recheck {
-                self.recheck().await;
+                // Boxed: a grant lookup is a store query, rare, and large to keep inline.
+                Box::pin(self.recheck()).await;
             }
         }
     }
@@ -444,6 +454,12 @@ pub(crate) async fn write<S>(
 ) where
     S: Sink<Message> + Unpin,
 {
+    /// What woke the writer.
+    enum Wake {
+        Queued(Option<Outbound>),
+        Ping,
+        Killed,
+    }
     let Timing {
         heartbeat,
         write_timeout,
@@ -451,21 +467,25 @@ pub(crate) async fn write<S>(
     let mut ping = tokio::time::interval(heartbeat);
     ping.tick().await;
     loop {
-        tokio::select! {
-            msg = inbox.recv() => match msg {
-                Some(Outbound::Frame(frame)) => {
+        let wake = tokio::select! {
+            msg = inbox.recv() => Wake::Queued(msg),
+            _ = ping.tick() => Wake::Ping,
+            _ = kill.killed() => Wake::Killed,
+        };
+        // Boxed, so an idle writer (waiting above) is not as large as a write in progress.
+        let go_on = Box::pin(async {
+            match wake {
+                Wake::Queued(Some(Outbound::Frame(frame))) => {
                     // Everything already queued goes out in one write and one flush.
                     if !within(write_timeout, sink.feed(frame.into_message())).await {
-                        break;
+                        return false;
                     }
                     let mut close_with = None;
-                    let mut ok = true;
                     while let Some(next) = inbox.try_recv() {
                         match next {
                             Outbound::Frame(frame) => {
                                 if !within(write_timeout, sink.feed(frame.into_message())).await {
-                                    ok = false;
-                                    break;
+                                    return false;
                                 }
                             }
                             Outbound::Close(code, reason) => {
@@ -474,52 +494,59 @@ pub(crate) async fn write<S>(
                             }
                         }
                     }
-                    if !ok || !within(write_timeout, sink.flush()).await {
-                        break;
+                    if !within(write_timeout, sink.flush()).await {
+                        return false;
                     }
                     wrote_at.store(now_ms(), Ordering::Relaxed);
                     if let Some((code, reason)) = close_with {
                         close(sink, write_timeout, code, reason).await;
-                        break;
+                        return false;
                     }
+                    true
                 }
-                Some(Outbound::Close(code, reason)) => {
+                Wake::Queued(Some(Outbound::Close(code, reason))) => {
                     close(sink, write_timeout, code, reason).await;
-                    break;
+                    false
                 }
-                None => break,
-            },
-            _ = ping.tick() => {
-                if !within(write_timeout, sink.send(Message::Ping(Default::default()))).await {
-                    break;
-                }
-                // WebSocket pings are invisible to page scripts; a protocol that needs traffic
-                // the client's code can see gets its keep-alive after half a period of quiet.
-                let quiet = now_ms().saturating_sub(wrote_at.load(Ordering::Relaxed));
-                if quiet >= heartbeat.as_millis() as u64 / 2 {
-                    if let Some(frame) = keepalive() {
-                        if !within(write_timeout, sink.send(frame.into_message())).await {
-                            break;
-                        }
-                        wrote_at.store(now_ms(), Ordering::Relaxed);
+                Wake::Queued(None) => false,
+                Wake::Ping => {
+                    if !within(write_timeout, sink.send(Message::Ping(Default::default()))).await {
+                        return false;
                     }
-                }
-            }
-            _ = kill.killed() => {
-                // Send what is already queued (acks, the closing frame), then close; all
-                // of it within one write timeout.
-                let drain = async {
-                    while let Some(Outbound::Frame(frame)) = inbox.try_recv() {
-                        if sink.send(frame.into_message()).await.is_err() {
-                            break;
+                    // WebSocket pings are invisible to page scripts; a protocol that needs
+                    // traffic the client's code can see gets its keep-alive after half a period
+                    // of quiet.
+                    let quiet = now_ms().saturating_sub(wrote_at.load(Ordering::Relaxed));
+                    if quiet >= heartbeat.as_millis() as u64 / 2 {
+                        if let Some(frame) = keepalive() {
+                            if !within(write_timeout, sink.send(frame.into_message())).await {
+                                return false;
+                            }
+                            wrote_at.store(now_ms(), Ordering::Relaxed);
                         }
                     }
-                };
-                let _ = tokio::time::timeout(write_timeout, drain).await;
-                let (code, reason) = kill.reason().unwrap_or((1000, "closing"));
-                close(sink, write_timeout, code, reason).await;
-                break;
+                    true
+                }
+                Wake::Killed => {
+                    // Send what is already queued (acks, the closing frame), then close; all
+                    // of it within one write timeout.
+                    let drain = async {
+                        while let Some(Outbound::Frame(frame)) = inbox.try_recv() {
+                            if sink.send(frame.into_message()).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(write_timeout, drain).await;
+                    let (code, reason) = kill.reason().unwrap_or((1000, "closing"));
+                    close(sink, write_timeout, code, reason).await;
+                    false
+                }
             }
+        })
+        .await;
+        if !go_on {
+            break;
         }
     }
     kill.kill(1000, "closing");

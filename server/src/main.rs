@@ -13,6 +13,12 @@ use concord_server::config::LogFormat;
 use concord_server::Config;
 use tokio::net::TcpListener;
 
+/// mimalloc instead of glibc's malloc: with thousands of sockets every handshake's short-lived
+/// buffers sat between long-lived connection state, and glibc kept the holes (RSS was about
+/// twice the live heap per idle connection; see docs/benchmarks.md, "Idle connections").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The version `--version` prints: the crate's, and the commit when the build was given one
 /// (`CONCORD_GIT_COMMIT=$(git rev-parse --short HEAD) cargo build`), with no build script.
 fn version() -> String {

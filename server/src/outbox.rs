@@ -11,12 +11,13 @@
 //! protocols): a broadcast is encoded once per protocol and shared by every queue, though each
 //! queue counts it in full.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::ws::{Message, Utf8Bytes};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// One WebSocket data frame, shared between queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,33 +97,104 @@ impl Budget {
 }
 
 /// The room's side of a queue.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outbound>,
-    queued: Arc<AtomicUsize>,
-    budget: Arc<Budget>,
+    shared: Arc<Shared>,
 }
 
 /// The writer's side of a queue.
 #[derive(Debug)]
 pub struct Inbox {
-    rx: mpsc::Receiver<Outbound>,
-    queued: Arc<AtomicUsize>,
-    budget: Arc<Budget>,
+    shared: Arc<Shared>,
 }
+
+/// One connection's queue. Not a tokio channel: that allocates its first block of 32 slots
+/// (and cache-padded counters) up front, about 2 KB for every idle connection; this holds
+/// nothing until a frame is queued and gives a burst's slots back once it has drained.
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the writer: a frame was queued, or the last `Outbox` went.
+    wake: Notify,
+    /// Bytes queued for this connection.
+    queued: AtomicUsize,
+    budget: Arc<Budget>,
+    /// At most this many frames queued.
+    frames: usize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// Live `Outbox`es; at zero the writer's `recv` ends.
+    senders: usize,
+    /// The `Inbox` is gone: nothing more is accepted.
+    closed: bool,
+}
+
+/// Slots a drained queue keeps; a burst beyond this is given back.
+const KEEP_SLOTS: usize = 16;
 
 /// A queue of at most `frames` frames inside `budget`.
 pub fn channel(budget: Arc<Budget>, frames: usize) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::channel(frames.max(1));
-    let queued = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            senders: 1,
+            ..Queue::default()
+        }),
+        wake: Notify::new(),
+        queued: AtomicUsize::new(0),
+        budget,
+        frames: frames.max(1),
+    });
     (
         Outbox {
-            tx,
-            queued: queued.clone(),
-            budget: budget.clone(),
+            shared: shared.clone(),
         },
-        Inbox { rx, queued, budget },
+        Inbox { shared },
     )
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Nothing panics while holding it; a poisoned queue is still a consistent queue.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `msg` unless the queue is closed or full.
+    fn push(&self, msg: Outbound) -> bool {
+        {
+            let mut q = self.lock();
+            if q.closed || q.items.len() >= self.frames {
+                return false;
+            }
+            q.items.push_back(msg);
+        }
+        self.wake.notify_one();
+        true
+    }
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Outbox {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let last = {
+            let mut q = self.shared.lock();
+            q.senders -= 1;
+            q.senders == 0
+        };
+        if last {
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 impl Outbox {
@@ -130,17 +202,19 @@ impl Outbox {
     pub fn offer(&self, frame: impl Into<Frame>) -> bool {
         let frame = frame.into();
         let len = frame.len();
-        let mine = self.queued.load(Ordering::Relaxed);
+        let shared = &*self.shared;
+        let mine = shared.queued.load(Ordering::Relaxed);
         if mine > 0
-            && (mine + len > self.budget.per_conn || self.budget.used() + len > self.budget.total)
+            && (mine + len > shared.budget.per_conn
+                || shared.budget.used() + len > shared.budget.total)
         {
             return false;
         }
-        self.queued.fetch_add(len, Ordering::Relaxed);
-        self.budget.used.fetch_add(len, Ordering::Relaxed);
-        if self.tx.try_send(Outbound::Frame(frame)).is_err() {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            self.budget.used.fetch_sub(len, Ordering::Relaxed);
+        shared.queued.fetch_add(len, Ordering::Relaxed);
+        shared.budget.used.fetch_add(len, Ordering::Relaxed);
+        if !shared.push(Outbound::Frame(frame)) {
+            shared.queued.fetch_sub(len, Ordering::Relaxed);
+            shared.budget.used.fetch_sub(len, Ordering::Relaxed);
             return false;
         }
         true
@@ -148,42 +222,73 @@ impl Outbox {
 
     /// Asks the writer to close after what is queued; false if the queue is full or closed.
     pub fn close(&self, code: u16, reason: &'static str) -> bool {
-        self.tx.try_send(Outbound::Close(code, reason)).is_ok()
+        self.shared.push(Outbound::Close(code, reason))
     }
 
     /// Bytes queued for this connection now.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.shared.queued.load(Ordering::Relaxed)
     }
 }
 
+/// What the queue holds now.
+enum Next {
+    Item(Outbound),
+    Empty,
+    Ended,
+}
+
 impl Inbox {
-    fn taken(&self, msg: &Outbound) {
-        if let Outbound::Frame(frame) = msg {
-            self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
-            self.budget.used.fetch_sub(frame.len(), Ordering::Relaxed);
+    fn take(&self) -> Next {
+        let msg = {
+            let mut q = self.shared.lock();
+            match q.items.pop_front() {
+                Some(msg) => {
+                    if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
+                        q.items.shrink_to(KEEP_SLOTS);
+                    }
+                    msg
+                }
+                None if q.senders == 0 => return Next::Ended,
+                None => return Next::Empty,
+            }
+        };
+        if let Outbound::Frame(frame) = &msg {
+            self.shared.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+            self.shared
+                .budget
+                .used
+                .fetch_sub(frame.len(), Ordering::Relaxed);
         }
+        Next::Item(msg)
     }
 
-    /// The next frame; `None` once every `Outbox` is gone.
+    /// The next frame; `None` once every `Outbox` is gone and the queue is drained.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        let msg = self.rx.recv().await?;
-        self.taken(&msg);
-        Some(msg)
+        loop {
+            // Registered before looking, so a push between the look and the wait is not missed.
+            let woken = self.shared.wake.notified();
+            match self.take() {
+                Next::Item(msg) => return Some(msg),
+                Next::Ended => return None,
+                Next::Empty => woken.await,
+            }
+        }
     }
 
     /// The next frame if one is queued.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        let msg = self.rx.try_recv().ok()?;
-        self.taken(&msg);
-        Some(msg)
+        match self.take() {
+            Next::Item(msg) => Some(msg),
+            Next::Empty | Next::Ended => None,
+        }
     }
 }
 
 impl Drop for Inbox {
     /// Gives back what was queued and never written.
     fn drop(&mut self) {
-        self.rx.close();
+        self.shared.lock().closed = true;
         while self.try_recv().is_some() {}
     }
 }
@@ -226,5 +331,41 @@ mod tests {
         assert!(b.offer(frame(40)));
         assert!(!b.offer(frame(40)), "the instance total is reached");
         assert_eq!(budget.used(), 140);
+    }
+
+    #[tokio::test]
+    async fn the_writer_wakes_for_each_frame_and_ends_with_the_last_outbox() {
+        let budget = Budget::new(1_000, 1_000);
+        let (out, mut inbox) = channel(budget.clone(), 2);
+        let other = out.clone();
+        let writer = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(msg) = inbox.recv().await {
+                got.push(msg);
+            }
+            got
+        });
+        assert!(out.offer(frame(3)));
+        assert!(other.close(1000, "bye"));
+        drop(out);
+        tokio::task::yield_now().await;
+        drop(other);
+        let got = writer.await.unwrap();
+        assert_eq!(got.len(), 2, "both queued messages, then the end");
+        assert!(matches!(got[1], Outbound::Close(1000, "bye")));
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_queue_holds_at_most_its_frames_and_gives_a_burst_back() {
+        let (out, mut inbox) = channel(Budget::new(1 << 20, 1 << 20), 100);
+        for _ in 0..100 {
+            assert!(out.offer(frame(1)));
+        }
+        assert!(!out.offer(frame(1)), "the frame cap binds");
+        assert!(!out.close(1000, "full"));
+        while inbox.try_recv().is_some() {}
+        assert!(inbox.shared.lock().items.capacity() <= KEEP_SLOTS);
+        assert!(out.offer(frame(1)));
     }
 }

@@ -755,7 +755,11 @@ impl RoomTask {
         // Subscribe before reading the store, so nothing committed elsewhere falls between.
         let mut sub = ctx.hub.subscribe(&self.id).await;
         let mut hub_open = true;
-        let loaded = match ctx.store.load(&self.id).await {
+        let loaded = match self.rooms.load_turn().await {
+            Ok(_turn) => ctx.store.load(&self.id).await,
+            Err(e) => Err(e),
+        };
+        let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::error!(room = %self.id, error = %e, "room load failed");
@@ -810,7 +814,7 @@ impl RoomTask {
             deleted: None,
         };
         for p in ctx.hub.live_presence(&self.id).await {
-            room.hub_event(HubEvent::Presence(p));
+            room.hub_event(HubEvent::Presence(Box::new(p)));
         }
         let mut resync = false;
         let mut last_heartbeat = now_ms();
@@ -867,7 +871,7 @@ impl RoomTask {
                         Err(e) => tracing::warn!(room = %room.id, error = %e, "catch-up failed"),
                     }
                 }
-                event = sub.rx.recv(), if hub_open => {
+                event = sub.recv(), if hub_open => {
                     let mut next = event;
                     for _ in 0..BURST {
                         match next {
@@ -877,9 +881,9 @@ impl RoomTask {
                                 break;
                             }
                         }
-                        next = match sub.rx.try_recv() {
-                            Ok(event) => Some(event),
-                            Err(_) => break,
+                        next = match sub.try_recv() {
+                            Some(event) => Some(event),
+                            None => break,
                         };
                     }
                 }
@@ -1476,7 +1480,7 @@ impl Room {
                 // Held to the size a client's presence frame may have.
                 let len = serde_json::to_vec(&p).map_or(usize::MAX, |v| v.len());
                 if len <= self.max_presence_bytes {
-                    self.remote_presence_event(p);
+                    self.remote_presence_event(*p);
                 }
                 false
             }

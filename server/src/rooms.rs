@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use concord_engine::ConnId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,8 +57,15 @@ pub struct RoomLink {
 pub struct Rooms {
     map: Mutex<HashMap<String, Handle>>,
     next_generation: AtomicU64,
+    /// Turns to read a room from the store (FIFO). After a restart every client reconnects at
+    /// once and thousands of cold rooms load together; without a queue they all waited on
+    /// the pool and those past its acquire timeout answered `unavailable`.
+    loads: Semaphore,
     ctx: RoomContext,
 }
+
+/// How long a cold room waits for its turn to load before its joins answer `unavailable`.
+const LOAD_QUEUE_WAIT: Duration = Duration::from_secs(30);
 
 impl Rooms {
     /// An empty registry.
@@ -65,8 +73,20 @@ impl Rooms {
         Arc::new(Rooms {
             map: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
+            loads: Semaphore::new(ctx.store.parallel_loads().max(1)),
             ctx,
         })
+    }
+
+    /// Waits for a turn to read a room from the store, at most [`LOAD_QUEUE_WAIT`].
+    pub(crate) async fn load_turn(&self) -> Result<SemaphorePermit<'_>> {
+        match tokio::time::timeout(LOAD_QUEUE_WAIT, self.loads.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ServerError::Timeout {
+                what: "room load queue",
+                after_ms: LOAD_QUEUE_WAIT.as_millis() as u64,
+            }),
+        }
     }
 
     pub(crate) fn ctx(&self) -> &RoomContext {

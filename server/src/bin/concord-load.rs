@@ -218,6 +218,35 @@ fn first_item_key_v2(update_v2: &[u8]) -> Option<u64> {
     Some(client.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(clock))
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the socket, retrying a refused or reset connect a few times with jittered backoff, as
+/// a real client's reconnect does: thousands of clients connecting at once overflow the
+/// listener's accept backlog, which says nothing about the server once they are in.
+async fn connect(url: String, rng: &mut SmallRng) -> Result<Socket, String> {
+    let mut wait_ms = 50u64;
+    let mut attempt = 0;
+    loop {
+        match tokio_tungstenite::connect_async_with_config(
+            url.as_str(),
+            Some(socket_config()),
+            false,
+        )
+        .await
+        {
+            Ok((ws, _)) => return Ok(ws),
+            Err(e) if attempt >= 5 => return Err(format!("{e} (after {attempt} retries)")),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(wait_ms + rng.gen_range(0..wait_ms)))
+                    .await;
+                wait_ms *= 2;
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_client(
     index: usize,
@@ -235,14 +264,8 @@ async fn run_client(
         SmallRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut session = ClientSession::new(rng.gen_range(1..(1u64 << 53)), format!("l{index}"));
     let sv = session.connect();
-    let ws = match tokio_tungstenite::connect_async_with_config(
-        room_url(&url, &room, Some(&sv)),
-        Some(socket_config()),
-        false,
-    )
-    .await
-    {
-        Ok((ws, _)) => ws,
+    let ws = match connect(room_url(&url, &room, Some(&sv)), &mut rng).await {
+        Ok(ws) => ws,
         Err(e) => {
             eprintln!("client {index}: connect failed: {e}");
             report.errors += 1;
@@ -429,17 +452,14 @@ async fn run_yjs_client(
     } else {
         format!("{url}/yjs/{room}")
     };
-    let ws =
-        match tokio_tungstenite::connect_async_with_config(endpoint, Some(socket_config()), false)
-            .await
-        {
-            Ok((ws, _)) => ws,
-            Err(e) => {
-                eprintln!("client {index}: connect failed: {e}");
-                report.errors += 1;
-                return report;
-            }
-        };
+    let ws = match connect(endpoint, &mut rng).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            eprintln!("client {index}: connect failed: {e}");
+            report.errors += 1;
+            return report;
+        }
+    };
     let (mut sink, mut stream) = ws.split();
     let frame = |body: Vec<u8>| {
         let bytes = if hp {

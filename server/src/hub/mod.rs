@@ -25,8 +25,9 @@ pub enum HubEvent {
         /// v2 update bytes.
         update: Vec<u8>,
     },
-    /// A presence frame from a client on another instance.
-    Presence(Presence),
+    /// A presence frame from a client on another instance (boxed: it is the largest variant,
+    /// and every room's channel holds a block of slots sized by it).
+    Presence(Box<Presence>),
     /// The room was deleted (`DELETE /api/rooms/{id}`): close its members and unload it.
     Deleted,
     /// Messages may have been missed (subscription just became active, or the hub
@@ -45,15 +46,40 @@ pub enum AccessSignal {
 
 /// A room's subscription; dropping it unsubscribes.
 pub struct Subscription {
-    /// Events from other instances.
-    pub rx: mpsc::Receiver<HubEvent>,
+    /// Events from other instances; `None` where none can come (one instance), so an idle
+    /// room holds no channel (a tokio channel allocates its first block of slots up front).
+    rx: Option<mpsc::Receiver<HubEvent>>,
     _guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl Subscription {
     /// A subscription over `rx`; `guard` is dropped (unsubscribing) with it.
     pub fn new(rx: mpsc::Receiver<HubEvent>, guard: Option<Box<dyn Send + Sync>>) -> Self {
-        Subscription { rx, _guard: guard }
+        Subscription {
+            rx: Some(rx),
+            _guard: guard,
+        }
+    }
+
+    /// A subscription that never carries anything.
+    pub fn none() -> Self {
+        Subscription {
+            rx: None,
+            _guard: None,
+        }
+    }
+
+    /// The next event; `None` once no more can come.
+    pub async fn recv(&mut self) -> Option<HubEvent> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => None,
+        }
+    }
+
+    /// An event already queued, if any.
+    pub fn try_recv(&mut self) -> Option<HubEvent> {
+        self.rx.as_mut().and_then(|rx| rx.try_recv().ok())
     }
 }
 

@@ -549,7 +549,7 @@ fn decode(instance: &str, payload: &[u8]) -> Option<HubEvent> {
         return Some(HubEvent::Deleted);
     }
     if let Some(p) = wire.presence {
-        return Some(HubEvent::Presence(p));
+        return Some(HubEvent::Presence(Box::new(p)));
     }
     let update = decode_b64("update", wire.update.as_deref()?).ok()?;
     Some(HubEvent::Update {

@@ -167,6 +167,10 @@ pub trait Store:
     /// How many group commits may run at once (SQLite has one writer).
     fn parallel_commits(&self) -> usize;
 
+    /// How many rooms may read their state at once ([`Store::load`]); the rest wait their turn
+    /// in the registry, not on the pool, whose acquire timeout is meant for a stalled store.
+    fn parallel_loads(&self) -> usize;
+
     /// The bounds this store was opened with; the committer enforces `commit` around each
     /// group transaction.
     fn timeouts(&self) -> StoreTimeouts;

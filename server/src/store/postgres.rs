@@ -128,6 +128,12 @@ impl Store for PgStore {
         4
     }
 
+    /// A load is a few round trips: several at once keep the 16 connections busy, leaving
+    /// the rest to commits and the API.
+    fn parallel_loads(&self) -> usize {
+        8
+    }
+
     fn timeouts(&self) -> StoreTimeouts {
         self.timeouts
     }

@@ -103,6 +103,8 @@ impl SqliteStore {
         let acquire = timeouts.statement.max(Duration::from_millis(100));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // Opened up front: a crowd of room loads should not also wait for connections.
+            .min_connections(4)
             .acquire_timeout(acquire)
             .connect_with(options.clone())
             .await?;
@@ -134,6 +136,11 @@ impl Store for SqliteStore {
 
     fn parallel_commits(&self) -> usize {
         1
+    }
+
+    /// Half the read pool: compaction and the API keep the other half.
+    fn parallel_loads(&self) -> usize {
+        2
     }
 
     fn timeouts(&self) -> StoreTimeouts {

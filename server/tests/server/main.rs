@@ -90,6 +90,10 @@ for_each_store!(
 
 mod abuse_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crowd_joining_cold_rooms_all_get_in() {
+        crate::suite::a_crowd_joining_cold_rooms_all_get_in().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cpu_budget_cuts_off_the_costly_connection() {
         crate::abuse::cpu_budget_cuts_off_the_costly_connection().await
     }
