@@ -755,11 +755,7 @@ impl RoomTask {
         // Subscribe before reading the store, so nothing committed elsewhere falls between.
         let mut sub = ctx.hub.subscribe(&self.id).await;
         let mut hub_open = true;
-        let loaded = match self.rooms.load_turn().await {
-            Ok(_turn) => ctx.store.load(&self.id).await,
-            Err(e) => Err(e),
-        };
-        let loaded = match loaded {
+        let loaded = match self.rooms.load(&self.id).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 tracing::error!(room = %self.id, error = %e, "room load failed");

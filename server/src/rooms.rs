@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_engine::ConnId;
-use tokio::sync::{mpsc, oneshot, Semaphore, SemaphorePermit};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::error::{Result, ServerError};
 use crate::room::{Member, RoomCmd, RoomTask};
 use crate::store::committer::Committer;
-use crate::store::Store;
+use crate::store::{Loaded, Store};
 
 /// What every room task shares.
 #[derive(Clone)]
@@ -78,15 +78,16 @@ impl Rooms {
         })
     }
 
-    /// Waits for a turn to read a room from the store, at most [`LOAD_QUEUE_WAIT`].
-    pub(crate) async fn load_turn(&self) -> Result<SemaphorePermit<'_>> {
-        match tokio::time::timeout(LOAD_QUEUE_WAIT, self.loads.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(ServerError::Timeout {
+    /// Reads a room from the store once it is its turn (waiting at most [`LOAD_QUEUE_WAIT`]).
+    pub(crate) async fn load(&self, room: &str) -> Result<Loaded> {
+        let Ok(Ok(_turn)) = tokio::time::timeout(LOAD_QUEUE_WAIT, self.loads.acquire()).await
+        else {
+            return Err(ServerError::Timeout {
                 what: "room load queue",
                 after_ms: LOAD_QUEUE_WAIT.as_millis() as u64,
-            }),
-        }
+            });
+        };
+        self.ctx.store.load(room).await
     }
 
     pub(crate) fn ctx(&self) -> &RoomContext {
