@@ -116,8 +116,6 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Wakes the writer: a frame was queued, or the last `Outbox` went.
     wake: Notify,
-    /// Bytes queued for this connection.
-    queued: AtomicUsize,
     budget: Arc<Budget>,
     /// At most this many frames queued.
     frames: usize,
@@ -126,6 +124,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Outbound>,
+    /// Bytes of the frames in `items`.
+    bytes: usize,
     /// Live `Outbox`es; at zero the writer's `recv` ends.
     senders: usize,
     /// The `Inbox` is gone: nothing more is accepted.
@@ -143,7 +143,6 @@ pub fn channel(budget: Arc<Budget>, frames: usize) -> (Outbox, Inbox) {
             ..Queue::default()
         }),
         wake: Notify::new(),
-        queued: AtomicUsize::new(0),
         budget,
         frames: frames.max(1),
     });
@@ -161,12 +160,24 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `msg` unless the queue is closed or full.
+    /// Queues `msg` unless the queue is closed or full, or a frame would take the connection
+    /// or the instance past its byte budget (an empty queue takes one frame of any size).
     fn push(&self, msg: Outbound) -> bool {
         {
             let mut q = self.lock();
             if q.closed || q.items.len() >= self.frames {
                 return false;
+            }
+            if let Outbound::Frame(frame) = &msg {
+                let len = frame.len();
+                if q.bytes > 0
+                    && (q.bytes + len > self.budget.per_conn
+                        || self.budget.used() + len > self.budget.total)
+                {
+                    return false;
+                }
+                q.bytes += len;
+                self.budget.used.fetch_add(len, Ordering::Relaxed);
             }
             q.items.push_back(msg);
         }
@@ -200,24 +211,7 @@ impl Drop for Outbox {
 impl Outbox {
     /// Queues `frame` if it fits the budgets; false means "slow consumer" (or closed).
     pub fn offer(&self, frame: impl Into<Frame>) -> bool {
-        let frame = frame.into();
-        let len = frame.len();
-        let shared = &*self.shared;
-        let mine = shared.queued.load(Ordering::Relaxed);
-        if mine > 0
-            && (mine + len > shared.budget.per_conn
-                || shared.budget.used() + len > shared.budget.total)
-        {
-            return false;
-        }
-        shared.queued.fetch_add(len, Ordering::Relaxed);
-        shared.budget.used.fetch_add(len, Ordering::Relaxed);
-        if !shared.push(Outbound::Frame(frame)) {
-            shared.queued.fetch_sub(len, Ordering::Relaxed);
-            shared.budget.used.fetch_sub(len, Ordering::Relaxed);
-            return false;
-        }
-        true
+        self.shared.push(Outbound::Frame(frame.into()))
     }
 
     /// Asks the writer to close after what is queued; false if the queue is full or closed.
@@ -227,7 +221,7 @@ impl Outbox {
 
     /// Bytes queued for this connection now.
     pub fn queued(&self) -> usize {
-        self.shared.queued.load(Ordering::Relaxed)
+        self.shared.lock().bytes
     }
 }
 
@@ -240,25 +234,23 @@ enum Next {
 
 impl Inbox {
     fn take(&self) -> Next {
-        let msg = {
-            let mut q = self.shared.lock();
-            match q.items.pop_front() {
-                Some(msg) => {
-                    if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
-                        q.items.shrink_to(KEEP_SLOTS);
-                    }
-                    msg
-                }
-                None if q.senders == 0 => return Next::Ended,
-                None => return Next::Empty,
-            }
+        let mut q = self.shared.lock();
+        let Some(msg) = q.items.pop_front() else {
+            return if q.senders == 0 {
+                Next::Ended
+            } else {
+                Next::Empty
+            };
         };
         if let Outbound::Frame(frame) = &msg {
-            self.shared.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+            q.bytes -= frame.len();
             self.shared
                 .budget
                 .used
                 .fetch_sub(frame.len(), Ordering::Relaxed);
+        }
+        if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
+            q.items.shrink_to(KEEP_SLOTS);
         }
         Next::Item(msg)
     }
