@@ -25,18 +25,18 @@ impl Document {
     /// `crypto.getRandomValues`), an integer below 2^53.
     #[wasm_bindgen(constructor)]
     pub fn new(client_id_value: f64) -> Result<Document> {
-        Ok(Document {
-            inner: concord_engine::Document::new(client_id(client_id_value)?),
-        })
+        let mut inner = concord_engine::Document::new(client_id(client_id_value)?);
+        inner.index_positions();
+        Ok(Document { inner })
     }
 
     /// A document loaded from a full-state update.
     #[wasm_bindgen(js_name = fromUpdate)]
     pub fn from_update(client_id_value: f64, update: &[u8]) -> Result<Document> {
-        Ok(Document {
-            inner: concord_engine::Document::from_update(client_id(client_id_value)?, update)
-                .map_err(error)?,
-        })
+        let mut inner = concord_engine::Document::from_update(client_id(client_id_value)?, update)
+            .map_err(error)?;
+        inner.index_positions();
+        Ok(Document { inner })
     }
 
     /// This replica's client id.

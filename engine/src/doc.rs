@@ -476,16 +476,32 @@ impl Document {
         }
     }
 
+    /// Keeps a position index for the text (yrs's `track_positions`, Concord's patch in
+    /// `vendor/yrs`): a few marks kept current through every change, so a local edit finds its
+    /// place from the nearest mark instead of walking the text from its start. For replicas
+    /// that edit by index (an editor's); a server's room, which only merges updates, does not
+    /// need the upkeep.
+    pub fn index_positions(&mut self) {
+        self.body.track_positions(self.changes.is_some());
+    }
+
     /// Starts recording what remote updates do to the text, as [`TextChange`]s to collect with
     /// [`Document::take_changes`]. Local edits are not recorded (their caller made them).
+    /// Indexes positions too ([`Document::index_positions`]): each change's index then comes
+    /// from the nearest mark, not from a walk of the whole text.
     pub fn track_changes(&mut self) {
         if self.changes.is_some() {
             return;
         }
+        self.body.track_positions(true);
         let log = ChangeLog::default();
+        if let Ok(mut log) = log.lock() {
+            log.plain_len = self.text().encode_utf16().count() as u32;
+        }
         let sink = log.clone();
+        let body = self.body.clone();
         self.body.observe(CHANGES_OBSERVER, move |txn, event| {
-            changes::record(&sink, txn, event)
+            changes::record(&sink, &body, txn, event)
         });
         self.changes = Some(log);
     }
@@ -495,7 +511,7 @@ impl Document {
         match &self.changes {
             Some(log) => log
                 .lock()
-                .map(|mut l| std::mem::take(&mut *l))
+                .map(|mut l| std::mem::take(&mut l.changes))
                 .unwrap_or_default(),
             None => Vec::new(),
         }
