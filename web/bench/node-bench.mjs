@@ -1,7 +1,8 @@
-// The WebAssembly engine against Yjs in Node, on a real editing trace: `node web/bench/node-bench.mjs`.
+// The WebAssembly engine against Yjs in Node, on real editing traces: `node web/bench/node-bench.mjs`.
 //
-// Trace: seq-automerge-paper (the "B4" trace of crdt-benchmarks: ~260k single-character edits
-// writing a LaTeX paper), from $CONCORD_TRACES or the repository's testdata/traces.
+// Traces: every sequential trace (`seq-*.json.gz`) in $CONCORD_TRACES or the repository's
+// testdata/traces (see its README: automerge-paper, the "B4" trace of crdt-benchmarks, and the
+// other sequential traces of the public editing-traces collection), one after another.
 // Needs web/pkg (`bash scripts/build-wasm.sh`) and web/node_modules (`bash scripts/ensure-npm.sh`).
 //
 // Measured side by side in one process, each case once, on fresh documents:
@@ -17,8 +18,8 @@
 //   arrive together).
 // Every case checks its final text against the trace's endContent.
 //
-// Options: --patches=N (first N patches only, for a quick look), --skip-slow (skip the
-// per-update WASM cases that take tens of seconds).
+// Options: --trace=NAME (one trace, e.g. --trace=rustcode), --patches=N (first N patches only,
+// for a quick look), --skip-slow (skip the per-update WASM cases).
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -48,7 +49,38 @@ function tracesDir() {
   return dir;
 }
 
-const traceFile = path.join(tracesDir(), 'seq-automerge-paper.json.gz');
+const dir = tracesDir();
+const traceFiles = fs
+  .readdirSync(dir)
+  .filter((f) => /^seq-.*\.json\.gz$/.test(f))
+  .filter((f) => !args.trace || f === `seq-${args.trace}.json.gz`)
+  .sort();
+if (traceFiles.length === 0) {
+  console.error(`no trace seq-${args.trace}.json.gz in ${dir}`);
+  process.exit(2);
+}
+
+const summary = [];
+for (const file of traceFiles) summary.push(benchTrace(path.join(dir, file)));
+
+if (summary.length > 1) {
+  const cases = summary[0].rows.filter(([, , , base, yjs]) => !yjs);
+  console.log('');
+  console.log('Summary: time / Yjs time for the same path, per trace.');
+  console.log('');
+  console.log(`| case | ${summary.map((t) => t.name).join(' | ')} |`);
+  console.log(`|---|${summary.map(() => '---:').join('|')}|`);
+  for (const [kind, name] of cases) {
+    const cells = summary.map((t) => {
+      const row = t.rows.find((r) => r[0] === kind && r[1] === name);
+      return row[2] === null ? 'skipped' : `${(row[2] / row[3]).toFixed(2)}x`;
+    });
+    console.log(`| ${kind}: ${name} | ${cells.join(' | ')} |`);
+  }
+}
+
+function benchTrace(traceFile) {
+const name = path.basename(traceFile).replace(/^seq-/, '').replace(/\.json\.gz$/, '');
 const trace = JSON.parse(zlib.gunzipSync(fs.readFileSync(traceFile)).toString('utf8'));
 let patches = trace.txns.flatMap((t) => t.patches);
 let endContent = trace.endContent;
@@ -59,18 +91,18 @@ if (args.patches) {
 const start = trace.startContent ?? '';
 
 const results = [];
-function time(name, fn) {
+function time(label, fn) {
   global.gc?.();
   const t0 = performance.now();
   const text = fn();
   const ms = performance.now() - t0;
-  if (endContent !== null && text !== endContent) throw new Error(`${name}: final text differs from endContent`);
-  results.push({ name, ms });
-  console.error(`  ${name}: ${ms.toFixed(0)} ms`);
+  if (endContent !== null && text !== endContent) throw new Error(`${name}, ${label}: final text differs from endContent`);
+  results.push({ label, ms });
+  console.error(`  ${label}: ${ms.toFixed(0)} ms`);
   return ms;
 }
 
-console.error(`trace ${path.basename(traceFile)}: ${patches.length} patches; node ${process.version}`);
+console.error(`trace ${name}: ${patches.length} patches; node ${process.version}`);
 
 // ---- local edits ---------------------------------------------------------------------------
 
@@ -206,11 +238,11 @@ const wasmBursts256 = burstFrames(256);
 const fmt = (ms) => (ms === null ? 'skipped' : `${(ms / 1000).toFixed(2)} s`);
 const ratio = (ms, base) => (ms === null ? '' : `${(ms / base).toFixed(2)}x`);
 const rows = [
-  ['local', 'Yjs: `ydoc.transact` per patch', yLocal, yLocal],
+  ['local', 'Yjs: `ydoc.transact` per patch', yLocal, yLocal, true],
   ['local', 'WASM `Document.replace` per patch', wasmReplace, yLocal],
   ['local', 'WASM `ClientSession` insert/delete, `flush()` every 16 edits, online', wasmSessionOnline, yLocal],
   ['local', 'WASM `ClientSession` insert/delete, `flush()` every 16 edits, offline', wasmSessionOffline, yLocal],
-  ['remote', 'Yjs: `Y.applyUpdateV2` per update', yRemote, yRemote],
+  ['remote', 'Yjs: `Y.applyUpdateV2` per update', yRemote, yRemote, true],
   ['remote', 'WASM `Document.applyUpdate` per update', wasmApply, yRemote],
   ['remote', 'WASM `Document.applyUpdates`, batches of 16', wasmBatch16, yRemote],
   ['remote', 'WASM `Document.applyUpdates`, batches of 256', wasmBatch256, yRemote],
@@ -218,8 +250,11 @@ const rows = [
   ['remote', 'WASM `ClientSession.handleFrames`, bursts of 16 `op` frames', wasmBursts16, yRemote],
   ['remote', 'WASM `ClientSession.handleFrames`, bursts of 256 `op` frames', wasmBursts256, yRemote],
 ];
-console.log(`seq-automerge-paper: ${patches.length} patches, ${yUpdates.length} updates; ${frames} op frames sent online; node ${process.version}; ${new Date().toISOString().slice(0, 10)}`);
+console.log('');
+console.log(`${name}: ${patches.length} patches, ${yUpdates.length} updates; ${frames} op frames sent online; node ${process.version}; ${new Date().toISOString().slice(0, 10)}`);
 console.log('');
 console.log('| path | case | time | vs Yjs |');
 console.log('|---|---|---:|---:|');
-for (const [kind, name, ms, base] of rows) console.log(`| ${kind} | ${name} | ${fmt(ms)} | ${ratio(ms, base)} |`);
+for (const [kind, label, ms, base] of rows) console.log(`| ${kind} | ${label} | ${fmt(ms)} | ${ratio(ms, base)} |`);
+return { name, rows };
+}

@@ -33,12 +33,20 @@ fn replay_sequential(name: &str) {
     let patches: Vec<&Patch> = trace.patches().collect();
     assert!(!patches.is_empty(), "{name}: no patches");
 
-    // 1. A Document, one transaction per patch; a second replica applies each update remotely.
+    // 1. A Document, one transaction per patch, finding its places from position marks; a
+    //    second replica applies each update remotely; a third, tracking changes as an editor
+    //    binding does, replays every reported change list on a copy of the text.
     let mut local = Document::new(1);
+    local.index_positions();
     let mut remote = Document::new(2);
+    let mut tracked = Document::new(3);
+    tracked.track_changes();
+    let mut mirror = String::new();
     if !trace.start_content.is_empty() {
         let u = local.insert(0, &trace.start_content).unwrap();
         remote.apply_update(&u).unwrap();
+        tracked.apply_update(&u).unwrap();
+        replay_changes(&mut mirror, &tracked.take_changes());
     }
     for (i, patch) in patches.iter().enumerate() {
         let update = apply_patch(&mut local, patch);
@@ -49,9 +57,19 @@ fn replay_sequential(name: &str) {
             !applied.pending,
             "{name}: edit {i} left pending on the remote replica"
         );
+        tracked.apply_update(&update).unwrap();
+        replay_changes(&mut mirror, &tracked.take_changes());
+        if i % 4096 == 0 {
+            assert_eq!(
+                mirror,
+                tracked.text(),
+                "{name}: changes replayed to edit {i}"
+            );
+        }
     }
     assert_eq!(local.text(), trace.end_content, "{name}: local document");
     assert_eq!(remote.text(), trace.end_content, "{name}: remote replica");
+    assert_eq!(mirror, trace.end_content, "{name}: changes replayed");
     assert!(!remote.has_pending());
     let local_state = local.encode_state_as_update(None).unwrap();
     assert_eq!(
@@ -62,7 +80,9 @@ fn replay_sequential(name: &str) {
     assert_eq!(local.state_vector(), remote.state_vector());
 
     // 2. A ClientSession, offline, flushing every FLUSH_EVERY edits. Same client id as `local`
-    //    and the same one-transaction-per-edit history, so the document must be byte-equal.
+    //    and the same one-transaction-per-edit history, so the document must be byte-equal
+    //    (which also proves that edits placed from position marks get the origins a walk from
+    //    the start gives: the session does not index positions).
     let mut session = ClientSession::new(1, "trace");
     if !trace.start_content.is_empty() {
         session.insert(0, &trace.start_content).unwrap();
@@ -112,6 +132,14 @@ fn replay_sequential(name: &str) {
     }
 }
 
+/// Applies a change list to an ASCII text (character offsets are UTF-16 offsets).
+fn replay_changes(text: &mut String, changes: &[concord_engine::TextChange]) {
+    for c in changes {
+        let at = c.index as usize;
+        text.replace_range(at..at + c.delete as usize, &c.insert);
+    }
+}
+
 /// Connects `session` to a server that sends an empty sync without its state vector; returns
 /// the one op the session resends.
 fn resend_without_state_vector(session: &mut ClientSession) -> Vec<u8> {
@@ -145,6 +173,22 @@ fn automerge_paper_replays_to_end_content() {
 #[test]
 fn friendsforever_flat_replays_to_end_content() {
     replay_sequential(traces::FRIENDSFOREVER_FLAT);
+}
+
+/// The other sequential traces of the collection: code with multi-cursor edits and
+/// refactorings, blog posts with large pastes, a two-person session flattened.
+#[test]
+fn every_other_sequential_trace_replays_to_end_content() {
+    for name in [
+        "seq-rustcode.json.gz",
+        "seq-sveltecomponent.json.gz",
+        "seq-seph-blog1.json.gz",
+        "seq-json-crdt-patch.json.gz",
+        "seq-json-crdt-blog-post.json.gz",
+        "seq-clownschool_flat.json.gz",
+    ] {
+        replay_sequential(name);
+    }
 }
 
 /// A version of the concurrent trace: for each agent, how many of its transactions (a prefix

@@ -65,6 +65,15 @@ struct Mark {
     used: u64,
 }
 
+/// What a walk from an item found.
+#[derive(Default)]
+struct Found {
+    index: u32,
+    /// The nearest visible items on each side, when the walk met one.
+    left: Option<ItemPtr>,
+    right: Option<ItemPtr>,
+}
+
 /// The marks of one branch and, when recording, the edits made to it since they were last taken.
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
@@ -124,15 +133,14 @@ impl Positions {
         !self.overflowed
     }
 
-    /// The mark closest to `index` from the left (its unit's index is at most `index`).
-    pub(crate) fn mark_at_or_before(&mut self, index: u32) -> Option<(ID, u32)> {
+    /// The mark closest to `index`, on either side.
+    pub(crate) fn nearest_mark(&mut self, index: u32) -> Option<(ID, u32)> {
         self.tick += 1;
         let tick = self.tick;
         let best = self
             .marks
             .iter_mut()
-            .filter(|m| m.index <= index)
-            .max_by_key(|m| m.index)?;
+            .min_by_key(|m| m.index.abs_diff(index))?;
         best.used = tick;
         Some((best.id, best.index))
     }
@@ -147,10 +155,11 @@ impl Positions {
         if !matches!(item.content, ItemContent::String(_)) {
             self.saw_non_string = true;
         }
-        let Some((index, _)) = self.index_of(item, sequence_len) else {
+        // The marks do not count the new item yet.
+        let Some(found) = self.index_of(item, 0, sequence_len) else {
             return;
         };
-        let len = item.len;
+        let (index, len) = (found.index, item.len);
         for m in self.marks.iter_mut() {
             // Marks are on visible units: one at `index` is the unit the insert went before.
             if m.index >= index {
@@ -172,10 +181,11 @@ impl Positions {
         if !matches!(item.content, ItemContent::String(_)) {
             self.saw_non_string = true;
         }
-        let Some((index, left)) = self.index_of(item, sequence_len) else {
+        // The marks still count the item.
+        let Some(found) = self.index_of(item, item.len, sequence_len) else {
             return;
         };
-        let len = item.len;
+        let (index, len) = (found.index, item.len);
         let (client, start, end) = (item.id.client, item.id.clock, item.id.clock + len);
         self.marks
             .retain(|m| !(m.id.client == client && m.id.clock >= start && m.id.clock < end));
@@ -184,19 +194,22 @@ impl Positions {
                 m.index -= len;
             }
         }
-        if let Some(left) = left {
-            // The visible item before the deleted one: where the next backspace starts.
+        // A visible neighbour met on the way: where the next backspace or delete starts.
+        if let Some(left) = found.left {
             self.mark(left.id, index - left.len);
+        } else if let Some(right) = found.right {
+            self.mark(right.id, index);
         }
         if let Some(edits) = &mut self.edits {
             edits.push(IndexedEdit::Delete { index, len });
         }
     }
 
-    /// The number of visible units before `item`, found by walking left to the nearest mark (or
-    /// the start), and the nearest visible item on its left. `None` once this transaction has
-    /// walked more than its budget.
-    fn index_of(&mut self, item: &Item, sequence_len: u32) -> Option<(u32, Option<ItemPtr>)> {
+    /// The number of visible units before `item`, found by walking both ways at once to the
+    /// nearest mark (or to the start), with the nearest visible neighbours met on the way.
+    /// `counted` is how many of the item's own units the marks' indexes include. `None` once
+    /// this transaction has walked more than its budget.
+    fn index_of(&mut self, item: &Item, counted: u32, sequence_len: u32) -> Option<Found> {
         if !self.overflowed && self.walked > WALK_BUDGET.saturating_add(sequence_len) {
             self.overflowed = true;
             self.marks.clear();
@@ -204,28 +217,48 @@ impl Positions {
         if self.overflowed {
             return None;
         }
-        let mut between = 0u32;
-        let mut nearest_visible = None;
-        let mut current = item.left;
-        while let Some(ptr) = current {
+        let mut found = Found::default();
+        let (mut left, mut right) = (item.left, item.right);
+        let (mut before, mut after) = (0u32, 0u32);
+        loop {
+            let Some(ptr) = left else {
+                // The start: everything visible on the way is all there is before the item.
+                found.index = before;
+                return Some(found);
+            };
             self.walked = self.walked.saturating_add(1);
-            let visible = !ptr.is_deleted() && ptr.is_countable();
-            if visible {
-                if nearest_visible.is_none() {
-                    nearest_visible = Some(ptr);
+            if !ptr.is_deleted() && ptr.is_countable() {
+                found.left.get_or_insert(ptr);
+                if let Some(start) = self.mark_start(&ptr) {
+                    found.index = start + ptr.len + before;
+                    return Some(found);
                 }
-                if let Some(k) = self.mark_within(&ptr) {
-                    self.tick += 1;
-                    let m = &mut self.marks[k];
-                    m.used = self.tick;
-                    let item_start = m.index - (m.id.clock - ptr.id.clock);
-                    return Some((item_start + ptr.len + between, nearest_visible));
-                }
-                between += ptr.len;
+                before += ptr.len;
             }
-            current = ptr.left;
+            left = ptr.left;
+
+            if let Some(ptr) = right {
+                self.walked = self.walked.saturating_add(1);
+                if !ptr.is_deleted() && ptr.is_countable() {
+                    found.right.get_or_insert(ptr);
+                    if let Some(start) = self.mark_start(&ptr) {
+                        found.index = start - after - counted;
+                        return Some(found);
+                    }
+                    after += ptr.len;
+                }
+                right = ptr.right;
+            }
         }
-        Some((between, nearest_visible))
+    }
+
+    /// The index of the first unit of a visible `item` holding a mark, if one does.
+    fn mark_start(&mut self, item: &Item) -> Option<u32> {
+        let k = self.mark_within(item)?;
+        self.tick += 1;
+        let m = &mut self.marks[k];
+        m.used = self.tick;
+        Some(m.index - (m.id.clock - item.id.clock))
     }
 
     /// The mark whose unit lies in `item`, if any.
@@ -237,9 +270,9 @@ impl Positions {
             .position(|m| m.id.client == client && m.id.clock >= start && m.id.clock < end)
     }
 
-    /// Marks the unit `id` at `index`, replacing a mark on the same unit or the least recently
-    /// used one when all are taken.
-    fn mark(&mut self, id: ID, index: u32) {
+    /// Marks the unit `id` (visible, with `index` visible units before it), replacing a mark on
+    /// the same unit or the least recently used one when all are taken.
+    pub(crate) fn mark(&mut self, id: ID, index: u32) {
         self.tick += 1;
         let mark = Mark {
             id,

@@ -784,25 +784,43 @@ fn find_position(this: BranchPtr, txn: &mut TransactionMut, index: u32) -> Optio
         }
     };
 
-    // Start from the nearest mark on the left instead of the sequence's start (Concord's patch).
-    // Marks count clock units, which are the index's units only in UTF-16; and starting past the
-    // start would miss the formatting attributes in force, so formatted texts walk as before.
+    // Start from the nearest mark instead of the sequence's start (Concord's patch). Marks count
+    // clock units, which are the index's units only in UTF-16; and starting past the start
+    // would miss the formatting attributes in force, so formatted texts walk as before.
     let mut branch = this;
-    if index > 0 && !this.has_formatting && txn.store().offset_kind == OffsetKind::Utf16 {
-        if let Some(positions) = branch.positions.as_deref_mut().filter(|p| p.usable()) {
-            if let Some((id, mark_index)) = positions.mark_at_or_before(index) {
-                match txn.store().blocks.get_item(&id) {
-                    Some(item)
-                        if !item.is_deleted()
-                            && item.is_countable()
-                            && item.parent == TypePtr::Branch(this) =>
-                    {
-                        pos.right = Some(item);
-                        pos.left = item.left;
-                        pos.index = mark_index - (id.clock - item.id.clock);
+    let marked = !this.has_formatting && txn.store().offset_kind == OffsetKind::Utf16;
+    let positions = match branch.positions.as_deref_mut() {
+        Some(positions) if marked && positions.usable() => Some(positions),
+        _ => None,
+    };
+    if let Some(positions) = positions {
+        if let Some((id, mark_index)) = positions.nearest_mark(index) {
+            match txn.store().blocks.get_item(&id) {
+                Some(item)
+                    if !item.is_deleted()
+                        && item.is_countable()
+                        && item.parent == TypePtr::Branch(this) =>
+                {
+                    // Walk left from the mark's item to the item holding the index, if the
+                    // mark is past it; the loop below walks right from there.
+                    let mut start = mark_index - (id.clock - item.id.clock);
+                    let mut current = item;
+                    while start > index {
+                        let Some(left) = current.left else { break };
+                        current = left;
+                        if !left.is_deleted() && left.is_countable() {
+                            start -= left.len;
+                        }
                     }
-                    _ => positions.forget(&id),
+                    // Landing after deleted items that a walk from the start would stop
+                    // before is the same: `insert` moves right past deleted items anyway.
+                    if start <= index {
+                        pos.right = Some(current);
+                        pos.left = current.left;
+                        pos.index = start;
+                    }
                 }
+                _ => positions.forget(&id),
             }
         }
     }
@@ -854,6 +872,18 @@ fn find_position(this: BranchPtr, txn: &mut TransactionMut, index: u32) -> Optio
         } else {
             None
         };
+    }
+
+    if marked {
+        if let (Some(positions), Some(right)) = (branch.positions.as_deref_mut(), pos.right) {
+            // `remaining == 0`: `right` is the item the edit goes before, `index` units in (not
+            // `pos.index`, which the split above leaves off by the split's remainder).
+            if remaining == 0 && positions.usable() && !right.is_deleted() && right.is_countable()
+            {
+                // The edit's own walk (and the next edit's search) then ends at once.
+                positions.mark(right.id, index);
+            }
+        }
     }
 
     for (_, block_ptr) in format_ptrs {
