@@ -7,7 +7,7 @@ source scripts/lib.sh
 
 out=web/pkg/concord_wasm_bg.wasm
 if [ "${1:-}" != "--force" ] && [ -f "$out" ] && \
-   [ -z "$(find engine/src engine/Cargo.toml engine-wasm/src engine-wasm/Cargo.toml Cargo.lock -newer "$out" -print -quit)" ]; then
+   [ -z "$(find engine/src engine/Cargo.toml engine-wasm/src engine-wasm/Cargo.toml Cargo.toml Cargo.lock vendor -newer "$out" -print -quit)" ]; then
   echo "web/pkg is up to date"
   exit 0
 fi
