@@ -18,8 +18,10 @@
 //   arrive together).
 // Every case checks its final text against the trace's endContent.
 //
-// Options: --trace=NAME (one trace, e.g. --trace=rustcode), --patches=N (first N patches only,
-// for a quick look), --skip-slow (skip the per-update WASM cases).
+// Options: --trace=NAME (one trace, e.g. --trace=rustcode), --runs=N (run each case N times on
+// fresh documents and keep the fastest: on the small traces a single run mostly measures the
+// JIT warming up), --patches=N (first N patches only, for a quick look), --skip-slow (skip the
+// per-update WASM cases).
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -91,11 +93,16 @@ if (args.patches) {
 const start = trace.startContent ?? '';
 
 const results = [];
+const runs = Number(args.runs ?? 1);
 function time(label, fn) {
-  global.gc?.();
-  const t0 = performance.now();
-  const text = fn();
-  const ms = performance.now() - t0;
+  let ms = Infinity;
+  let text;
+  for (let run = 0; run < runs; run++) {
+    global.gc?.();
+    const t0 = performance.now();
+    text = fn();
+    ms = Math.min(ms, performance.now() - t0);
+  }
   if (endContent !== null && text !== endContent) throw new Error(`${name}, ${label}: final text differs from endContent`);
   results.push({ label, ms });
   console.error(`  ${label}: ${ms.toFixed(0)} ms`);
@@ -108,6 +115,7 @@ console.error(`trace ${name}: ${patches.length} patches; node ${process.version}
 
 const yUpdates = [];
 const yLocal = time('local Yjs transact per patch', () => {
+  yUpdates.length = 0; // each run records the same updates again
   const ydoc = new Y.Doc();
   ydoc.clientID = 1;
   const ytext = ydoc.getText('body');
@@ -164,6 +172,7 @@ function typeInto(s, drain) {
 
 let frames = 0;
 const wasmSessionOnline = time('local WASM ClientSession, flush/16, online', () => {
+  frames = 0;
   const s = onlineSession(3);
   return typeInto(s, () => {
     while (s.pollTransmit() !== undefined) frames++;
@@ -251,7 +260,7 @@ const rows = [
   ['remote', 'WASM `ClientSession.handleFrames`, bursts of 256 `op` frames', wasmBursts256, yRemote],
 ];
 console.log('');
-console.log(`${name}: ${patches.length} patches, ${yUpdates.length} updates; ${frames} op frames sent online; node ${process.version}; ${new Date().toISOString().slice(0, 10)}`);
+console.log(`${name}: ${patches.length} patches, ${yUpdates.length} updates; ${frames} op frames sent online; fastest of ${runs} run(s); node ${process.version}; ${new Date().toISOString().slice(0, 10)}`);
 console.log('');
 console.log('| path | case | time | vs Yjs |');
 console.log('|---|---|---:|---:|');
