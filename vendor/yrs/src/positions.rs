@@ -5,7 +5,7 @@
 //! in the size of the document on every keystroke. This module keeps a few *marks* — a unit's
 //! ID and its index — like Yjs's search markers, but kept up to date across remote changes too:
 //! every insert and delete of a tracked branch passes through [Positions::inserted] and
-//! [Positions::deleted], which find the change's index by walking left only to the nearest mark,
+//! [Positions::deleted], which find the change's index by walking both ways to the nearest mark,
 //! shift the marks behind it, and (when asked) record the change with its index at that moment.
 //!
 //! Invariants:
