@@ -186,9 +186,7 @@ impl Positions {
             return;
         };
         let (index, len) = (found.index, item.len);
-        let (client, start, end) = (item.id.client, item.id.clock, item.id.clock + len);
-        self.marks
-            .retain(|m| !(m.id.client == client && m.id.clock >= start && m.id.clock < end));
+        self.marks.retain(|m| !item.contains(&m.id));
         for m in self.marks.iter_mut() {
             if m.index >= index {
                 m.index -= len;
@@ -263,11 +261,7 @@ impl Positions {
 
     /// The mark whose unit lies in `item`, if any.
     fn mark_within(&self, item: &Item) -> Option<usize> {
-        let (client, start) = (item.id.client, item.id.clock);
-        let end = start + item.len;
-        self.marks
-            .iter()
-            .position(|m| m.id.client == client && m.id.clock >= start && m.id.clock < end)
+        self.marks.iter().position(|m| item.contains(&m.id))
     }
 
     /// Marks the unit `id` (visible, with `index` visible units before it), replacing a mark on
