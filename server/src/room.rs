@@ -877,10 +877,8 @@ impl RoomTask {
                                 break;
                             }
                         }
-                        next = match sub.try_recv() {
-                            Some(event) => Some(event),
-                            None => break,
-                        };
+                        let Some(event) = sub.try_recv() else { break };
+                        next = Some(event);
                     }
                 }
                 cmd = self.rx.recv(), if !rx_done => match cmd {
