@@ -337,7 +337,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "CPU_BURST_MS",
         default: |c| c.cpu_budget.burst_ms.to_string(),
-        what: "pool time a connection may spend at once (beyond: error cpu_budget, close 1013)",
+        what: "pool CPU time a connection may spend at once (beyond: error cpu_budget, close 1013)",
     },
     Setting {
         name: "CPU_SHARE",

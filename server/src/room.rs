@@ -512,7 +512,7 @@ impl Core {
                     base,
                 } => {
                     self.full_sync = None;
-                    let start = Instant::now();
+                    let start = CpuClock::start();
                     let update = if v1 {
                         match concord_engine::doc::update_v1_to_v2(&update) {
                             Ok(update) => update,
@@ -554,7 +554,7 @@ impl Core {
                     fx.charges.push((conn, start.elapsed()));
                 }
                 Input::ReadonlyUpdate { conn, update } => {
-                    let start = Instant::now();
+                    let start = CpuClock::start();
                     let changes = self.state.document().would_change_v1(&update);
                     self.sync_status(conn, matches!(changes, Ok(false)), &mut fx);
                     fx.charges.push((conn, start.elapsed()));
@@ -1042,7 +1042,27 @@ fn load_state(id: &str, loaded: Loaded, config: &crate::config::Config) -> Resul
     })
 }
 
-/// The CPU budget of each connection: `burst` of pool time, refilled at `share` of a core.
+/// What a connection's update cost the pool thread that applied it: the thread's CPU time, not
+/// the wall clock. On a busy machine the OS takes the core away mid-apply, and that time is no
+/// client's doing; charging it would cut off ordinary clients whenever the host is loaded.
+struct CpuClock(Option<cpu_time::ThreadTime>);
+
+impl CpuClock {
+    fn start() -> CpuClock {
+        CpuClock(cpu_time::ThreadTime::try_now().ok())
+    }
+
+    /// Zero where the thread clock is unavailable (no platform Concord runs on): the budget
+    /// then never bites, which is the safe way for it to fail.
+    fn elapsed(&self) -> Duration {
+        self.0
+            .as_ref()
+            .and_then(|t| t.try_elapsed().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The CPU budget of each connection: `burst` of pool CPU time, refilled at `share` of a core.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuBudget {
     /// Milliseconds of pool time a connection may spend at once.
@@ -1701,5 +1721,34 @@ impl Room {
     /// The core failed: everyone reconnects to a fresh room task.
     fn abandon(&mut self) {
         self.close_all(1012, "room restarting: reconnect");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection is charged for the CPU its update used, not for time the thread was off
+    /// the core: a loaded host must not cut off ordinary clients.
+    #[test]
+    fn the_cpu_clock_counts_work_not_waiting() {
+        let waited = CpuClock::start();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            waited.elapsed() < Duration::from_millis(10),
+            "{:?}",
+            waited.elapsed()
+        );
+
+        let worked = CpuClock::start();
+        let until = Instant::now() + Duration::from_millis(20);
+        let mut spins = 0u64;
+        while Instant::now() < until {
+            spins = std::hint::black_box(spins + 1);
+        }
+        assert!(
+            worked.elapsed() > Duration::ZERO,
+            "{spins} spins cost nothing"
+        );
     }
 }

@@ -231,25 +231,38 @@ fn presence_frame(user: &str, left: bool) -> Message {
 }
 
 /// A connection's CPU budget runs out: it is told `cpu_budget` and closed with 1013, while
-/// everyone else carries on.
+/// everyone else carries on. The budget (20 ms, then 2% of a core) is far above what the probe's
+/// one-character ops cost (tens of microseconds of CPU each, 50 a second) and far below what the
+/// hog's cost: each of its ops is 1,024 one-character inserts spread over the text (1,024 items
+/// to integrate and as many to split: milliseconds of CPU), so even a hog slowed to a few ops a
+/// second by a loaded machine runs out.
 pub async fn cpu_budget_cuts_off_the_costly_connection() {
     let db = database(Backend::Sqlite).await.expect("sqlite");
-    let env = [("CPU_BURST_MS", "5"), ("CPU_SHARE", "0.001")];
+    let env = [("CPU_BURST_MS", "20"), ("CPU_SHARE", "0.02")];
     let server = ChildServer::start_env(&db, &env, free_port()).await;
     let room = unique("hog");
-    let ((code, close), probe) = probe_during(&server, async {
+    let ((code, close, sent), probe) = probe_during(&server, async {
         let url = format!("{}/rooms/{room}/ws", server.ws_base());
         let (mut ws, _) = tokio_tungstenite::connect_async(&url)
             .await
             .expect("connect");
         assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
         let mut doc = Document::new(4_242);
-        let chunk = "lorem ipsum ".repeat(200);
+        doc.insert(0, &"lorem ipsum ".repeat(200)).expect("insert");
         let mut code = None;
         let mut close = None;
+        let mut sent = 0;
         for i in 0..5_000u32 {
-            let at = (i * 7919) % (doc.len() + 1);
-            let update = doc.insert(at, &chunk).expect("insert");
+            // In document order, each index counting the inserts before it.
+            let step = doc.len() / 1024;
+            let edits: Vec<(u32, u32, &str)> = (0..1024)
+                .map(|k| (k * (step + 1) + i % step, 0, "x"))
+                .collect();
+            let update = if i == 0 {
+                doc.encode_state_as_update(None).expect("state")
+            } else {
+                doc.replace_many(&edits).expect("inserts")
+            };
             let frame = format!(
                 r#"{{"t":"op","id":"hog-{i}","data":{{"update":"{}"}}}}"#,
                 encode_b64(&update)
@@ -257,6 +270,7 @@ pub async fn cpu_budget_cuts_off_the_costly_connection() {
             if ws.send(Message::Text(frame.into())).await.is_err() {
                 break;
             }
+            sent += 1;
             // Read whatever came back without waiting.
             while let Ok(Some(Ok(msg))) =
                 tokio::time::timeout(Duration::from_millis(1), ws.next()).await
@@ -288,9 +302,10 @@ pub async fn cpu_budget_cuts_off_the_costly_connection() {
                 _ => break,
             }
         }
-        (code, close)
+        (code, close, sent)
     })
     .await;
+    println!("abuse[cpu]: the hog sent {sent} ops of 1,024 inserts before its close");
     probe.assert_alive("cpu hog");
     assert_eq!(code.as_deref(), Some("cpu_budget"));
     assert_eq!(close, Some(1013));
