@@ -159,12 +159,14 @@ pub(crate) async fn pace(
 /// Serves one upgraded socket for `room` until either side closes, speaking `dialect` (the
 /// JSON protocol, or y-websocket's binary one: each frame goes through its adapter in the
 /// engine, and everything else, from limits to access, is the same). `admission` is what the
-/// access check decided at upgrade; while the socket is open, [`Watch`] keeps it true.
+/// access check decided at upgrade; while the socket is open, [`Watch`] keeps it true. `ip`
+/// is the client's address, whose CPU budget the connection spends when auth is off.
 pub async fn serve(
     socket: WebSocket,
     room: String,
     sv: Option<Vec<u8>>,
     admission: Admission,
+    ip: std::net::IpAddr,
     app: AppState,
     dialect: Dialect,
 ) {
@@ -181,6 +183,12 @@ pub async fn serve(
         user: presence_user(conn),
         name: admission.principal.as_ref().map(|p| p.name.clone()),
         role: role.clone(),
+        payer: Some(
+            app.rooms
+                .ctx()
+                .cpu_ledger
+                .payer(admission.principal.as_ref().map(|p| p.id.as_str()), ip),
+        ),
     };
     // Subscribed before the join, so no grant change between the check and the join is missed.
     let events = admission.principal.as_ref().map(|_| app.auth.subscribe());

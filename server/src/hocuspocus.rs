@@ -43,6 +43,8 @@ struct Doc {
 /// The socket's open documents and what they need.
 struct Docs<'a> {
     app: &'a AppState,
+    /// The client's address, whose CPU budget documents opened without auth spend.
+    ip: std::net::IpAddr,
     out: &'a Outbox,
     kill: &'a Arc<Kill>,
     open: HashMap<String, Doc>,
@@ -80,6 +82,13 @@ impl Docs<'_> {
             user: connection::presence_user(conn),
             name: admission.principal.as_ref().map(|p| p.name.clone()),
             role: role.clone(),
+            payer: Some(
+                self.app
+                    .rooms
+                    .ctx()
+                    .cpu_ledger
+                    .payer(admission.principal.as_ref().map(|p| p.id.as_str()), self.ip),
+            ),
         };
         // Subscribed before the join, so no grant change between the check and the join is
         // missed.
@@ -172,8 +181,8 @@ impl Docs<'_> {
     }
 }
 
-/// Serves one upgraded Hocuspocus socket until either side closes.
-pub async fn serve(socket: WebSocket, app: AppState) {
+/// Serves one upgraded Hocuspocus socket from `ip` until either side closes.
+pub async fn serve(socket: WebSocket, app: AppState, ip: std::net::IpAddr) {
     let config = app.config.clone();
     let (out, mut inbox) = outbox::channel(app.outbound.clone(), config.conn_queue);
     let kill = Arc::new(Kill::default());
@@ -202,6 +211,7 @@ pub async fn serve(socket: WebSocket, app: AppState) {
         let mut session = Session::new();
         let mut docs = Docs {
             app: &app,
+            ip,
             out: &out,
             kill: &kill,
             open: HashMap::new(),

@@ -91,6 +91,7 @@ pub async fn run(
         hub: hub.clone(),
         committer,
         cpu: cpu.clone(),
+        cpu_ledger: Arc::new(auth::limits::CpuLedger::new(config.auth.limits.max_entries)),
         config: config.clone(),
         shutdown: token.clone(),
         tracker: tracker.clone(),

@@ -31,6 +31,7 @@ pub async fn apply(app: &AppState, room: &str, update: Vec<u8>, author: &str) ->
         user: presence_user(conn),
         name: Some(author.to_owned()),
         role: LiveRole::new(Role::Write),
+        payer: None,
     };
     let link = app.rooms.join(room, conn, None, member).await?;
     let id = format!("local-{}", conn.0);

@@ -62,6 +62,12 @@ impl TokenBucket {
         self.tokens >= self.burst
     }
 
+    /// Tokens now (negative in debt).
+    pub fn level(&mut self, now_ms: u64) -> f64 {
+        self.refill(now_ms);
+        self.tokens
+    }
+
     /// True while the bucket is not in debt.
     pub fn available(&mut self, now_ms: u64) -> bool {
         self.refill(now_ms);

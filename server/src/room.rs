@@ -116,6 +116,9 @@ pub struct Member {
     pub name: Option<String>,
     /// Read or write; readers' updates are refused here, once for every protocol.
     pub role: Arc<crate::auth::LiveRole>,
+    /// Whose CPU budget this connection spends (`None`: the server's own, never limited); a
+    /// reconnect of the same payer resumes what the last connection left.
+    pub payer: Option<crate::auth::limits::Payer>,
 }
 
 /// What connections ask of a room.
@@ -733,7 +736,7 @@ struct MemberState {
     /// A presence frame held back by the rate limit; the latest wins.
     presence_held: Option<Presence>,
     presence_rate: TokenBucket,
-    /// Milliseconds of pool time this member may still spend.
+    /// Milliseconds of pool CPU time this member may still spend.
     cpu: TokenBucket,
     /// When its presence last came (a Yjs client's awareness times out without renewal).
     presence_seen: u64,
@@ -800,6 +803,7 @@ impl RoomTask {
             hub: ctx.hub.clone(),
             cpu: ctx.cpu.clone(),
             cpu_budget: ctx.config.cpu_budget,
+            cpu_ledger: ctx.cpu_ledger.clone(),
             max_update_bytes: ctx.config.limits.max_update_bytes,
             max_presence_bytes: ctx.config.limits.max_presence_bytes,
             remote_presence: HashMap::new(),
@@ -1093,6 +1097,8 @@ struct Room {
     hub: Arc<dyn Hub>,
     cpu: CpuPool,
     cpu_budget: CpuBudget,
+    /// Where members' CPU budgets outlive their connections.
+    cpu_ledger: Arc<crate::auth::limits::CpuLedger>,
     max_update_bytes: usize,
     max_presence_bytes: usize,
     /// Presences of clients on other instances, with their expiry (monotonic ms).
@@ -1260,7 +1266,7 @@ impl Room {
             RoomCmd::Leave { conn } => {
                 self.joining.remove(&conn);
                 self.inputs.push(Input::Leave { conn });
-                if let Some(m) = self.members.remove(&conn) {
+                if let Some(m) = self.remove_member(conn) {
                     if let Some(p) = m.presence {
                         self.presence_left(p);
                     }
@@ -1324,6 +1330,27 @@ impl Room {
         local.chain(remote).collect()
     }
 
+    /// Takes a member out; what it left of its CPU budget goes to the ledger.
+    fn remove_member(&mut self, conn: ConnId) -> Option<MemberState> {
+        let m = self.members.remove(&conn)?;
+        self.settle(&m);
+        Some(m)
+    }
+
+    fn drain_members(&mut self) -> Vec<MemberState> {
+        let all: Vec<MemberState> = self.members.drain().map(|(_, m)| m).collect();
+        for m in &all {
+            self.settle(m);
+        }
+        all
+    }
+
+    fn settle(&self, m: &MemberState) {
+        if let Some(payer) = m.member.payer {
+            self.cpu_ledger.save(payer, m.cpu, now_ms());
+        }
+    }
+
     fn over_cpu_budget(&mut self, conn: ConnId) {
         tracing::info!(room = %self.id, conn = conn.0, "connection over its CPU budget; closing it");
         if self.members.get(&conn).map(|m| m.member.dialect) == Some(Dialect::Json) {
@@ -1336,7 +1363,7 @@ impl Room {
                 .into(),
             );
         }
-        if let Some(m) = self.members.remove(&conn) {
+        if let Some(m) = self.remove_member(conn) {
             m.member
                 .kill
                 .kill(1013, "cpu budget exhausted: retry later");
@@ -1418,6 +1445,12 @@ impl Room {
                     }
                 }
                 let budget = self.cpu_budget;
+                let cpu = member
+                    .payer
+                    .and_then(|payer| self.cpu_ledger.resume(payer, now))
+                    .unwrap_or_else(|| {
+                        TokenBucket::new(budget.burst_ms, budget.share * 1000.0, now)
+                    });
                 self.members.insert(
                     conn,
                     MemberState {
@@ -1425,7 +1458,7 @@ impl Room {
                         presence: None,
                         presence_held: None,
                         presence_rate: TokenBucket::new(PRESENCE_BURST, PRESENCE_PER_SEC, now),
-                        cpu: TokenBucket::new(budget.burst_ms, budget.share * 1000.0, now),
+                        cpu,
                         presence_seen: now,
                         awareness_client: None,
                     },
@@ -1443,7 +1476,7 @@ impl Room {
             Out::All { frames, except } => self.send_frames(&frames, except),
             Out::Publish { seq, update } => self.hub.publish_update(&self.id, seq, &update),
             Out::Close(conn, code, reason) => {
-                if let Some(m) = self.members.remove(&conn) {
+                if let Some(m) = self.remove_member(conn) {
                     m.member.kill.kill(code, reason);
                 }
             }
@@ -1459,12 +1492,12 @@ impl Room {
                         .into(),
                     );
                 }
-                if let Some(m) = self.members.remove(&conn) {
+                if let Some(m) = self.remove_member(conn) {
                     m.member.kill.kill(1011, "store unavailable");
                 }
             }
             Out::ResyncAll => {
-                for (_, m) in self.members.drain() {
+                for m in self.drain_members() {
                     m.member
                         .kill
                         .kill(1011, "store unavailable: reconnect to resync");
@@ -1700,7 +1733,7 @@ impl Room {
     }
 
     fn drop_slow(&mut self, conn: ConnId) {
-        if let Some(m) = self.members.remove(&conn) {
+        if let Some(m) = self.remove_member(conn) {
             tracing::debug!(room = %self.id, conn = conn.0, "slow consumer disconnected");
             crate::metrics::get().slow_consumer_closes.inc();
             m.member.kill.kill(1013, "too slow: reconnect to resync");
@@ -1708,7 +1741,7 @@ impl Room {
     }
 
     fn close_all(&mut self, code: u16, reason: &'static str) {
-        for (_, m) in self.members.drain() {
+        for m in self.drain_members() {
             m.member.out.close(code, reason);
             m.member.kill.kill(code, reason);
         }

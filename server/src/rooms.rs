@@ -32,6 +32,8 @@ pub struct RoomContext {
     pub committer: Committer,
     /// Where rooms do their CRDT work.
     pub cpu: crate::cpu::CpuPool,
+    /// Connections' CPU budgets, kept past their close for the payer's next connection.
+    pub cpu_ledger: Arc<crate::auth::limits::CpuLedger>,
     /// Settings.
     pub config: Arc<Config>,
     /// Cancelled when the server shuts down.

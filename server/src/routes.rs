@@ -130,7 +130,7 @@ async fn yjs(
     let Ok(upgrade) = upgrade else {
         return bad_request("expected a WebSocket upgrade");
     };
-    upgrade_to(state, upgrade, id, None, admission, Dialect::Yjs)
+    upgrade_to(state, upgrade, id, None, admission, ip, Dialect::Yjs)
 }
 
 /// The Hocuspocus protocol: `new HocuspocusProvider({url: 'ws://host/hocuspocus', name})`.
@@ -152,7 +152,7 @@ async fn hocuspocus(
     };
     upgrade.on_upgrade(move |socket| async move {
         let _open = crate::metrics::get().connection(Dialect::Hocuspocus);
-        crate::hocuspocus::serve(socket, state).await;
+        crate::hocuspocus::serve(socket, state, ip).await;
         drop(permit);
     })
 }
@@ -180,7 +180,7 @@ async fn ws(
     let Ok(upgrade) = upgrade else {
         return bad_request("expected a WebSocket upgrade");
     };
-    upgrade_to(state, upgrade, id, sv, admission, Dialect::Json)
+    upgrade_to(state, upgrade, id, sv, admission, ip, Dialect::Json)
 }
 
 fn upgrade_to(
@@ -189,6 +189,7 @@ fn upgrade_to(
     id: String,
     sv: Option<Vec<u8>>,
     admission: crate::auth::Admission,
+    ip: std::net::IpAddr,
     dialect: Dialect,
 ) -> Response {
     let Some((upgrade, permit)) = prepare(&state, upgrade) else {
@@ -196,7 +197,7 @@ fn upgrade_to(
     };
     upgrade.on_upgrade(move |socket| async move {
         let _open = crate::metrics::get().connection(dialect);
-        crate::connection::serve(socket, id, sv, admission, state, dialect).await;
+        crate::connection::serve(socket, id, sv, admission, ip, state, dialect).await;
         drop(permit);
     })
 }

@@ -6,12 +6,17 @@
 //! - Failed logins per account name: after a few, each further attempt waits longer
 //!   (exponential backoff up to a ceiling), answered with 429 and `Retry-After`.
 //!
+//! - CPU budgets of closed connections per user (or per address with auth off), so a
+//!   reconnect resumes its budget instead of starting with a fresh burst.
+//!
 //! IPv6 clients are counted per /64, since one host usually owns a whole /64. Each map holds at
 //! most `max_entries` keys: when full, keys whose budget is back to full are forgotten; if all
 //! are busy, newcomers share one overflow budget (so a flood from many addresses is throttled
 //! as one instead of growing the map).
 
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -191,6 +196,90 @@ impl Failures {
     }
 }
 
+/// Who pays for a connection's CPU: its user when authenticated, else its address. Opaque (a
+/// keyed hash), so every ledger entry is the same small size whatever the user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Payer(u64);
+
+/// What connections that have closed left of their CPU budgets, by payer. A connection's
+/// budget is a burst refilled at a share of a core; without this ledger a client cut off for
+/// CPU could reconnect and spend a whole fresh burst, again and again. With it, the next
+/// connection of the same payer resumes the bucket where the last one left it, so over time a
+/// client gets its share and no more.
+///
+/// Bounded like the maps above: at most `max` payers; a bucket that has refilled is forgotten;
+/// when every entry is still refilling, a newcomer is not remembered (it fails open, as before
+/// the ledger existed, and the per-address connection rate still bounds how often it returns).
+pub struct CpuLedger {
+    map: Mutex<HashMap<Payer, TokenBucket>>,
+    keys: RandomState,
+    max: usize,
+}
+
+impl CpuLedger {
+    /// A ledger of at most `max` payers.
+    pub fn new(max: usize) -> CpuLedger {
+        CpuLedger {
+            map: Mutex::new(HashMap::new()),
+            keys: RandomState::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// The payer of a connection from `ip`, authenticated as `user` (if auth is on).
+    pub fn payer(&self, user: Option<&str>, ip: IpAddr) -> Payer {
+        let mut h = self.keys.build_hasher();
+        match user {
+            Some(user) => (0u8, user).hash(&mut h),
+            None => (1u8, key(ip)).hash(&mut h),
+        }
+        Payer(h.finish())
+    }
+
+    /// The bucket `payer`'s last connection left, unless it has refilled since.
+    pub fn resume(&self, payer: Payer, now_ms: u64) -> Option<TokenBucket> {
+        let mut bucket = self.map.lock().ok()?.remove(&payer)?;
+        (!bucket.is_full(now_ms)).then_some(bucket)
+    }
+
+    /// Keeps what a closing connection left of its budget (nothing if it is full). Of two
+    /// connections of one payer, the emptier bucket is kept.
+    pub fn save(&self, payer: Payer, mut bucket: TokenBucket, now_ms: u64) {
+        if bucket.is_full(now_ms) {
+            return;
+        }
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        if !map.contains_key(&payer) && map.len() >= self.max {
+            map.retain(|_, b| !b.is_full(now_ms));
+            if map.len() >= self.max {
+                return;
+            }
+        }
+        match map.entry(payer) {
+            Entry::Occupied(mut kept) => {
+                if bucket.level(now_ms) < kept.get_mut().level(now_ms) {
+                    kept.insert(bucket);
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(bucket);
+            }
+        }
+    }
+
+    /// Payers remembered now.
+    pub fn len(&self) -> usize {
+        self.map.lock().map_or(0, |m| m.len())
+    }
+
+    /// Whether no payer is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The limiters of one instance.
 pub struct Limiters {
     /// WebSocket upgrades per address.
@@ -277,6 +366,58 @@ mod tests {
         assert!(b.len() <= 64);
         // Past the map, newcomers share one budget of 8.
         assert!(refused >= 10_000 - 64 - 8, "refused {refused}");
+    }
+
+    #[test]
+    fn a_reconnect_resumes_the_cpu_budget_its_payer_left() {
+        let ledger = CpuLedger::new(100);
+        let (alice, bob) = (
+            ledger.payer(Some("alice"), ip("10.0.0.1")),
+            ledger.payer(Some("bob"), ip("10.0.0.1")),
+        );
+        assert_ne!(alice, bob, "users behind one address pay apart");
+        assert_eq!(
+            ledger.payer(None, ip("2001:db8::1")),
+            ledger.payer(None, ip("2001:db8::2")),
+            "anonymous clients pay per /64"
+        );
+        // 100 ms of burst, refilled at 10 ms a second; alice's connection spent 150.
+        let mut spent = TokenBucket::new(100.0, 10.0, 0);
+        spent.charge(150.0, 0);
+        ledger.save(alice, spent, 0);
+        ledger.save(bob, TokenBucket::new(100.0, 10.0, 0), 0);
+        assert_eq!(ledger.len(), 1, "a full bucket is not remembered");
+
+        // One second later: -50 + 10, still in debt, so her next connection may not spend.
+        let mut resumed = ledger.resume(alice, 1_000).expect("alice's bucket");
+        assert!(!resumed.available(1_000));
+        assert!(ledger.resume(bob, 1_000).is_none());
+
+        // Saved again and left alone until it refills: forgotten.
+        ledger.save(alice, resumed, 1_000);
+        assert!(ledger.resume(alice, 16_000).is_none());
+    }
+
+    #[test]
+    fn the_cpu_ledger_keeps_the_emptier_bucket_and_stays_bounded() {
+        let ledger = CpuLedger::new(8);
+        let who = ledger.payer(None, ip("10.0.0.9"));
+        let mut a = TokenBucket::new(100.0, 1.0, 0);
+        a.charge(30.0, 0);
+        let mut b = TokenBucket::new(100.0, 1.0, 0);
+        b.charge(90.0, 0);
+        ledger.save(who, b, 0);
+        ledger.save(who, a, 0);
+        let mut kept = ledger.resume(who, 0).expect("kept");
+        assert!(kept.level(0) < 11.0, "the emptier one: {}", kept.level(0));
+
+        for i in 0..1_000u32 {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let mut spent = TokenBucket::new(100.0, 1.0, 0);
+            spent.charge(50.0, 0);
+            ledger.save(ledger.payer(None, addr), spent, 0);
+        }
+        assert_eq!(ledger.len(), 8);
     }
 
     #[test]

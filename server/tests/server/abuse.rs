@@ -231,84 +231,109 @@ fn presence_frame(user: &str, left: bool) -> Message {
 }
 
 /// A connection's CPU budget runs out: it is told `cpu_budget` and closed with 1013, while
-/// everyone else carries on. The budget (20 ms, then 2% of a core) is far above what the probe's
-/// one-character ops cost (tens of microseconds of CPU each, 50 a second) and far below what the
-/// hog's cost: each of its ops is 1,024 one-character inserts spread over the text (1,024 items
-/// to integrate and as many to split: milliseconds of CPU), so even a hog slowed to a few ops a
-/// second by a loaded machine runs out.
+/// everyone else carries on; and reconnecting does not buy a fresh budget (the next connection
+/// from the same client resumes the one the last left). The budget (60 ms, then 1% of a core)
+/// is far above what the probe's one-character ops cost (tens of microseconds of CPU each, 50 a
+/// second) and far below what the hog's cost: each of its ops is 1,024 one-character inserts
+/// spread over the text (1,024 items to integrate and as many to split: milliseconds of CPU),
+/// so even a hog slowed to a few ops a second by a loaded machine runs out.
 pub async fn cpu_budget_cuts_off_the_costly_connection() {
     let db = database(Backend::Sqlite).await.expect("sqlite");
-    let env = [("CPU_BURST_MS", "20"), ("CPU_SHARE", "0.02")];
+    let env = [("CPU_BURST_MS", "60"), ("CPU_SHARE", "0.01")];
     let server = ChildServer::start_env(&db, &env, free_port()).await;
-    let room = unique("hog");
-    let ((code, close, sent), probe) = probe_during(&server, async {
-        let url = format!("{}/rooms/{room}/ws", server.ws_base());
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-            .await
-            .expect("connect");
-        assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
-        let mut doc = Document::new(4_242);
-        doc.insert(0, &"lorem ipsum ".repeat(200)).expect("insert");
-        let mut code = None;
-        let mut close = None;
-        let mut sent = 0;
-        for i in 0..5_000u32 {
+    let base = server.ws_base();
+    let ((first, again), probe) = probe_during(&server, async {
+        let first = hog(&format!("{base}/rooms/{}/ws", unique("hog")), 4_242).await;
+        // Straight back, in another room: the budget is the client's, not the room's.
+        let again = hog(&format!("{base}/rooms/{}/ws", unique("hog")), 4_243).await;
+        (first, again)
+    })
+    .await;
+    println!(
+        "abuse[cpu]: the hog sent {} ops of 1,024 inserts before its close; reconnected, {}",
+        first.2, again.2
+    );
+    probe.assert_alive("cpu hog");
+    for (code, close, _) in [&first, &again] {
+        assert_eq!(code.as_deref(), Some("cpu_budget"));
+        assert_eq!(*close, Some(1013));
+    }
+    // A fresh 60 ms burst takes about 30 such ops; what a second of refill buys, about 5.
+    assert!(
+        first.2 >= 12,
+        "the first connection had its burst: {}",
+        first.2
+    );
+    assert!(
+        again.2 <= 8,
+        "the reconnect started from the debt, not a fresh burst: {}",
+        again.2
+    );
+}
+
+/// Connects to `url` and sends costly ops as fast as it can until the server closes the
+/// socket: (the error code it was told, the close code, ops sent before the close was seen).
+async fn hog(url: &str, client: u64) -> (Option<String>, Option<u16>, u32) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
+    let mut doc = Document::new(client);
+    doc.insert(0, &"lorem ipsum ".repeat(200)).expect("insert");
+    let mut code = None;
+    let mut close = None;
+    let mut sent = 0;
+    for i in 0..5_000u32 {
+        let update = if i == 0 {
+            doc.encode_state_as_update(None).expect("state")
+        } else {
             // In document order, each index counting the inserts before it.
             let step = doc.len() / 1024;
             let edits: Vec<(u32, u32, &str)> = (0..1024)
                 .map(|k| (k * (step + 1) + i % step, 0, "x"))
                 .collect();
-            let update = if i == 0 {
-                doc.encode_state_as_update(None).expect("state")
-            } else {
-                doc.replace_many(&edits).expect("inserts")
-            };
-            let frame = format!(
-                r#"{{"t":"op","id":"hog-{i}","data":{{"update":"{}"}}}}"#,
-                encode_b64(&update)
-            );
-            if ws.send(Message::Text(frame.into())).await.is_err() {
-                break;
-            }
-            sent += 1;
-            // Read whatever came back without waiting.
-            while let Ok(Some(Ok(msg))) =
-                tokio::time::timeout(Duration::from_millis(1), ws.next()).await
-            {
-                match msg {
-                    Message::Text(t) if t.contains(r#""t":"error""#) => {
-                        let v: serde_json::Value = serde_json::from_str(&t).expect("json");
-                        code = v["code"].as_str().map(str::to_owned);
-                    }
-                    Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
-                    _ => {}
-                }
-            }
-            if close.is_some() {
-                break;
-            }
+            doc.replace_many(&edits).expect("inserts")
+        };
+        let frame = format!(
+            r#"{{"t":"op","id":"hog-{i}","data":{{"update":"{}"}}}}"#,
+            encode_b64(&update)
+        );
+        if ws.send(Message::Text(frame.into())).await.is_err() {
+            break;
         }
-        // Drain until the close arrives.
-        while close.is_none() {
-            match tokio::time::timeout(DEADLINE, ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""t":"error""#) => {
+        sent += 1;
+        // Read whatever came back without waiting.
+        while let Ok(Some(Ok(msg))) =
+            tokio::time::timeout(Duration::from_millis(1), ws.next()).await
+        {
+            match msg {
+                Message::Text(t) if t.contains(r#""t":"error""#) => {
                     let v: serde_json::Value = serde_json::from_str(&t).expect("json");
                     code = v["code"].as_str().map(str::to_owned);
                 }
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    close = Some(frame.map_or(1005, |f| u16::from(f.code)))
-                }
-                Ok(Some(Ok(_))) => {}
-                _ => break,
+                Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
+                _ => {}
             }
         }
-        (code, close, sent)
-    })
-    .await;
-    println!("abuse[cpu]: the hog sent {sent} ops of 1,024 inserts before its close");
-    probe.assert_alive("cpu hog");
-    assert_eq!(code.as_deref(), Some("cpu_budget"));
-    assert_eq!(close, Some(1013));
+        if close.is_some() {
+            break;
+        }
+    }
+    // Drain until the close arrives.
+    while close.is_none() {
+        match tokio::time::timeout(DEADLINE, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""t":"error""#) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                code = v["code"].as_str().map(str::to_owned);
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                close = Some(frame.map_or(1005, |f| u16::from(f.code)))
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    (code, close, sent)
 }
 
 /// A client that never reads: its writes time out, it is dropped, and its connection permit
