@@ -812,6 +812,7 @@ impl RoomTask {
             server_ops: 0,
             presence_out: Coalescer::new(awareness::Budget::default()),
             deleted: None,
+            departed: HashMap::new(),
         };
         for p in ctx.hub.live_presence(&self.id).await {
             room.hub_event(HubEvent::Presence(Box::new(p)));
@@ -1114,6 +1115,9 @@ struct Room {
     /// Deleted (here or on another instance): stop without writing anything more. Holds the
     /// deleters waiting for the stop.
     deleted: Option<Vec<oneshot::Sender<()>>>,
+    /// Payers of members that left since the last core job: an update they sent just before
+    /// closing may still be in it, and its cost goes to the ledger, not to no one.
+    departed: HashMap<ConnId, crate::auth::limits::Payer>,
 }
 
 impl Room {
@@ -1333,21 +1337,24 @@ impl Room {
     /// Takes a member out; what it left of its CPU budget goes to the ledger.
     fn remove_member(&mut self, conn: ConnId) -> Option<MemberState> {
         let m = self.members.remove(&conn)?;
-        self.settle(&m);
+        self.settle(conn, &m);
         Some(m)
     }
 
     fn drain_members(&mut self) -> Vec<MemberState> {
-        let all: Vec<MemberState> = self.members.drain().map(|(_, m)| m).collect();
-        for m in &all {
-            self.settle(m);
-        }
-        all
+        let all: Vec<(ConnId, MemberState)> = self.members.drain().collect();
+        all.into_iter()
+            .map(|(conn, m)| {
+                self.settle(conn, &m);
+                m
+            })
+            .collect()
     }
 
-    fn settle(&self, m: &MemberState) {
+    fn settle(&mut self, conn: ConnId, m: &MemberState) {
         if let Some(payer) = m.member.payer {
             self.cpu_ledger.save(payer, m.cpu, now_ms());
+            self.departed.insert(conn, payer);
         }
     }
 
@@ -1389,10 +1396,17 @@ impl Room {
         self.core = Some(core);
         let now = now_ms();
         for (conn, took) in fx.charges {
+            let ms = took.as_secs_f64() * 1000.0;
             if let Some(m) = self.members.get_mut(&conn) {
-                m.cpu.charge(took.as_secs_f64() * 1000.0, now);
+                m.cpu.charge(ms, now);
+            } else if let Some(&payer) = self.departed.get(&conn) {
+                let budget = self.cpu_budget;
+                self.cpu_ledger.charge(payer, ms, now, || {
+                    TokenBucket::new(budget.burst_ms, budget.share * 1000.0, now)
+                });
             }
         }
+        self.departed.clear();
         for out in fx.outs {
             let broadcast = matches!(out, Out::All { .. });
             self.carry_out(out, now);

@@ -271,6 +271,63 @@ pub async fn cpu_budget_cuts_off_the_costly_connection() {
     );
 }
 
+/// A client that sends one costly update and closes at once, again and again, each time on a
+/// new connection in a new room: every update is charged to it (also one still being applied
+/// when its connection is gone), so it runs out of budget like a client that stays.
+pub async fn hit_and_run_updates_are_still_paid_for() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let env = [("CPU_BURST_MS", "30"), ("CPU_SHARE", "0.005")];
+    let server = ChildServer::start_env(&db, &env, free_port()).await;
+    // The same two frames for every room: a text, then 1,024 inserts spread over it.
+    let mut doc = Document::new(5_151);
+    doc.insert(0, &"lorem ipsum ".repeat(200)).expect("insert");
+    let text = doc.encode_state_as_update(None).expect("state");
+    let step = doc.len() / 1024;
+    let edits: Vec<(u32, u32, &str)> = (0..1024).map(|k| (k * (step + 1), 0, "x")).collect();
+    let costly = doc.replace_many(&edits).expect("inserts");
+    let frame = |id: &str, update: &[u8]| {
+        Message::Text(
+            format!(
+                r#"{{"t":"op","id":"{id}","data":{{"update":"{}"}}}}"#,
+                encode_b64(update)
+            )
+            .into(),
+        )
+    };
+    // Well under the per-address connection burst (100).
+    let mut cut_after = None;
+    for visit in 0..90u32 {
+        let url = format!("{}/rooms/{}/ws", server.ws_base(), unique("run"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
+        ws.send(frame("text", &text)).await.expect("send");
+        // The cheap op is acked, unless the client's budget is spent.
+        let refused = loop {
+            match tokio::time::timeout(DEADLINE, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""t":"ack""#) => break false,
+                Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""code":"cpu_budget""#) => {
+                    break true
+                }
+                Ok(Some(Ok(Message::Close(_)))) => panic!("closed without cpu_budget"),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no ack nor cpu_budget: {other:?}"),
+            }
+        };
+        if refused {
+            cut_after = Some(visit);
+            break;
+        }
+        // The costly one, and gone before it is applied.
+        ws.send(frame("costly", &costly)).await.expect("send");
+        drop(ws);
+    }
+    println!("abuse[hit and run]: cut off on visit {cut_after:?}");
+    let visits = cut_after.expect("a hit-and-run client ran out of budget within 90 visits");
+    assert!(visits >= 5, "the first visits had the burst: {visits}");
+}
+
 /// Connects to `url` and sends costly ops as fast as it can until the server closes the
 /// socket: (the error code it was told, the close code, ops sent before the close was seen).
 async fn hog(url: &str, client: u64) -> (Option<String>, Option<u16>, u32) {

@@ -98,6 +98,10 @@ mod abuse_suite {
         crate::abuse::cpu_budget_cuts_off_the_costly_connection().await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hit_and_run_updates_are_still_paid_for() {
+        crate::abuse::hit_and_run_updates_are_still_paid_for().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_that_never_reads_is_dropped() {
         crate::abuse::a_client_that_never_reads_is_dropped().await
     }
