@@ -1070,10 +1070,17 @@ impl CpuClock {
 /// The CPU budget of each connection: `burst` of pool CPU time, refilled at `share` of a core.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuBudget {
-    /// Milliseconds of pool time a connection may spend at once.
+    /// Milliseconds of pool CPU time a connection may spend at once.
     pub burst_ms: f64,
     /// Fraction of one core a connection may use over time.
     pub share: f64,
+}
+
+impl CpuBudget {
+    /// A new client's budget: the whole burst, in milliseconds.
+    fn full_bucket(&self, now_ms: u64) -> TokenBucket {
+        TokenBucket::new(self.burst_ms, self.share * 1000.0, now_ms)
+    }
 }
 
 impl Default for CpuBudget {
@@ -1351,6 +1358,7 @@ impl Room {
             .collect()
     }
 
+    /// Leaves what a departing member did not spend to its payer's next connection.
     fn settle(&mut self, conn: ConnId, m: &MemberState) {
         if let Some(payer) = m.member.payer {
             self.cpu_ledger.save(payer, m.cpu, now_ms());
@@ -1401,9 +1409,8 @@ impl Room {
                 m.cpu.charge(ms, now);
             } else if let Some(&payer) = self.departed.get(&conn) {
                 let budget = self.cpu_budget;
-                self.cpu_ledger.charge(payer, ms, now, || {
-                    TokenBucket::new(budget.burst_ms, budget.share * 1000.0, now)
-                });
+                self.cpu_ledger
+                    .charge(payer, ms, now, || budget.full_bucket(now));
             }
         }
         self.departed.clear();
@@ -1458,13 +1465,10 @@ impl Room {
                         }
                     }
                 }
-                let budget = self.cpu_budget;
                 let cpu = member
                     .payer
                     .and_then(|payer| self.cpu_ledger.resume(payer, now))
-                    .unwrap_or_else(|| {
-                        TokenBucket::new(budget.burst_ms, budget.share * 1000.0, now)
-                    });
+                    .unwrap_or_else(|| self.cpu_budget.full_bucket(now));
                 self.members.insert(
                     conn,
                     MemberState {
