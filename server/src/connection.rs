@@ -18,6 +18,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use concord_engine::{ClientMessage, ConnId, ServerMessage};
 use futures_util::{Sink, SinkExt, StreamExt};
 
+use crate::auth::limits::Payer;
 use crate::auth::{AccessEvent, Admission, Denied, LiveRole, Principal, Role};
 use crate::outbox::{self, Frame, Outbound};
 use crate::rate::{Pace, Pacer};
@@ -156,6 +157,13 @@ pub(crate) async fn pace(
     }
 }
 
+/// Whose CPU budget a connection admitted as `admission` from `ip` spends: its user's with
+/// auth on, else its address's.
+pub(crate) fn payer(app: &AppState, admission: &Admission, ip: std::net::IpAddr) -> Payer {
+    let user = admission.principal.as_ref().map(|p| p.id.as_str());
+    app.rooms.ctx().cpu_ledger.payer(user, ip)
+}
+
 /// Serves one upgraded socket for `room` until either side closes, speaking `dialect` (the
 /// JSON protocol, or y-websocket's binary one: each frame goes through its adapter in the
 /// engine, and everything else, from limits to access, is the same). `admission` is what the
@@ -183,12 +191,7 @@ pub async fn serve(
         user: presence_user(conn),
         name: admission.principal.as_ref().map(|p| p.name.clone()),
         role: role.clone(),
-        payer: Some(
-            app.rooms
-                .ctx()
-                .cpu_ledger
-                .payer(admission.principal.as_ref().map(|p| p.id.as_str()), ip),
-        ),
+        payer: Some(payer(&app, &admission, ip)),
     };
     // Subscribed before the join, so no grant change between the check and the join is missed.
     let events = admission.principal.as_ref().map(|_| app.auth.subscribe());

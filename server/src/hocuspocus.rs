@@ -82,13 +82,7 @@ impl Docs<'_> {
             user: connection::presence_user(conn),
             name: admission.principal.as_ref().map(|p| p.name.clone()),
             role: role.clone(),
-            payer: Some(
-                self.app
-                    .rooms
-                    .ctx()
-                    .cpu_ledger
-                    .payer(admission.principal.as_ref().map(|p| p.id.as_str()), self.ip),
-            ),
+            payer: Some(connection::payer(self.app, &admission, self.ip)),
         };
         // Subscribed before the join, so no grant change between the check and the join is
         // missed.

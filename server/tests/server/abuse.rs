@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_engine::wire::encode_b64;
+use concord_engine::wire::{encode_b64, ClientMessage};
 use concord_engine::Document;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -176,12 +176,9 @@ async fn probe_during<F: std::future::Future>(
             let mut ready = Some(ready_tx);
             while !stop.load(Ordering::Relaxed) || acks.is_empty() {
                 let update = doc.insert(n, "b").expect("insert");
-                let frame = format!(
-                    r#"{{"t":"op","id":"b-{n}","data":{{"update":"{}"}}}}"#,
-                    encode_b64(&update)
-                );
+                let frame = op_frame(&format!("b-{n}"), &update);
                 let start = Instant::now();
-                ws.send(Message::Text(frame.into())).await.expect("send");
+                ws.send(frame).await.expect("send");
                 let ack = format!(r#""id":"b-{n}""#);
                 while !next_text(&mut ws).await.contains(&ack) {}
                 acks.push(start.elapsed());
@@ -279,21 +276,8 @@ pub async fn hit_and_run_updates_are_still_paid_for() {
     let env = [("CPU_BURST_MS", "30"), ("CPU_SHARE", "0.005")];
     let server = ChildServer::start_env(&db, &env, free_port()).await;
     // The same two frames for every room: a text, then 1,024 inserts spread over it.
-    let mut doc = Document::new(5_151);
-    doc.insert(0, &"lorem ipsum ".repeat(200)).expect("insert");
-    let text = doc.encode_state_as_update(None).expect("state");
-    let step = doc.len() / 1024;
-    let edits: Vec<(u32, u32, &str)> = (0..1024).map(|k| (k * (step + 1), 0, "x")).collect();
-    let costly = doc.replace_many(&edits).expect("inserts");
-    let frame = |id: &str, update: &[u8]| {
-        Message::Text(
-            format!(
-                r#"{{"t":"op","id":"{id}","data":{{"update":"{}"}}}}"#,
-                encode_b64(update)
-            )
-            .into(),
-        )
-    };
+    let (mut doc, text) = costly_text(5_151);
+    let costly = spread_inserts(&mut doc, 0);
     // Well under the per-address connection burst (100).
     let mut cut_after = None;
     for visit in 0..90u32 {
@@ -302,7 +286,7 @@ pub async fn hit_and_run_updates_are_still_paid_for() {
             .await
             .expect("connect");
         assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
-        ws.send(frame("text", &text)).await.expect("send");
+        ws.send(op_frame("text", &text)).await.expect("send");
         // The cheap op is acked, unless the client's budget is spent.
         let refused = loop {
             match tokio::time::timeout(DEADLINE, ws.next()).await {
@@ -320,12 +304,41 @@ pub async fn hit_and_run_updates_are_still_paid_for() {
             break;
         }
         // The costly one, and gone before it is applied.
-        ws.send(frame("costly", &costly)).await.expect("send");
+        ws.send(op_frame("costly", &costly)).await.expect("send");
         drop(ws);
     }
     println!("abuse[hit and run]: cut off on visit {cut_after:?}");
     let visits = cut_after.expect("a hit-and-run client ran out of budget within 90 visits");
     assert!(visits >= 5, "the first visits had the burst: {visits}");
+}
+
+/// A JSON `op` frame, as a client sends it.
+fn op_frame(id: &str, update: &[u8]) -> Message {
+    let op = ClientMessage::Op {
+        id: Some(id.to_owned()),
+        update: update.to_vec(),
+        base: None,
+    };
+    Message::Text(op.to_json().into())
+}
+
+/// A replica of `client` holding a 2,400-character text, and that text as one update.
+fn costly_text(client: u64) -> (Document, Vec<u8>) {
+    let mut doc = Document::new(client);
+    doc.insert(0, &"lorem ipsum ".repeat(200)).expect("insert");
+    let text = doc.encode_state_as_update(None).expect("state");
+    (doc, text)
+}
+
+/// 1,024 one-character inserts spread evenly over `doc`'s text, `shift` units from the even
+/// spots, in one update: as many items to integrate and split, milliseconds of a server's CPU.
+fn spread_inserts(doc: &mut Document, shift: u32) -> Vec<u8> {
+    let step = doc.len() / 1024;
+    // In document order, each index counting the inserts before it.
+    let edits: Vec<(u32, u32, &str)> = (0..1024)
+        .map(|k| (k * (step + 1) + shift % step, 0, "x"))
+        .collect();
+    doc.replace_many(&edits).expect("inserts")
 }
 
 /// Connects to `url` and sends costly ops as fast as it can until the server closes the
@@ -335,27 +348,21 @@ async fn hog(url: &str, client: u64) -> (Option<String>, Option<u16>, u32) {
         .await
         .expect("connect");
     assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
-    let mut doc = Document::new(client);
-    doc.insert(0, &"lorem ipsum ".repeat(200)).expect("insert");
+    let (mut doc, text) = costly_text(client);
     let mut code = None;
     let mut close = None;
     let mut sent = 0;
     for i in 0..5_000u32 {
         let update = if i == 0 {
-            doc.encode_state_as_update(None).expect("state")
+            text.clone()
         } else {
-            // In document order, each index counting the inserts before it.
-            let step = doc.len() / 1024;
-            let edits: Vec<(u32, u32, &str)> = (0..1024)
-                .map(|k| (k * (step + 1) + i % step, 0, "x"))
-                .collect();
-            doc.replace_many(&edits).expect("inserts")
+            spread_inserts(&mut doc, i)
         };
-        let frame = format!(
-            r#"{{"t":"op","id":"hog-{i}","data":{{"update":"{}"}}}}"#,
-            encode_b64(&update)
-        );
-        if ws.send(Message::Text(frame.into())).await.is_err() {
+        if ws
+            .send(op_frame(&format!("hog-{i}"), &update))
+            .await
+            .is_err()
+        {
             break;
         }
         sent += 1;
@@ -582,11 +589,7 @@ pub async fn slowloris_is_timed_out_and_shutdown_is_bounded() {
 
 /// Sends `update` as an op and returns the error code it got back (skipping other frames).
 async fn op_error(ws: &mut Ws, id: &str, update: &[u8]) -> String {
-    let frame = format!(
-        r#"{{"t":"op","id":"{id}","data":{{"update":"{}"}}}}"#,
-        encode_b64(update)
-    );
-    ws.send(Message::Text(frame.into())).await.expect("send");
+    ws.send(op_frame(id, update)).await.expect("send");
     loop {
         let text = next_text(ws).await;
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
