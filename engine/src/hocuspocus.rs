@@ -265,13 +265,21 @@ enum DocState {
     /// Sent frames before its auth: held until the auth comes.
     Waiting(VecDeque<(DocMessage, usize)>),
     Open,
-    Denied,
 }
+
+/// How many refused document names a socket remembers (their frames are dropped until a new
+/// auth); older ones are forgotten, so a provider cycling through names cannot grow the
+/// session, and a forgotten name's frames merely wait for an auth like any unknown name's.
+pub const MAX_DENIED_DOCS: usize = 256;
 
 /// One socket's documents and their auth state (see the module docs).
 #[derive(Debug, Default)]
 pub struct Session {
+    /// Documents open or waiting for their auth: at most [`MAX_OPEN_DOCS`] plus
+    /// [`MAX_PENDING_DOCS`].
     docs: HashMap<String, DocState>,
+    /// Refused documents, oldest first, at most [`MAX_DENIED_DOCS`].
+    denied: VecDeque<String>,
     queued_frames: usize,
     queued_bytes: usize,
 }
@@ -295,14 +303,13 @@ impl Session {
                 // Already open or being checked: the first auth stands.
                 Some(DocState::Open) | Some(DocState::Authenticating(_)) => Action::None,
                 Some(state @ DocState::Waiting(_)) => {
-                    let DocState::Waiting(queue) = std::mem::replace(state, DocState::Denied)
-                    else {
+                    let DocState::Waiting(queue) = std::mem::replace(state, DocState::Open) else {
                         unreachable!("matched above");
                     };
                     *state = DocState::Authenticating(queue);
                     Action::Authenticate { name, token }
                 }
-                Some(DocState::Denied) | None => {
+                None => {
                     if self.pending() >= MAX_PENDING_DOCS {
                         return Action::Close {
                             code: 4205,
@@ -316,6 +323,7 @@ impl Session {
                             "too many documents open on one connection",
                         ));
                     }
+                    self.denied.retain(|d| *d != name);
                     self.docs
                         .insert(name.clone(), DocState::Authenticating(VecDeque::new()));
                     Action::Authenticate { name, token }
@@ -331,6 +339,9 @@ impl Session {
                 _ => Action::None,
             },
             msg => {
+                if !self.docs.contains_key(&name) && self.denied.contains(&name) {
+                    return Action::None;
+                }
                 if !self.docs.contains_key(&name) && self.pending() >= MAX_PENDING_DOCS {
                     return Action::Close {
                         code: 4205,
@@ -343,7 +354,6 @@ impl Session {
                     .or_insert_with(|| DocState::Waiting(VecDeque::new()));
                 match state {
                     DocState::Open => Action::Deliver { name, msg },
-                    DocState::Denied => Action::None,
                     DocState::Authenticating(queue) | DocState::Waiting(queue) => {
                         if self.queued_frames + 1 > MAX_QUEUED_FRAMES
                             || self.queued_bytes + len > MAX_QUEUED_BYTES
@@ -368,7 +378,7 @@ impl Session {
     pub fn opened(&mut self, name: &str) -> Option<Vec<DocMessage>> {
         let state = self.docs.get_mut(name)?;
         let DocState::Authenticating(queue) = std::mem::replace(state, DocState::Open) else {
-            *state = DocState::Denied;
+            self.refused(name);
             return None;
         };
         self.forget(&queue);
@@ -378,12 +388,14 @@ impl Session {
     /// The access check refused document `name`: what it sent is dropped, and so is what it
     /// sends until a new auth.
     pub fn refused(&mut self, name: &str) {
-        if let Some(state) = self.docs.get_mut(name) {
-            if let DocState::Authenticating(q) | DocState::Waiting(q) =
-                std::mem::replace(state, DocState::Denied)
-            {
-                self.forget(&q);
+        if let Some(DocState::Authenticating(q) | DocState::Waiting(q)) = self.docs.remove(name) {
+            self.forget(&q);
+        }
+        if !self.denied.iter().any(|d| d == name) {
+            if self.denied.len() >= MAX_DENIED_DOCS {
+                self.denied.pop_front();
             }
+            self.denied.push_back(name.to_owned());
         }
     }
 
@@ -579,6 +591,31 @@ mod tests {
         // Closed by the provider while being checked: the check's result opens nothing.
         assert_eq!(s.receive(doc("d", DocMessage::Close), 3), Action::None);
         assert_eq!(s.opened("d"), None);
+    }
+
+    /// 80,000 refused names on one socket grew the session without bound and made every auth
+    /// rescan all of them: refused names are remembered up to a bound, and forgotten ones
+    /// merely wait for an auth again.
+    #[test]
+    fn refused_names_are_bounded() {
+        let mut s = Session::new();
+        let auth = DocMessage::Auth { token: "t".into() };
+        for i in 0..20_000 {
+            let name = format!("d{i}");
+            assert!(matches!(
+                s.receive(doc(&name, auth.clone()), 5),
+                Action::Authenticate { .. }
+            ));
+            s.refused(&name);
+        }
+        assert_eq!(s.docs.len(), 0);
+        assert_eq!(s.denied.len(), MAX_DENIED_DOCS);
+        let update = DocMessage::Yjs(YjsRequest::Update(vec![0, 0]));
+        // The latest refused are still dropped; a forgotten one waits for its auth.
+        assert_eq!(s.receive(doc("d19999", update.clone()), 4), Action::None);
+        assert_eq!(s.queued_frames, 0);
+        assert_eq!(s.receive(doc("d0", update), 4), Action::None);
+        assert_eq!(s.queued_frames, 1);
     }
 
     #[test]

@@ -164,7 +164,31 @@ pub struct YjsAwareness {
     pub state: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A client frame's kind, read without parsing the rest of it.
+#[derive(Deserialize)]
+struct Tag<'a> {
+    #[serde(borrow)]
+    t: std::borrow::Cow<'a, str>,
+}
+
+/// The fields of a client `op` frame (its `t` is skipped).
+#[derive(Deserialize)]
+struct RawOp {
+    #[serde(default)]
+    id: Option<String>,
+    data: RawOpData,
+    #[serde(default)]
+    base: Option<u64>,
+}
+
+/// The fields of a client `sync` frame.
+#[derive(Deserialize)]
+struct RawSync {
+    update: String,
+}
+
+/// A client frame as it is written (parsing goes through [`Tag`] and the structs above).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "t", rename_all = "lowercase")]
 enum RawClient {
     Op {
@@ -178,8 +202,6 @@ enum RawClient {
         update: String,
     },
     Presence(Presence),
-    #[serde(other)]
-    Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,23 +351,31 @@ impl ClientMessage {
     /// the protocol says to ignore.
     pub fn parse(text: &str, limits: &Limits) -> Result<Option<ClientMessage>> {
         check_size("frame", text.len(), limits.max_frame_bytes)?;
-        let raw: RawClient = serde_json::from_str(text).map_err(malformed)?;
-        Ok(Some(match raw {
-            RawClient::Op { id, data, base } => {
+        // The tag first, by a pass that allocates nothing (serde skips the other fields), so
+        // each kind's size bound holds before its body is parsed: a 16 MiB `presence` frame
+        // is refused for its length, not after building a tree of its values. (A tagged enum
+        // would also buffer the whole frame before reading it as its variant.)
+        let tag: Tag = serde_json::from_str(text).map_err(malformed)?;
+        Ok(Some(match tag.t.as_ref() {
+            "op" => {
+                let RawOp { id, data, base } = serde_json::from_str(text).map_err(malformed)?;
                 if let Some(id) = &id {
                     validate_op_id(id)?;
                 }
                 let update = decode_update_field("data.update", &data.update, limits)?;
                 ClientMessage::Op { id, update, base }
             }
-            RawClient::Sync { update } => ClientMessage::Sync {
-                update: decode_update_field("update", &update, limits)?,
-            },
-            RawClient::Presence(p) => {
-                check_size("presence", text.len(), limits.max_presence_bytes)?;
-                ClientMessage::Presence(p)
+            "sync" => {
+                let RawSync { update } = serde_json::from_str(text).map_err(malformed)?;
+                ClientMessage::Sync {
+                    update: decode_update_field("update", &update, limits)?,
+                }
             }
-            RawClient::Unknown => return Ok(None),
+            "presence" => {
+                check_size("presence", text.len(), limits.max_presence_bytes)?;
+                ClientMessage::Presence(serde_json::from_str(text).map_err(malformed)?)
+            }
+            _ => return Ok(None),
         }))
     }
 
@@ -684,6 +714,20 @@ mod tests {
         let presence = r#"{"t":"presence","user":"someone-with-a-long-name"}"#;
         assert_eq!(
             ClientMessage::parse(presence, &l).unwrap_err().code(),
+            "too_large"
+        );
+        // The tag comes first whatever its place, and the body is never parsed: a presence
+        // frame is held to its bound before its values are built.
+        let l = Limits {
+            max_frame_bytes: 1 << 20,
+            ..l
+        };
+        let wide = format!(
+            r#"{{"user":"x","cursor":[{}0],"t":"presence"}}"#,
+            "{\"a\":[1,2,3]},".repeat(20_000)
+        );
+        assert_eq!(
+            ClientMessage::parse(&wide, &l).unwrap_err().code(),
             "too_large"
         );
     }

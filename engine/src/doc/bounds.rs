@@ -229,6 +229,7 @@ fn walk<D: Decoder>(decoder: D, len: usize, source: Source, v1: bool) -> Result<
         refs: Refs::default(),
         anchors: HashMap::new(),
         previous: None,
+        previous_gap: None,
         clock: 0,
         client: None,
     };
@@ -241,6 +242,9 @@ fn walk<D: Decoder>(decoder: D, len: usize, source: Source, v1: bool) -> Result<
         Stop::Repeated => "repeats one item placement for consecutive items of a client \
                            (a forged run-length count)"
             .to_owned(),
+        Stop::GapRun => "declares consecutive GC or skip blocks of one client, which an \
+                         encoder merges (a forged run-length count)"
+            .to_owned(),
     })?;
     Ok(walk.refs)
 }
@@ -252,6 +256,7 @@ enum Stop {
     Malformed(&'static str),
     Crowded,
     Repeated,
+    GapRun,
 }
 
 impl From<yrs::encoding::read::Error> for Stop {
@@ -272,6 +277,8 @@ struct Walk<D> {
     anchors: HashMap<Anchor, u32>,
     /// The placement of the previous item of the current client.
     previous: Option<Placement>,
+    /// The kind of the current client's previous block, if it was a GC or skip block.
+    previous_gap: Option<u8>,
     /// Where the current client's next block starts, and that client.
     clock: u32,
     client: Option<ClientID>,
@@ -294,6 +301,7 @@ impl<D: Decoder> Walk<D> {
             // yrs reserves room for `blocks` up front, so the declared count is what costs.
             self.spend(u64::from(blocks))?;
             self.previous = None;
+            self.previous_gap = None;
             for _ in 0..blocks {
                 self.block()?;
             }
@@ -303,8 +311,9 @@ impl<D: Decoder> Walk<D> {
 
     /// Mirrors `Update::decode_block`.
     fn block(&mut self) -> Result<(), Stop> {
+        let info = self.decoder.read_info()?;
+        self.gap(info)?;
         let d = &mut self.decoder;
-        let info = d.read_info()?;
         let start = self.clock;
         match info {
             BLOCK_SKIP_REF_NUMBER => {
@@ -372,6 +381,22 @@ impl<D: Decoder> Walk<D> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// For an untrusted sender, refuses a GC or skip block right after another of its kind.
+    ///
+    /// Each costs yrs a block (about 40 bytes, kept in the document) and in v2 a run of them
+    /// costs no input bytes: one 30-byte update declared a million. Yjs and yrs merge adjacent
+    /// GC blocks (and `mergeUpdates` adjacent skips), so an honest update never holds two in a
+    /// row, and alternating them with items costs bytes in the info column: with this, such
+    /// blocks are bounded by the input's size like everything else.
+    fn gap(&mut self, info: u8) -> Result<(), Stop> {
+        let gap = matches!(info, BLOCK_GC_REF_NUMBER | BLOCK_SKIP_REF_NUMBER).then_some(info);
+        if self.untrusted && gap.is_some() && gap == self.previous_gap {
+            return Err(Stop::GapRun);
+        }
+        self.previous_gap = gap;
         Ok(())
     }
 
@@ -513,17 +538,15 @@ mod tests {
                 doc.apply_update(&small).unwrap().changed,
                 "a dense update is valid"
             );
-            // Deleted items repeat one placement through the run: no honest update does that.
+            // Deleted items repeat one placement through the run, and GC blocks follow one
+            // another unmerged: no honest update does either.
+            let err = decode_update(&small).unwrap_err().to_string();
             match info {
-                0 => assert!(decode_update(&small).is_ok()),
-                _ => {
-                    let err = decode_update(&small).unwrap_err();
-                    assert!(
-                        err.to_string().contains("repeats one item placement"),
-                        "{err}"
-                    );
-                }
+                0 => assert!(err.contains("consecutive GC or skip blocks"), "{err}"),
+                _ => assert!(err.contains("repeats one item placement"), "{err}"),
             }
+            // A document's own state is not held to it (it decodes as accepted bytes).
+            assert!(Document::from_update(2, &small).is_ok());
             // A few hundred million blocks from ~35 bytes: gigabytes if decoded.
             let bomb = forged(info, 300_000_000);
             assert!(bomb.len() < 40);

@@ -65,6 +65,27 @@ fn two_forged_sibling_floods_are_rejected() {
     assert_eq!(room.text(), "honest text");
 }
 
+/// Runs of GC blocks cost no input bytes and about 40 bytes of memory each, kept in the
+/// document: 40 updates of 30 bytes declaring a million each held 1.6 GB. Two in a row are
+/// refused, whatever the count, so such blocks cost input bytes like everything else.
+#[test]
+fn forged_gc_runs_are_rejected() {
+    let mut room = room_with_content();
+    for (client, n) in [(1i64, 1_000_000u64), (2, 1_000), (3, 2)] {
+        let forged = forged_blocks(client, 0, n);
+        let what = format!("{n} GC blocks of client {client}");
+        let err = assert_rejected_unchanged(&mut room, &forged, &what);
+        assert!(
+            err.to_string().contains("consecutive GC or skip blocks"),
+            "{what}: {err}"
+        );
+    }
+    // One GC block is an ordinary (if odd) update.
+    room.handle_op(concord_engine::ConnId(1), None, &forged_blocks(4, 0, 1))
+        .expect("a single GC block");
+    assert_eq!(room.text(), "honest text");
+}
+
 /// The same flood with distinct right origins (typing backwards at the start, the densest
 /// honest shape, as a forger would write it): over the per-position allowance.
 #[test]
