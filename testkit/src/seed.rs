@@ -47,7 +47,8 @@ fn parse(text: &str) -> Option<u64> {
 /// Runs `iterations` iterations of `run`, iteration `i` with seed `base_seed(default) + i`.
 ///
 /// A panic in an iteration fails the test at once, re-raised with a message that names the
-/// seed and the command that replays it: `CONCORD_SEED=<seed> cargo test <replay>`, where
+/// seed and the command that replays it, that iteration alone:
+/// `CONCORD_SEED=<seed> CONCORD_ITERATIONS=1 cargo test <replay>`, where
 /// `replay` is the rest of the command line, e.g.
 /// `"--release -p concord-engine --test engine convergence_property"`. Nothing is swallowed.
 pub fn for_each_seed(replay: &str, default: u64, iterations: u64, run: impl FnMut(u64)) {
@@ -60,7 +61,7 @@ fn run_seeds(replay: &str, base: u64, iterations: u64, mut run: impl FnMut(u64))
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(seed))) {
             panic!(
                 "iteration {i} of {iterations} failed with seed {seed}: {}\n\
-                 replay: {SEED_ENV}={seed} cargo test {replay}",
+                 replay: {SEED_ENV}={seed} {ITERATIONS_ENV}=1 cargo test {replay}",
                 panic_message(&*panic)
             );
         }
@@ -96,7 +97,7 @@ mod tests {
         let message = panic_message(&*result.unwrap_err());
         assert!(message.contains("seed 103"), "{message}");
         assert!(
-            message.contains("CONCORD_SEED=103 cargo test -p x --test y"),
+            message.contains("CONCORD_SEED=103 CONCORD_ITERATIONS=1 cargo test -p x --test y"),
             "{message}"
         );
     }

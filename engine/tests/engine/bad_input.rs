@@ -801,7 +801,7 @@ impl Drop for SeedGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "failed with seed {}; replay: CONCORD_SEED={} cargo test {REPLAY}{}",
+                "failed with seed {}; replay: CONCORD_SEED={} CONCORD_ITERATIONS=1 cargo test {REPLAY}{}",
                 self.0,
                 self.0,
                 self.1.trim_start_matches("bad_input_")
