@@ -113,6 +113,12 @@ impl Default for CompactionPolicy {
     }
 }
 
+/// The wait before retrying a failed compaction, doubled per failure in a row up to
+/// [`COMPACTION_BACKOFF_MAX_MS`].
+pub const COMPACTION_BACKOFF_MIN_MS: u64 = 1_000;
+/// The longest wait between failed compactions of one room.
+pub const COMPACTION_BACKOFF_MAX_MS: u64 = 60_000;
+
 /// Memory budgets of one room, in bytes. An op that would take the room over one is refused
 /// with [`EngineError::Overloaded`] (retryable) and changes nothing: when the store stalls,
 /// memory stops growing instead of the server running out of it.
@@ -179,6 +185,10 @@ pub struct RoomState {
     policy: CompactionPolicy,
     limits: RoomLimits,
     last_compaction_ms: u64,
+    /// After a failed compaction: no new one before this time (ms), and the wait before the
+    /// next retry if this one fails too.
+    compaction_retry_at: u64,
+    compaction_backoff_ms: u64,
     /// Times the document was rebuilt from the checkpoint (see [`RoomState::rebuilds`]).
     rebuilds: u64,
     /// Where every accepted item sits, to bound how deep shared types nest.
@@ -223,6 +233,8 @@ impl RoomState {
             policy,
             limits: RoomLimits::default(),
             last_compaction_ms: now_ms,
+            compaction_retry_at: 0,
+            compaction_backoff_ms: 0,
             rebuilds: 0,
             depths: Depths::default(),
         }
@@ -662,21 +674,47 @@ impl RoomState {
     /// True when the log since the last snapshot should be folded (`now_ms` is the caller's
     /// clock).
     pub fn compaction_due(&self, now_ms: u64) -> bool {
+        if now_ms < self.compaction_retry_at {
+            return false;
+        }
         let ops = self.seq.saturating_sub(self.checkpoint_seq);
         ops >= self.policy.max_ops
             || (ops > 0 && now_ms.saturating_sub(self.last_compaction_ms) >= self.policy.max_age_ms)
     }
 
     /// The store folded ops up to `op_seq` into `snapshot`: it becomes the rebuild checkpoint
-    /// and the in-memory tail before it is dropped.
+    /// and the in-memory tail before it is dropped. A fold bounded in bytes may stop short of
+    /// [`RoomState::seq`]; the room is then still due and the next compaction goes on.
     pub fn handle_compacted(&mut self, snapshot: Vec<u8>, op_seq: u64, now_ms: u64) {
-        self.last_compaction_ms = now_ms;
-        if op_seq < self.checkpoint_seq || op_seq > self.seq {
+        self.handle_compaction_skipped(now_ms);
+        if op_seq <= self.checkpoint_seq || op_seq > self.seq {
             return;
         }
         self.checkpoint = snapshot;
         self.checkpoint_seq = op_seq;
         self.tail.retain(|(seq, _)| *seq > op_seq);
+    }
+
+    /// A compaction ended with nothing to fold (or another instance's compaction won): the
+    /// checkpoint stays, the age clock restarts.
+    pub fn handle_compaction_skipped(&mut self, now_ms: u64) {
+        self.last_compaction_ms = now_ms;
+        self.compaction_retry_at = 0;
+        self.compaction_backoff_ms = 0;
+    }
+
+    /// A compaction failed (store down, timed out): the next one waits, twice as long after
+    /// each failure in a row ([`COMPACTION_BACKOFF_MIN_MS`] to [`COMPACTION_BACKOFF_MAX_MS`]),
+    /// so a room whose fold cannot finish does not start a new one every tick.
+    pub fn handle_compaction_failed(&mut self, now_ms: u64) {
+        self.compaction_backoff_ms = (self.compaction_backoff_ms.saturating_mul(2))
+            .clamp(COMPACTION_BACKOFF_MIN_MS, COMPACTION_BACKOFF_MAX_MS);
+        self.compaction_retry_at = now_ms.saturating_add(self.compaction_backoff_ms);
+    }
+
+    /// When the next compaction may start after a failure (ms), if one failed last.
+    pub fn compaction_retry_at(&self) -> Option<u64> {
+        (self.compaction_backoff_ms > 0).then_some(self.compaction_retry_at)
     }
 
     /// Next decision for the server to carry out.
@@ -1113,6 +1151,46 @@ mod tests {
         assert!(r.compaction_due(10));
         r.handle_compacted(r.encode_state(), 3, 10);
         assert!(!r.compaction_due(2000));
+    }
+
+    /// A room whose compaction keeps failing waits longer each time instead of starting a new
+    /// fold every tick; one success resets the wait.
+    #[test]
+    fn failed_compactions_back_off() {
+        let mut r = RoomState::new(
+            CompactionPolicy {
+                max_ops: 1,
+                max_age_ms: 1000,
+            },
+            0,
+        );
+        let mut a = Document::new(1);
+        r.handle_remote(1, &a.insert(0, "x").unwrap()).unwrap();
+        assert!(r.compaction_due(0));
+        let mut now = 0;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            r.handle_compaction_failed(now);
+            let retry = r.compaction_retry_at().unwrap();
+            assert!(!r.compaction_due(retry - 1), "due before its retry time");
+            assert!(r.compaction_due(retry));
+            waits.push(retry - now);
+            now = retry;
+        }
+        assert_eq!(
+            waits,
+            [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000]
+        );
+        // A partial fold (up to seq 1 of 2) ends the backoff and leaves the room due.
+        r.handle_remote(2, &a.insert(0, "y").unwrap()).unwrap();
+        let partial = fold(Some(&r.checkpoint.clone()), &[&r.tail[0].1]).unwrap();
+        r.handle_compacted(partial, 1, now);
+        assert_eq!(r.compaction_retry_at(), None);
+        assert!(r.compaction_due(now), "the rest of the tail is still due");
+        assert_eq!(r.tail_bytes(), r.tail[0].1.len());
+        // Nothing to fold keeps the checkpoint (seq 1) and restarts the age clock.
+        r.handle_compaction_skipped(now);
+        assert_eq!(r.checkpoint_seq, 1);
     }
 }
 

@@ -46,6 +46,7 @@ async fn main() {
     let store = store::connect(&url).await.expect("store");
     let room = format!("hist-bench-{}", std::process::id());
     let policy = HistoryPolicy::default();
+    let folds = store::Folds::new(concord_server::cpu::CpuPool::start(1, 16), 1, 8 << 20);
 
     // Every edit its own op, committed in groups of 500, compacted every 200 ops as a room is.
     let mut doc = Document::new(42);
@@ -70,7 +71,10 @@ async fn main() {
             let before = committed;
             committed += n as u64;
             if committed / 200 > before / 200 || i + 1 == patches.len() {
-                store.compact(&room, &policy).await.expect("compact");
+                store
+                    .compact(&room, &policy, &folds)
+                    .await
+                    .expect("compact");
             }
         }
     }

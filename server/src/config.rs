@@ -35,6 +35,13 @@ pub struct Config {
     pub max_connections: usize,
     /// When to fold the op log into a snapshot.
     pub compaction: CompactionPolicy,
+    /// The most bytes of ops one compaction folds (`COMPACT_BYTES`); a longer tail is folded
+    /// in steps, so a fold's memory and time follow this, not how far behind the room is.
+    pub compact_bytes: usize,
+    /// Rooms loaded at once on this instance (`MAX_ROOMS`), whatever loaded them: sockets of
+    /// any protocol, each Hocuspocus document, REST writes. At the cap, rooms with no members
+    /// unload at once, and a room that would be loaded beyond it is refused (`overloaded`).
+    pub max_rooms: usize,
     /// How history is kept (`HISTORY_CHECKPOINT_OPS`, `HISTORY_RETENTION`).
     pub history: crate::store::history::HistoryPolicy,
     /// How long shutdown waits for rooms and connections to drain (`SHUTDOWN_GRACE_SECS`).
@@ -293,6 +300,16 @@ pub const SETTINGS: &[Setting] = &[
         name: "COMPACT_MS",
         default: |c| c.compaction.max_age_ms.to_string(),
         what: "... or after this many milliseconds",
+    },
+    Setting {
+        name: "COMPACT_BYTES",
+        default: |c| c.compact_bytes.to_string(),
+        what: "... folding at most this many bytes of ops at a time",
+    },
+    Setting {
+        name: "MAX_ROOMS",
+        default: |c| c.max_rooms.to_string(),
+        what: "rooms loaded at once (beyond: idle ones unload, new ones are refused)",
     },
     Setting {
         name: "HISTORY_CHECKPOINT_OPS",
@@ -687,6 +704,8 @@ impl Default for Config {
             heartbeat: Duration::from_secs(15),
             max_connections: 20_000,
             compaction: CompactionPolicy::default(),
+            compact_bytes: 8 * 1024 * 1024,
+            max_rooms: 10_000,
             history: crate::store::history::HistoryPolicy::default(),
             shutdown_grace: Duration::from_secs(10),
             cpu_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -902,6 +921,8 @@ impl Config {
                 max_ops: parse("COMPACT_OPS", d.compaction.max_ops)?.max(1),
                 max_age_ms: parse("COMPACT_MS", d.compaction.max_age_ms)?,
             },
+            compact_bytes: parse("COMPACT_BYTES", d.compact_bytes)?.max(1),
+            max_rooms: parse("MAX_ROOMS", d.max_rooms)?.max(1),
             history: crate::store::history::HistoryPolicy {
                 checkpoint_ops: parse("HISTORY_CHECKPOINT_OPS", d.history.checkpoint_ops)?.max(1),
                 retention_ms: retention("HISTORY_RETENTION")?,

@@ -20,6 +20,7 @@ use futures_util::{Sink, SinkExt, StreamExt};
 
 use crate::auth::limits::Payer;
 use crate::auth::{AccessEvent, Admission, Denied, LiveRole, Principal, Role};
+use crate::error::ServerError;
 use crate::outbox::{self, Frame, Outbound};
 use crate::rate::{Pace, Pacer};
 use crate::room::{error_text, now_ms, Dialect, Kill, Member, Request, RoomCmd};
@@ -200,15 +201,28 @@ pub async fn serve(
     let link = match app.rooms.join(&room, conn, sv, member).await {
         Ok(link) => link,
         Err(e) => {
-            tracing::warn!(room = %room, error = %e, "join failed");
-            let frame = error_text(
-                "unavailable",
-                "the room cannot be opened now; retry shortly",
-            );
+            let (code, message, close_code, reason) = match e {
+                ServerError::Overloaded { .. } => (
+                    "overloaded",
+                    "the server is at capacity; retry shortly",
+                    1013,
+                    "server at capacity",
+                ),
+                _ => {
+                    tracing::warn!(room = %room, error = %e, "join failed");
+                    (
+                        "unavailable",
+                        "the room cannot be opened now; retry shortly",
+                        1011,
+                        "room unavailable",
+                    )
+                }
+            };
             if dialect == Dialect::Json {
+                let frame = error_text(code, message);
                 within(write_timeout, sink.send(Message::Text(frame))).await;
             }
-            close(&mut sink, write_timeout, 1011, "room unavailable").await;
+            close(&mut sink, write_timeout, close_code, reason).await;
             return;
         }
     };
@@ -370,10 +384,15 @@ pub(crate) struct Watch {
 
 impl Watch {
     pub(crate) async fn run(&self, mut events: tokio::sync::broadcast::Receiver<AccessEvent>) {
-        let expiry = std::time::UNIX_EPOCH + Duration::from_secs(self.principal.exp);
-        let left = expiry
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
+        // `exp` is the token's to choose: one past what a `SystemTime` holds never expires
+        // rather than panicking this watch (which left the connection unwatched).
+        let left = std::time::UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.principal.exp))
+            .map_or(Duration::MAX, |expiry| {
+                expiry
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+            });
         let expires = tokio::time::sleep(left);
         tokio::pin!(expires);
         loop {

@@ -54,6 +54,15 @@ pub enum ServerError {
     #[error("room is closing")]
     RoomClosing,
 
+    /// The instance is at a budget (`what`: `rooms`, ...) and refuses new work rather than
+    /// take more than it can hold; the caller may retry shortly (close 1013, HTTP 503 with
+    /// `Retry-After`).
+    #[error("overloaded: too many {what}")]
+    Overloaded {
+        /// Which budget is full.
+        what: &'static str,
+    },
+
     /// The store could not be reached in time, or the commit pipeline is gone.
     #[error("store unavailable")]
     Unavailable,

@@ -98,9 +98,17 @@ impl Docs<'_> {
         let link = match self.app.rooms.join(&name, conn, None, member).await {
             Ok(link) => link,
             Err(e) => {
-                tracing::warn!(room = %name, error = %e, "join failed");
+                let reason = match e {
+                    crate::error::ServerError::Overloaded { .. } => {
+                        "server at capacity; retry shortly"
+                    }
+                    _ => {
+                        tracing::warn!(room = %name, error = %e, "join failed");
+                        "room unavailable; retry shortly"
+                    }
+                };
                 session.closed(&name);
-                self.send(hocuspocus::close(&name, "room unavailable; retry shortly"));
+                self.send(hocuspocus::close(&name, reason));
                 return Some(());
             }
         };

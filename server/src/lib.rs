@@ -91,6 +91,8 @@ pub async fn run(
         hub: hub.clone(),
         committer,
         cpu: cpu.clone(),
+        // Half the pool at most: the other half keeps applying edits while rooms fold.
+        folds: store::Folds::new(cpu.clone(), config.cpu_threads / 2, config.compact_bytes),
         cpu_ledger: Arc::new(auth::limits::CpuLedger::new(config.auth.limits.max_entries)),
         config: config.clone(),
         shutdown: token.clone(),

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// `concord_webhook_outbox_depth`: events waiting in the outbox (all instances).
     pub webhook_outbox_depth: IntGauge,
+    /// `concord_refused_total{budget}`: work refused because an instance budget was full.
+    pub refused: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: a commit is an fsync (ms) but a stalled store is
@@ -103,6 +105,15 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(webhook_deliveries.clone()))?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "concord_refused_total",
+                "Work refused (overloaded, 1013 / 503) because an instance budget was full, \
+                 by budget.",
+            ),
+            &["budget"],
+        )?;
+        registry.register(Box::new(refused.clone()))?;
         // Present from the start, at 0, so dashboards see every protocol.
         for dialect in [Dialect::Json, Dialect::Yjs, Dialect::Hocuspocus] {
             connections.with_label_values(&[protocol(dialect)]);
@@ -152,8 +163,14 @@ impl Metrics {
                 "concord_webhook_outbox_depth",
                 "Webhook events waiting for delivery (read from the store every few seconds).",
             )?,
+            refused,
             registry,
         })
+    }
+
+    /// Work was refused for the instance budget `budget` (a fixed name, e.g. `rooms`).
+    pub fn refused(&self, budget: &'static str) {
+        self.refused.with_label_values(&[budget]).inc();
     }
 
     /// One more open socket of `dialect`, until the guard is dropped.

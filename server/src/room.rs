@@ -854,8 +854,11 @@ impl RoomTask {
                             Ok(Some((snapshot, op_seq))) => {
                                 core.state.handle_compacted(snapshot, op_seq, now_ms());
                             }
-                            Ok(None) => core.state.handle_compacted(Vec::new(), 0, now_ms()),
-                            Err(e) => tracing::warn!(room = %room.id, error = %e, "compaction failed"),
+                            Ok(None) => core.state.handle_compaction_skipped(now_ms()),
+                            Err(e) => {
+                                core.state.handle_compaction_failed(now_ms());
+                                tracing::warn!(room = %room.id, error = %e, "compaction failed");
+                            }
                         }
                     }
                 }
@@ -918,12 +921,16 @@ impl RoomTask {
                         let store = ctx.store.clone();
                         let id = room.id.clone();
                         let history = ctx.config.history;
-                        compaction =
-                            Some(Box::pin(async move { store.compact(&id, &history).await }));
+                        let folds = ctx.folds.clone();
+                        compaction = Some(Box::pin(async move {
+                            store.compact(&id, &history, &folds).await
+                        }));
                     }
                     if room.members.is_empty() && commit.is_none() && room.uncommitted() == 0 {
                         let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                        if !closing && since.elapsed() >= ctx.config.room_idle
+                        let idle_enough = since.elapsed() >= ctx.config.room_idle
+                            || self.rooms.shedding();
+                        if !closing && idle_enough
                             && self.rooms.unregister_if_idle(&self.id, self.generation, &self.rx)
                         {
                             self.rx.close();
@@ -996,8 +1003,22 @@ impl RoomTask {
         if let Some(f) = compaction.take() {
             let _ = f.await;
         }
-        if let Err(e) = ctx.store.compact(&room.id, &ctx.config.history).await {
-            tracing::warn!(room = %room.id, error = %e, "final compaction failed");
+        // Folded in steps of COMPACT_BYTES until the snapshot is at the room's seq, so the
+        // next load reads no tail (bounded: a step that folds nothing ends it).
+        let seq = room.core.as_ref().map_or(0, |c| c.state.seq());
+        loop {
+            match ctx
+                .store
+                .compact(&room.id, &ctx.config.history, &ctx.folds)
+                .await
+            {
+                Ok(Some((_, folded))) if folded < seq => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(room = %room.id, error = %e, "final compaction failed");
+                    break;
+                }
+            }
         }
         self.rooms.unregister(&self.id, self.generation);
         // Joins that raced the close are told to retry with a fresh room task.

@@ -6,7 +6,7 @@
 //! and comes back here for a fresh task.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub struct RoomContext {
     pub committer: Committer,
     /// Where rooms do their CRDT work.
     pub cpu: crate::cpu::CpuPool,
+    /// Where compactions fold, and how many at once.
+    pub folds: crate::store::Folds,
     /// Connections' CPU budgets, kept past their close for the payer's next connection.
     pub cpu_ledger: Arc<crate::auth::limits::CpuLedger>,
     /// Settings.
@@ -63,6 +65,10 @@ pub struct Rooms {
     /// once and thousands of cold rooms load together; without a queue they all waited on
     /// the pool and those past its acquire timeout answered `unavailable`.
     loads: Semaphore,
+    /// Set when a room could not be loaded for [`Config::max_rooms`]: rooms with no members
+    /// unload at their next tick instead of after `ROOM_IDLE_SECS`. Cleared once a tenth of
+    /// the cap is free again.
+    shedding: AtomicBool,
     ctx: RoomContext,
 }
 
@@ -76,6 +82,7 @@ impl Rooms {
             map: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             loads: Semaphore::new(ctx.store.parallel_loads().max(1)),
+            shedding: AtomicBool::new(false),
             ctx,
         })
     }
@@ -114,7 +121,7 @@ impl Rooms {
             if self.ctx.shutdown.is_cancelled() {
                 return Err(ServerError::RoomClosing);
             }
-            let handle = self.handle(room);
+            let handle = self.handle(room)?;
             let (reply, rx) = oneshot::channel();
             let cmd = RoomCmd::Join {
                 conn,
@@ -138,15 +145,29 @@ impl Rooms {
         Err(ServerError::Unavailable)
     }
 
-    fn handle(self: &Arc<Self>, room: &str) -> Handle {
+    /// Rooms with no members should unload now: the instance is at [`Config::max_rooms`].
+    pub(crate) fn shedding(&self) -> bool {
+        self.shedding.load(Ordering::Relaxed)
+    }
+
+    /// The room's task, started if it is not loaded and the instance has room for it.
+    fn handle(self: &Arc<Self>, room: &str) -> Result<Handle> {
         let mut map = match self.map.lock() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some(h) = map.get(room) {
             if !h.tx.is_closed() {
-                return h.clone();
+                return Ok(h.clone());
             }
+            map.remove(room);
+        }
+        if map.len() >= self.ctx.config.max_rooms {
+            // Idle rooms make way at their next tick; this join is refused, and its retry
+            // (a client's reconnect backoff) finds the room they leave.
+            self.shedding.store(true, Ordering::Relaxed);
+            crate::metrics::get().refused("rooms");
+            return Err(ServerError::Overloaded { what: "rooms" });
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.ctx.config.room_queue);
@@ -159,7 +180,7 @@ impl Rooms {
             rx,
         };
         self.ctx.tracker.spawn(task.run());
-        handle
+        Ok(handle)
     }
 
     /// Deletes the room's stored data and stops it on every instance: its members are closed
@@ -203,6 +224,15 @@ impl Rooms {
         };
         if map.get(room).map(|h| h.generation) == Some(generation) {
             map.remove(room);
+            self.relieved(map.len());
+        }
+    }
+
+    /// Stops shedding once a tenth of [`Config::max_rooms`] is free.
+    fn relieved(&self, loaded: usize) {
+        let max = self.ctx.config.max_rooms;
+        if loaded < max - max / 10 {
+            self.shedding.store(false, Ordering::Relaxed);
         }
     }
 
@@ -222,6 +252,7 @@ impl Rooms {
             return false;
         }
         map.remove(room);
+        self.relieved(map.len());
         true
     }
 }

@@ -64,6 +64,18 @@ impl ApiError {
         )
     }
 
+    /// 503 with `Retry-After`: the instance is at one of its budgets (rooms loaded, ...).
+    pub fn overloaded() -> ApiError {
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the server is at capacity; retry shortly",
+            )
+        }
+    }
+
     /// 429 with `Retry-After`.
     pub fn rate_limited(retry_after: u64) -> ApiError {
         ApiError {
@@ -89,6 +101,9 @@ impl From<Denied> for ApiError {
 
 impl From<crate::error::ServerError> for ApiError {
     fn from(e: crate::error::ServerError) -> ApiError {
+        if let crate::error::ServerError::Overloaded { .. } = e {
+            return ApiError::overloaded();
+        }
         tracing::warn!(error = %e, "api: store call failed");
         ApiError::unavailable()
     }

@@ -21,8 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{redact_url, scrub};
+use crate::cpu::CpuPool;
 use crate::error::{Result, ServerError};
 
 /// How long the store may take, so a stalled database turns into a prompt, typed error
@@ -186,8 +188,10 @@ pub trait Store:
     /// itself: the committer bounds the group and its retries together.
     async fn append(&self, batch: &[Append]) -> Result<Vec<u64>>;
 
-    /// Folds the snapshot and the ops after it into a new snapshot. Returns the new snapshot and its op seq, or `None` if there was nothing to fold (or a
-    /// concurrent compaction of the same room won).
+    /// Folds the snapshot and the ops after it (at most [`Folds::max_bytes`] of them, at least
+    /// one) into a new snapshot, with `folds`. Returns the new snapshot and its op seq, or
+    /// `None` if there was nothing to fold (or a concurrent compaction of the same room won).
+    /// A room whose tail is longer is not done: it is still due, and the next call goes on.
     ///
     /// The read and the fold hold no lock: only the final write (snapshot upsert, checkpoint,
     /// conditional on the snapshot being the one that was read) takes the room's write lock,
@@ -199,6 +203,7 @@ pub trait Store:
         &self,
         room: &str,
         history: &history::HistoryPolicy,
+        folds: &Folds,
     ) -> Result<Option<(Vec<u8>, u64)>>;
 
     /// Deletes everything stored of the room (ops, snapshot, checkpoints, versions) in one
@@ -247,20 +252,80 @@ pub async fn connect_with(url: &str, timeouts: StoreTimeouts) -> Result<Arc<dyn 
     })
 }
 
-/// The compaction fold, off the async workers (a large document takes a while to re-encode).
-pub(crate) async fn fold_blocking(
-    room: &str,
-    snapshot: Option<Vec<u8>>,
-    ops: Vec<Vec<u8>>,
-) -> Result<Vec<u8>> {
-    let room_name = room.to_owned();
-    tokio::task::spawn_blocking(move || concord_engine::room::fold(snapshot.as_deref(), &ops))
-        .await
-        .map_err(|_| ServerError::Unavailable)?
-        .map_err(|source| ServerError::Corrupt {
-            room: room_name,
+/// Where compaction folds run, how many at once, and how much of a room's log one may fold.
+///
+/// A fold rebuilds the whole document (snapshot plus ops) and re-encodes it: seconds of CPU and
+/// many times the ops' bytes in memory for a large room. So folds run on the [`CpuPool`] beside
+/// every other piece of CRDT work, at most `parallel` at once (a fraction of the pool, so rooms
+/// keep applying edits meanwhile), and each folds at most `max_bytes` of ops: a longer tail is
+/// folded in steps, one snapshot per step, instead of in one fold that outgrows memory and the
+/// store's timeout.
+///
+/// A fold's turn is held by the fold itself, not by the call that waits for it: a compaction
+/// whose store call timed out gives its turn back only when its fold has really ended. (Freeing
+/// it at the timeout let the next compaction start beside a fold still running, and under a
+/// steady writer those piled up until the kernel killed the process.)
+#[derive(Clone, Debug)]
+pub struct Folds {
+    cpu: CpuPool,
+    turns: Arc<Semaphore>,
+    max_bytes: usize,
+}
+
+/// A turn to fold (see [`Folds`]); held until the fold that took it ends.
+pub(crate) struct FoldTurn {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Folds {
+    /// Folds on `cpu`, `parallel` at once (at least one), each over at most `max_bytes` of ops
+    /// (at least one op, whatever its size).
+    pub fn new(cpu: CpuPool, parallel: usize, max_bytes: usize) -> Folds {
+        Folds {
+            cpu,
+            turns: Arc::new(Semaphore::new(parallel.max(1))),
+            max_bytes: max_bytes.max(1),
+        }
+    }
+
+    /// The most op bytes one compaction reads and folds.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Waits for a turn to fold.
+    pub(crate) async fn turn(&self) -> Result<FoldTurn> {
+        self.turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map(|permit| FoldTurn { _permit: permit })
+            .map_err(|_| ServerError::Unavailable)
+    }
+
+    /// Folds `ops` into `snapshot` on the CPU pool; the turn goes with the job, and comes back
+    /// with its result only if the caller is still waiting.
+    pub(crate) async fn fold(
+        &self,
+        turn: FoldTurn,
+        room: &str,
+        snapshot: Option<Vec<u8>>,
+        ops: Vec<Vec<u8>>,
+    ) -> Result<(Vec<u8>, FoldTurn)> {
+        let ran = self
+            .cpu
+            .run(move || {
+                let state = concord_engine::room::fold(snapshot.as_deref(), &ops);
+                (state, turn)
+            })
+            .await?;
+        let (state, turn) = ran.value;
+        let state = state.map_err(|source| ServerError::Corrupt {
+            room: room.to_owned(),
             source,
-        })
+        })?;
+        Ok((state, turn))
+    }
 }
 
 /// Converts a stored seq (SQL BIGINT) to u64; negative values never occur.
@@ -271,4 +336,48 @@ pub(crate) fn seq_from_db(v: i64) -> u64 {
 /// Converts a seq to SQL BIGINT.
 pub(crate) fn seq_to_db(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A compaction abandoned mid-fold (its store call timed out) gives its turn back only when
+    /// its fold ends: the next one cannot start beside it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_fold_keeps_its_turn_after_its_caller_gives_up() {
+        let cpu = CpuPool::start(1, 4);
+        let folds = Folds::new(cpu.clone(), 1, 1024);
+        // The pool's only thread is busy, so the fold waits in its queue.
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::spawn({
+            let cpu = cpu.clone();
+            async move { cpu.run(move || blocked.recv()).await }
+        });
+        tokio::task::yield_now().await;
+        let turn = folds.turn().await.expect("a turn");
+        let mut doc = concord_engine::Document::new(1);
+        let op = doc.insert(0, "x").expect("insert");
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(20),
+            folds.fold(turn, "r", None, vec![op]),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the fold is still queued");
+        assert_eq!(
+            folds.turns.available_permits(),
+            0,
+            "the queued fold holds it"
+        );
+        release.send(()).expect("release");
+        blocker
+            .await
+            .expect("join")
+            .expect("ran")
+            .value
+            .expect("recv");
+        // The abandoned fold runs, then frees its turn.
+        let next = tokio::time::timeout(Duration::from_secs(5), folds.turn()).await;
+        assert!(next.is_ok(), "the turn came back once the fold ended");
+    }
 }

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
 use super::history::HistoryPolicy;
-use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, Store, StoreTimeouts};
+use super::{seq_from_db, seq_to_db, Append, Folds, Loaded, Store, StoreTimeouts};
 use crate::error::Result;
 
 /// Postgres-backed store.
@@ -29,9 +29,6 @@ pub struct PgStore {
     pool: PgPool,
     describe: String,
     timeouts: StoreTimeouts,
-    /// Compactions at once: each reads and re-encodes a whole room, and a burst of them (rooms
-    /// loaded together fall due together) would take the pool's connections from the commits.
-    compactions: tokio::sync::Semaphore,
     /// Set when webhooks are on: `append` records `document.changed` (see [`super::webhooks`]).
     webhooks: std::sync::OnceLock<super::webhooks::Timing>,
     /// Set with `OBJECT_STORE_URL`: snapshots live in the bucket (see [`super::objects`]).
@@ -82,7 +79,6 @@ impl PgStore {
             pool,
             describe,
             timeouts,
-            compactions: tokio::sync::Semaphore::new(2),
             webhooks: std::sync::OnceLock::new(),
             objects: std::sync::OnceLock::new(),
         })
@@ -91,6 +87,7 @@ impl PgStore {
     async fn read_room(
         tx: &mut sqlx::PgConnection,
         room: &str,
+        max_bytes: usize,
     ) -> Result<(Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>, Option<String>)> {
         let snapshot =
             sqlx::query("SELECT state, op_seq, object_key FROM snapshots WHERE room_id = $1")
@@ -105,15 +102,28 @@ impl PgStore {
             ),
             None => (None, 0, None),
         };
-        let ops =
+        // With a bound: the ops up to the first whose running total of bytes reaches it
+        // (`octet_length` reads a TOASTed value's size from its pointer, not its bytes).
+        let query = if max_bytes == usize::MAX {
             sqlx::query("SELECT seq, op FROM ops WHERE room_id = $1 AND seq > $2 ORDER BY seq")
-                .bind(room)
-                .bind(snapshot_seq)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        } else {
+            sqlx::query(
+                "SELECT seq, op FROM ops WHERE room_id = $2 AND seq > $3 AND seq <= COALESCE(( \
+                   SELECT seq FROM (SELECT seq, SUM(octet_length(op)) OVER (ORDER BY seq) AS run \
+                     FROM ops WHERE room_id = $2 AND seq > $3) AS running \
+                   WHERE run >= $1 ORDER BY seq LIMIT 1), 9223372036854775807) \
+                 ORDER BY seq",
+            )
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+        };
+        let ops = query
+            .bind(room)
+            .bind(snapshot_seq)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok((snapshot, snapshot_seq, ops, key))
     }
 }
@@ -149,7 +159,8 @@ impl Store for PgStore {
                         .pool
                         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                         .await?;
-                    let (snapshot, snapshot_seq, ops, key) = Self::read_room(&mut tx, room).await?;
+                    let (snapshot, snapshot_seq, ops, key) =
+                        Self::read_room(&mut tx, room, usize::MAX).await?;
                     tx.commit().await?;
                     // A compaction may replace the object between the read and the fetch.
                     let snapshot =
@@ -193,15 +204,17 @@ impl Store for PgStore {
             .map_err(|e| self.timeouts.classify("commit", e))
     }
 
-    async fn compact(&self, room: &str, history: &HistoryPolicy) -> Result<Option<(Vec<u8>, u64)>> {
-        let _turn = self
-            .compactions
-            .acquire()
-            .await
-            .map_err(|_| crate::error::ServerError::Unavailable)?;
-        self.timeouts
-            .bound("compact", self.compact_unbounded(room, history))
-            .await
+    async fn compact(
+        &self,
+        room: &str,
+        history: &HistoryPolicy,
+        folds: &Folds,
+    ) -> Result<Option<(Vec<u8>, u64)>> {
+        // The turn is taken first, and the fold runs outside the store's bound: waiting for a
+        // turn or for the CPU is not the store being slow (a fold bounded by it could never
+        // finish once a room's document takes longer than the bound to rebuild).
+        let turn = folds.turn().await?;
+        self.compact_in_turn(room, history, folds, turn).await
     }
 
     fn use_objects(&self, objects: std::sync::Arc<super::objects::Objects>) {
@@ -326,25 +339,51 @@ impl PgStore {
         Ok(firsts)
     }
 
-    async fn compact_unbounded(
+    /// [`Store::compact`] once its turn came: the reads and the writes each within the
+    /// store's bound, the fold between them on the CPU pool.
+    async fn compact_in_turn(
         &self,
         room: &str,
         history: &HistoryPolicy,
+        folds: &Folds,
+        turn: super::FoldTurn,
     ) -> Result<Option<(Vec<u8>, u64)>> {
         // One consistent snapshot of both tables, with no lock: commits go on meanwhile.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
-        let (snapshot, snapshot_seq, ops, key) = Self::read_room(&mut tx, room).await?;
-        tx.commit().await?;
+        let read = async {
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?;
+            let read = Self::read_room(&mut tx, room, folds.max_bytes()).await?;
+            tx.commit().await?;
+            Ok(read)
+        };
+        let (snapshot, snapshot_seq, ops, key) = self.timeouts.bound("compact", read).await?;
         let Some(&(op_seq, _)) = ops.last() else {
             return Ok(None);
         };
         let snapshot = super::objects::resolve(self.objects.get(), snapshot, key).await?;
-        let state =
-            fold_blocking(room, snapshot, ops.into_iter().map(|(_, u)| u).collect()).await?;
+        let ops = ops.into_iter().map(|(_, u)| u).collect();
+        let (state, turn) = folds.fold(turn, room, snapshot, ops).await?;
+        // The turn is held until the writes are done.
+        let write = async move {
+            let _turn = turn;
+            self.compact_write(room, history, snapshot_seq, op_seq, state)
+                .await
+        };
+        self.timeouts.bound("compact", write).await
+    }
 
+    /// The end of a compaction: the new snapshot (object first), history kept, if the
+    /// snapshot is still the one that was read at `snapshot_seq`.
+    async fn compact_write(
+        &self,
+        room: &str,
+        history: &HistoryPolicy,
+        snapshot_seq: i64,
+        op_seq: i64,
+        state: Vec<u8>,
+    ) -> Result<Option<(Vec<u8>, u64)>> {
         // The object first, the row naming it after: a row never names a missing object.
         let objects = self.objects.get();
         let new_key = match objects {

@@ -19,7 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::history::HistoryPolicy;
-use super::{fold_blocking, seq_from_db, seq_to_db, Append, Loaded, OpMeta, Store, StoreTimeouts};
+use super::{seq_from_db, seq_to_db, Append, Folds, Loaded, OpMeta, Store, StoreTimeouts};
 use crate::error::Result;
 
 /// Rows per multi-row INSERT (6 parameters each, far below SQLite's parameter limit), and
@@ -45,9 +45,6 @@ pub struct SqliteStore {
     /// busy handler (steps of up to 100 ms), while a waiter on this lock wakes the moment the
     /// writer is done.
     writer: tokio::sync::Mutex<SqlitePool>,
-    /// Compactions at once: each reads and re-encodes a whole room, and a burst of them (rooms
-    /// loaded together fall due together) would take every connection and core.
-    compactions: tokio::sync::Semaphore,
     /// The background WAL checkpoint task, stopped with the store.
     checkpointer: tokio::task::AbortHandle,
     /// Set when webhooks are on: `append` records `document.changed` (see [`super::webhooks`]).
@@ -120,7 +117,6 @@ impl SqliteStore {
             path,
             timeouts,
             writer: tokio::sync::Mutex::new(writer),
-            compactions: tokio::sync::Semaphore::new(1),
             checkpointer,
             webhooks: std::sync::OnceLock::new(),
             objects: std::sync::OnceLock::new(),
@@ -153,7 +149,8 @@ impl Store for SqliteStore {
                 let mut attempt = 0;
                 loop {
                     let mut tx = self.pool.begin().await?;
-                    let (snapshot, snapshot_seq, ops, key) = read_room(&mut tx, room).await?;
+                    let (snapshot, snapshot_seq, ops, key) =
+                        read_room(&mut tx, room, usize::MAX).await?;
                     tx.commit().await?;
                     // A compaction may replace the object between the read and the fetch.
                     let snapshot =
@@ -197,15 +194,17 @@ impl Store for SqliteStore {
             .map_err(|e| self.timeouts.classify("commit", e))
     }
 
-    async fn compact(&self, room: &str, history: &HistoryPolicy) -> Result<Option<(Vec<u8>, u64)>> {
-        let _turn = self
-            .compactions
-            .acquire()
-            .await
-            .map_err(|_| crate::error::ServerError::Unavailable)?;
-        self.timeouts
-            .bound("compact", self.compact_unbounded(room, history))
-            .await
+    async fn compact(
+        &self,
+        room: &str,
+        history: &HistoryPolicy,
+        folds: &Folds,
+    ) -> Result<Option<(Vec<u8>, u64)>> {
+        // The turn is taken first, and the fold runs outside the store's bound: waiting for a
+        // turn or for the CPU is not the store being slow (a fold bounded by it could never
+        // finish once a room's document takes longer than the bound to rebuild).
+        let turn = folds.turn().await?;
+        self.compact_in_turn(room, history, folds, turn).await
     }
 
     fn use_objects(&self, objects: std::sync::Arc<super::objects::Objects>) {
@@ -331,23 +330,49 @@ impl SqliteStore {
         Ok(firsts)
     }
 
-    async fn compact_unbounded(
+    /// [`Store::compact`] once its turn came: the reads and the writes each within the
+    /// store's bound, the fold between them on the CPU pool.
+    async fn compact_in_turn(
         &self,
         room: &str,
         history: &HistoryPolicy,
+        folds: &Folds,
+        turn: super::FoldTurn,
     ) -> Result<Option<(Vec<u8>, u64)>> {
         // A deferred (read) transaction: in WAL mode it sees one consistent snapshot of both
         // tables and never blocks the committer.
-        let mut tx = self.pool.begin().await?;
-        let (snapshot, snapshot_seq, ops, key) = read_room(&mut tx, room).await?;
-        tx.commit().await?;
+        let read = async {
+            let mut tx = self.pool.begin().await?;
+            let read = read_room(&mut tx, room, folds.max_bytes()).await?;
+            tx.commit().await?;
+            Ok(read)
+        };
+        let (snapshot, snapshot_seq, ops, key) = self.timeouts.bound("compact", read).await?;
         let Some(&(op_seq, _)) = ops.last() else {
             return Ok(None);
         };
         let snapshot = super::objects::resolve(self.objects.get(), snapshot, key).await?;
         let ops = ops.into_iter().map(|(_, u)| u).collect();
-        let state = fold_blocking(room, snapshot, ops).await?;
+        let (state, turn) = folds.fold(turn, room, snapshot, ops).await?;
+        // The turn is held until the writes are done.
+        let write = async move {
+            let _turn = turn;
+            self.compact_write(room, history, snapshot_seq, op_seq, state)
+                .await
+        };
+        self.timeouts.bound("compact", write).await
+    }
 
+    /// The end of a compaction: the new snapshot (object first), history kept, if the
+    /// snapshot is still the one that was read at `snapshot_seq`.
+    async fn compact_write(
+        &self,
+        room: &str,
+        history: &HistoryPolicy,
+        snapshot_seq: i64,
+        op_seq: i64,
+        state: Vec<u8>,
+    ) -> Result<Option<(Vec<u8>, u64)>> {
         // The object first, the row naming it after: a row never names a missing object.
         let objects = self.objects.get();
         let new_key = match objects {
@@ -420,6 +445,7 @@ impl SqliteStore {
 async fn read_room(
     tx: &mut sqlx::SqliteConnection,
     room: &str,
+    max_bytes: usize,
 ) -> Result<(Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>, Option<String>)> {
     let snapshot = sqlx::query("SELECT state, op_seq, object_key FROM snapshots WHERE room_id = ?")
         .bind(room)
@@ -433,7 +459,21 @@ async fn read_room(
         ),
         None => (None, 0, None),
     };
-    let ops = sqlx::query("SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq")
+    // With a bound: the ops up to the first whose running total of bytes reaches it (SQLite
+    // reads a blob's length from its record header, so the bound costs no op's bytes).
+    let query = if max_bytes == usize::MAX {
+        sqlx::query("SELECT seq, op FROM ops WHERE room_id = ?1 AND seq > ?2 ORDER BY seq")
+    } else {
+        sqlx::query(
+            "SELECT seq, op FROM ops WHERE room_id = ?2 AND seq > ?3 AND seq <= COALESCE(( \
+               SELECT seq FROM (SELECT seq, SUM(length(op)) OVER (ORDER BY seq) AS run \
+                 FROM ops WHERE room_id = ?2 AND seq > ?3) \
+               WHERE run >= ?1 ORDER BY seq LIMIT 1), 9223372036854775807) \
+             ORDER BY seq",
+        )
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+    };
+    let ops = query
         .bind(room)
         .bind(snapshot_seq)
         .fetch_all(&mut *tx)

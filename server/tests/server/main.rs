@@ -9,6 +9,7 @@ mod docapi;
 mod history;
 mod object_store;
 mod operations;
+mod resources;
 mod scale_out;
 mod store_faults;
 mod suite;
@@ -28,6 +29,10 @@ macro_rules! for_each_store {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn bad_input_changes_nothing() {
                 crate::bad_input::bad_input_changes_nothing(crate::support::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_long_tail_is_folded_in_steps() {
+                crate::resources::a_long_tail_is_folded_in_steps(crate::support::Backend::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn history_versions_diff_playback_restore() {
@@ -56,6 +61,10 @@ macro_rules! for_each_store {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn bad_input_changes_nothing() {
                 crate::bad_input::bad_input_changes_nothing(crate::support::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_long_tail_is_folded_in_steps() {
+                crate::resources::a_long_tail_is_folded_in_steps(crate::support::Backend::Postgres).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn history_versions_diff_playback_restore() {
@@ -89,6 +98,18 @@ for_each_store!(
 );
 
 mod abuse_suite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_of_a_heavy_room_cannot_run_away() {
+        crate::abuse::compaction_of_a_heavy_room_cannot_run_away().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loaded_rooms_are_capped() {
+        crate::resources::loaded_rooms_are_capped().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_presence_is_refused_before_parsing() {
+        crate::resources::oversized_presence_is_refused_before_parsing().await
+    }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crowd_joining_cold_rooms_all_get_in() {
         crate::suite::a_crowd_joining_cold_rooms_all_get_in().await

@@ -163,7 +163,8 @@ pub async fn stalled_store_times_out_then_recovers(backend: Backend) {
     assert!(err.is_timeout(), "typed timeout, got {err:?}");
     assert!(took <= BOUND.commit + MARGIN, "answered after {took:?}");
 
-    let (compacted, took) = timed(store.compact(&room, &Default::default())).await;
+    let (compacted, took) =
+        timed(store.compact(&room, &Default::default(), &support::folds())).await;
     let err = compacted.expect_err("no compaction while the store is locked");
     eprintln!("{backend:?}: stalled compact -> `{err}` after {took:?}");
     assert!(err.is_timeout(), "typed timeout, got {err:?}");

@@ -211,7 +211,27 @@ impl ChildServer {
 
     /// The binary with extra environment variables (budgets, timeouts).
     pub async fn start_env(database_url: &str, env: &[(&str, &str)], port: u16) -> ChildServer {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_concord"));
+        Self::start_capped(database_url, env, port, None).await
+    }
+
+    /// [`ChildServer::start_env`], with the process's address space capped at `max_bytes`
+    /// (`prlimit --as`, which execs the server in its place): a runaway dies alone instead of
+    /// taking the machine, and the test sees it die.
+    pub async fn start_capped(
+        database_url: &str,
+        env: &[(&str, &str)],
+        port: u16,
+        max_bytes: Option<u64>,
+    ) -> ChildServer {
+        let binary = env!("CARGO_BIN_EXE_concord");
+        let mut command = match max_bytes {
+            Some(max) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--as={max}")).arg("--").arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         command.envs(env.iter().copied());
         let child = command
             .env("HOST", "127.0.0.1")
@@ -612,4 +632,14 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Compaction folds on a pool of their own, as a server would run them (one at a time, the
+/// default byte bound).
+pub fn folds() -> concord_server::store::Folds {
+    concord_server::store::Folds::new(
+        concord_server::cpu::CpuPool::start(1, 16),
+        1,
+        concord_server::Config::default().compact_bytes,
+    )
 }

@@ -1,0 +1,216 @@
+//! Budgets on what the instance holds, whoever asks: compaction folds a long tail in steps of
+//! bounded bytes, loaded rooms are capped (idle ones make way, the rest are refused with a
+//! typed error), and a frame is held to its kind's size before it is parsed. Each test replays
+//! an attack of the resources audit (issue 29: C1, H4, H7), scaled to run in seconds.
+
+use std::time::Duration;
+
+use concord_engine::Document;
+use concord_server::store::{self, Append, OpMeta};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::suite::next_text;
+use crate::support::*;
+
+/// C1: a room ~3 MiB behind its snapshot, compacted with folds of at most 256 KiB, moves its
+/// snapshot forward a step at a time (each step's ops within the bound plus one op), ends with
+/// the same state as one whole fold, and every step's fold is its own snapshot.
+pub async fn a_long_tail_is_folded_in_steps(backend: Backend) {
+    let Some(db) = database(backend).await else {
+        return;
+    };
+    let store = store::connect(&db).await.expect("store");
+    let room = unique("long-tail");
+    // 96 updates of ~32 KiB each: one writer pasting, as a client would.
+    let mut doc = Document::new(7);
+    let mut ops = Vec::new();
+    for i in 0..96u32 {
+        let chunk: String =
+            std::iter::repeat_n(char::from(b'a' + (i % 26) as u8), 32 * 1024).collect();
+        ops.push(doc.insert(0, &chunk).expect("insert"));
+    }
+    let op_bytes = ops[0].len();
+    for batch in ops.chunks(16) {
+        store
+            .append(&[Append {
+                room: room.clone(),
+                updates: batch.to_vec(),
+                meta: vec![OpMeta::default(); batch.len()],
+            }])
+            .await
+            .expect("append");
+    }
+    let max_bytes = 256 * 1024;
+    let folds = store::Folds::new(concord_server::cpu::CpuPool::start(1, 16), 1, max_bytes);
+    let history = store::history::HistoryPolicy::default();
+    let mut steps = Vec::new();
+    let mut last = 0;
+    while let Some((_, seq)) = store
+        .compact(&room, &history, &folds)
+        .await
+        .expect("compact")
+    {
+        assert!(seq > last, "each step moves the snapshot forward");
+        steps.push(seq - last);
+        last = seq;
+        assert!(steps.len() <= 96, "compaction does not end");
+    }
+    println!(
+        "resources[{backend:?}]: a {} KiB tail in {} folds of at most {} KiB (ops of {} bytes): steps {steps:?}",
+        ops.iter().map(Vec::len).sum::<usize>() / 1024,
+        steps.len(),
+        max_bytes / 1024,
+        op_bytes,
+    );
+    assert_eq!(last, 96, "the whole log is folded");
+    let per_step = (max_bytes / op_bytes + 1) as u64;
+    assert!(steps.iter().all(|&n| n <= per_step), "{steps:?}");
+    assert!(steps.len() >= 96 / per_step as usize, "{steps:?}");
+    let loaded = store.load(&room).await.expect("load");
+    assert_eq!((loaded.snapshot_seq, loaded.ops.len()), (96, 0));
+    let folded = Document::from_update(9, &loaded.snapshot.expect("snapshot")).expect("decodes");
+    assert_eq!(
+        folded.text(),
+        doc.text(),
+        "the steps add up to the document"
+    );
+}
+
+/// H4: rooms loaded at once are capped per instance. At the cap a new room is refused with
+/// `overloaded` (close 1013, or 503 with `Retry-After` over REST) and rooms without members
+/// unload at once, so the refused client's retry gets in; rooms with members stay.
+pub async fn loaded_rooms_are_capped() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let env = [("MAX_ROOMS", "8"), ("ROOM_IDLE_SECS", "3600")];
+    let server = ChildServer::start_env(&db, &env, free_port()).await;
+    let base = server.ws_base();
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let url = format!("{base}/rooms/{}/ws", unique(&format!("cap-{i}")));
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
+        held.push(ws);
+    }
+    let (code, close) = refused(&format!("{base}/rooms/{}/ws", unique("cap-over"))).await;
+    assert_eq!(code.as_deref(), Some("overloaded"));
+    assert_eq!(close, Some(1013));
+    let edits = serde_json::json!({"base_seq": 0, "edits": [{"index": 0, "insert": "x"}]});
+    let path = format!("/api/rooms/{}/edits", unique("cap-rest"));
+    let (status, headers, body) =
+        crate::auth::http(server.addr, "POST", &path, None, Some(&edits)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+
+    // Half the members leave: their rooms make way for the next room at once, not after
+    // ROOM_IDLE_SECS. The retry is a client's reconnect, bounded.
+    for mut ws in held.drain(4..) {
+        ws.close(None).await.expect("close");
+    }
+    let url = format!("{base}/rooms/{}/ws", unique("cap-retry"));
+    let mut tries = 0;
+    let mut ws = loop {
+        tries += 1;
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        let first = next_text(&mut ws).await;
+        if first.starts_with(r#"{"t":"sync""#) {
+            break ws;
+        }
+        assert!(first.contains("overloaded"), "{first}");
+        assert!(tries < 50, "idle rooms never made way");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "resources[rooms]: at the cap of 8, a new room got in on try {tries} after 4 rooms emptied"
+    );
+    // The rooms still held were not unloaded: their members still edit through them.
+    let mut doc = Document::new(11);
+    let update = doc.insert(0, "still here").expect("insert");
+    let frame = concord_engine::wire::ClientMessage::Op {
+        id: Some("k-1".into()),
+        update,
+        base: None,
+    }
+    .to_json();
+    held[0]
+        .send(Message::Text(frame.into()))
+        .await
+        .expect("send");
+    while !next_text(&mut held[0]).await.contains(r#""id":"k-1""#) {}
+    ws.close(None).await.ok();
+}
+
+/// What a refused join heard: its error code and close code.
+async fn refused(url: &str) -> (Option<String>, Option<u16>) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let mut code = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(DEADLINE, ws.next()).await {
+        match msg {
+            Ok(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                if v["t"] == "error" {
+                    code = v["code"].as_str().map(str::to_owned);
+                }
+            }
+            Ok(Message::Close(frame)) => return (code, frame.map(|f| u16::from(f.code))),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    (code, None)
+}
+
+/// H7: four presence frames of 12 MiB at once (each under `MAX_FRAME_BYTES`) are refused as
+/// `too_large` for their kind's bound before their body is parsed. Parsed first, each cost
+/// about 23 times its size (a 16 MiB frame +373 MiB; four at once a 1.45 GB high-water mark).
+pub async fn oversized_presence_is_refused_before_parsing() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let server = ChildServer::start_env(&db, &[], free_port()).await;
+    let base = server.ws_base();
+    let before = server.hwm_kib();
+    let cursor = format!("[{}0]", "{\"a\":[1,2,3]},".repeat(12 * 1024 * 1024 / 14));
+    let frame = format!(r#"{{"t":"presence","user":"x","cursor":{cursor}}}"#);
+    let mut sockets = Vec::new();
+    for i in 0..4 {
+        let url = format!("{base}/rooms/{}/ws", unique(&format!("big-presence-{i}")));
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
+        sockets.push(ws);
+    }
+    let sent = futures_util::future::join_all(sockets.iter_mut().map(|ws| {
+        let frame = frame.clone();
+        async move {
+            ws.send(Message::Text(frame.into())).await.expect("send");
+            loop {
+                let text = next_text(ws).await;
+                if text.contains(r#""t":"error""#) {
+                    return text;
+                }
+            }
+        }
+    }))
+    .await;
+    let growth_mib = server.hwm_kib().saturating_sub(before) / 1024;
+    println!(
+        "resources[presence]: 4 presence frames of {} MiB at once: {:?}; server high-water mark +{growth_mib} MiB",
+        frame.len() >> 20,
+        sent.iter().map(|t| t.contains("too_large")).collect::<Vec<_>>()
+    );
+    for text in &sent {
+        assert!(text.contains(r#""code":"too_large""#), "{text}");
+    }
+    // The frames themselves (and their reads) are 48 MiB; the parse was 23 times that.
+    assert!(
+        growth_mib < 400,
+        "presence frames were parsed: +{growth_mib} MiB"
+    );
+}
