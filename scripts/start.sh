@@ -10,4 +10,7 @@ bash scripts/build-wasm.sh
 step "building the server (release)"
 cargo build --release -p concord-server --bin concord
 step "starting concord"
+# This machine only, unless told otherwise (HOST=0.0.0.0): auth is off by default, and a
+# server open to the network with auth off lets anyone who reaches it read and write.
+export HOST="${HOST:-127.0.0.1}"
 exec target/release/concord

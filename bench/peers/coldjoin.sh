@@ -35,7 +35,7 @@ for run in $(seq "$runs"); do
   start_server concord "$port" "$db"
   for proto in hocuspocus yjs; do
     for i in $(seq 0 $((rooms - 1))); do
-      curl -sf -o /dev/null --data-binary @"$work/doc.v2" \
+      curl -sf -o /dev/null -H 'content-type: application/octet-stream' --data-binary @"$work/doc.v2" \
         "http://127.0.0.1:$port/api/rooms/cold-$proto-$run-$i/update?format=v2"
     done
   done

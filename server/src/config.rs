@@ -81,6 +81,9 @@ pub struct Config {
 
     /// Access control (`CONCORD_AUTH` and friends; see `crate::auth`).
     pub auth: crate::auth::AuthSettings,
+    /// Which pages and host names may reach the server (`ALLOWED_ORIGINS`, `ALLOWED_HOSTS`;
+    /// see `crate::guard`).
+    pub web_guard: crate::guard::WebGuard,
     /// Updates a connection may send at once, and per second after that (`UPDATE_BURST`,
     /// `UPDATE_PER_SEC`); beyond, the server reads its updates at that rate.
     pub update_rate: (f64, f64),
@@ -412,6 +415,19 @@ pub const SETTINGS: &[Setting] = &[
         what: "a connection over its update rate this long is closed (4429)",
     },
     Setting {
+        name: "ALLOWED_ORIGINS",
+        default: |_| "unset (auth off: same origin and pages of this machine; auth on: any)"
+            .to_owned(),
+        what: "comma-separated page origins (https://app.example, or *) that may open room \
+               sockets and change things; others get 403",
+    },
+    Setting {
+        name: "ALLOWED_HOSTS",
+        default: |_| "unset (auth off: IP addresses and localhost; auth on: any)".to_owned(),
+        what: "comma-separated host names (or *) the server answers to; others get 403 \
+               (DNS rebinding)",
+    },
+    Setting {
         name: "CONCORD_AUTH",
         default: |c| c.auth.mode.as_str().to_owned(),
         what: "access control: off, tokens or accounts",
@@ -720,6 +736,7 @@ impl Default for Config {
             commit_timeout: StoreTimeouts::default().commit,
             statement_timeout: StoreTimeouts::default().statement,
             auth: crate::auth::AuthSettings::default(),
+            web_guard: crate::guard::WebGuard::default(),
             update_rate: (2000.0, 500.0),
             update_patience: Duration::from_secs(10),
             metrics: true,
@@ -953,6 +970,10 @@ impl Config {
             commit_timeout: millis("COMMIT_TIMEOUT_MS", d.commit_timeout)?,
             statement_timeout: millis("STATEMENT_TIMEOUT_MS", d.statement_timeout)?,
             auth: auth_settings(&d.auth)?,
+            web_guard: crate::guard::WebGuard {
+                origins: non_empty("ALLOWED_ORIGINS").map(|v| crate::guard::parse_list(&v)),
+                hosts: non_empty("ALLOWED_HOSTS").map(|v| crate::guard::parse_list(&v)),
+            },
             update_rate: (
                 parse("UPDATE_BURST", d.update_rate.0)?.max(1.0),
                 parse("UPDATE_PER_SEC", d.update_rate.1)?.max(0.01),

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment, with embedded defaults.
+//! - [`guard`]: which page origins and host names may reach the server (CSRF, DNS rebinding).
 //! - [`http`]: the listener: HTTP/1.1 with header and idle timeouts and a connection cap.
 //! - [`routes`]: HTTP routes: `/healthz`, `/` (the demo), `/pkg/*`, `/rooms/{id}/ws`.
 //! - [`health`]: `/readyz`: the store and the hub answer, each within a short timeout.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod connection;
 pub mod cpu;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod hocuspocus;
 pub mod http;

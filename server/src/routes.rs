@@ -58,6 +58,10 @@ pub fn router(state: AppState) -> Router {
         .route_service("/demo.html", ServeFile::new(web.join("demo.html")))
         .nest_service("/pkg", ServeDir::new(web.join("pkg")))
         .nest_service("/src", ServeDir::new(web.join("src")))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::guard::layer,
+        ))
         .with_state(state)
 }
 

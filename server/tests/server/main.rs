@@ -99,6 +99,10 @@ for_each_store!(
 
 mod abuse_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cross_site_pages_and_rebound_names_are_refused() {
+        crate::resources::cross_site_pages_and_rebound_names_are_refused().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compaction_of_a_heavy_room_cannot_run_away() {
         crate::abuse::compaction_of_a_heavy_room_cannot_run_away().await
     }

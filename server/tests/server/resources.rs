@@ -214,3 +214,80 @@ pub async fn oversized_presence_is_refused_before_parsing() {
         "presence frames were parsed: +{growth_mib} MiB"
     );
 }
+
+/// M6: with auth off (the `npm start` default), a page of another site may not open a room
+/// socket or change a document, a name that merely resolves to the server (DNS rebinding) is
+/// refused, and state-changing requests in the content types a page may send cross-site
+/// unasked are refused; pages of this machine (a dev server on another port) and clients that
+/// are not browsers (no `Origin`) carry on.
+pub async fn cross_site_pages_and_rebound_names_are_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let server = TestServer::start(test_config(&db)).await;
+    let url = format!("{}/yjs/{}", server.ws_base(), unique("guard"));
+    let upgrade = |origin: Option<&str>| {
+        let mut request = url.as_str().into_client_request().expect("request");
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().expect("header"));
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    assert!(upgrade(None).await.is_ok(), "no Origin: not a browser");
+    assert!(
+        upgrade(Some("http://localhost:5173")).await.is_ok(),
+        "a dev server"
+    );
+    match upgrade(Some("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!(
+            "a cross-site page opened a room socket: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let raw = |head: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        tokio::time::timeout(DEADLINE, stream.read_to_end(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    let path = format!("/api/rooms/{}/edits", unique("guard"));
+    let body = r#"{"base_seq":0,"edits":[{"index":0,"insert":"x"}]}"#;
+    let post = |host: &str, origin: &str, content_type: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let here = server.addr.to_string();
+    let own = format!("http://{here}");
+    let rebound = raw(post(
+        "evil.example:8080",
+        "http://evil.example:8080",
+        "application/json",
+    ))
+    .await;
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(rebound.contains("host_not_allowed"), "{rebound}");
+    let cross = raw(post(&here, "https://evil.example", "application/json")).await;
+    assert!(cross.contains("origin_not_allowed"), "{cross}");
+    let plain = raw(post(&here, &own, "text/plain;charset=UTF-8")).await;
+    assert!(plain.starts_with("HTTP/1.1 415"), "{plain}");
+    let ok = raw(post(&here, &own, "application/json")).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let health =
+        raw("GET /healthz HTTP/1.1\r\nHost: lb.internal\r\nConnection: close\r\n\r\n".into()).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    server.stop().await;
+}
