@@ -84,6 +84,9 @@ pub struct Config {
     /// Which pages and host names may reach the server (`ALLOWED_ORIGINS`, `ALLOWED_HOSTS`;
     /// see `crate::guard`).
     pub web_guard: crate::guard::WebGuard,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` give the client's address
+    /// (`TRUSTED_PROXIES`; see `crate::proxy`): every per-address limit uses that address.
+    pub trusted_proxies: crate::proxy::TrustedProxies,
     /// Updates a connection may send at once, and per second after that (`UPDATE_BURST`,
     /// `UPDATE_PER_SEC`); beyond, the server reads its updates at that rate.
     pub update_rate: (f64, f64),
@@ -428,6 +431,12 @@ pub const SETTINGS: &[Setting] = &[
                (DNS rebinding)",
     },
     Setting {
+        name: "TRUSTED_PROXIES",
+        default: |_| "unset (the peer's address is the client's)".to_owned(),
+        what: "comma-separated proxy addresses or networks (10.0.0.0/8) whose \
+               X-Forwarded-For / Forwarded give the client's address for per-address limits",
+    },
+    Setting {
         name: "CONCORD_AUTH",
         default: |c| c.auth.mode.as_str().to_owned(),
         what: "access control: off, tokens or accounts",
@@ -737,6 +746,7 @@ impl Default for Config {
             statement_timeout: StoreTimeouts::default().statement,
             auth: crate::auth::AuthSettings::default(),
             web_guard: crate::guard::WebGuard::default(),
+            trusted_proxies: crate::proxy::TrustedProxies::default(),
             update_rate: (2000.0, 500.0),
             update_patience: Duration::from_secs(10),
             metrics: true,
@@ -973,6 +983,16 @@ impl Config {
             web_guard: crate::guard::WebGuard {
                 origins: non_empty("ALLOWED_ORIGINS").map(|v| crate::guard::parse_list(&v)),
                 hosts: non_empty("ALLOWED_HOSTS").map(|v| crate::guard::parse_list(&v)),
+            },
+            trusted_proxies: match non_empty("TRUSTED_PROXIES") {
+                Some(list) => crate::proxy::TrustedProxies::parse(&list).map_err(|reason| {
+                    ServerError::Config {
+                        name: "TRUSTED_PROXIES",
+                        value: list.clone(),
+                        reason,
+                    }
+                })?,
+                None => d.trusted_proxies.clone(),
             },
             update_rate: (
                 parse("UPDATE_BURST", d.update_rate.0)?.max(1.0),

@@ -8,6 +8,7 @@
 //! - [`health`]: `/readyz`: the store and the hub answer, each within a short timeout.
 //! - [`metrics`]: Prometheus metrics on `/metrics` (connections, rooms, commits, fan-out, ...).
 //! - [`connection`]: one WebSocket: reader, writer with timeouts, heartbeats.
+//! - [`proxy`]: the client's address behind trusted reverse proxies.
 //! - [`outbox`], [`inbound`]: byte budgets for what is queued to clients and parsed from them.
 //! - [`rooms`]: the registry: lazy load, one task per room, idle unload.
 //! - [`room`]: a room's task: its engine `RoomState` on the CPU pool, commits, acks, broadcasts.
@@ -41,6 +42,7 @@ pub mod inbound;
 pub mod local;
 pub mod metrics;
 pub mod outbox;
+pub mod proxy;
 pub mod rate;
 pub mod room;
 pub mod rooms;

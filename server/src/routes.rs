@@ -62,6 +62,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::guard::layer,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::proxy::layer,
+        ))
         .with_state(state)
 }
 

@@ -127,7 +127,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The caller's IP address (from the listener; `0.0.0.0` if unknown, e.g. in unit tests).
+/// The caller's IP address: behind a trusted proxy the one it forwarded
+/// ([`crate::proxy::ClientAddr`]), else the peer's (`0.0.0.0` if unknown, e.g. in unit tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
@@ -135,6 +136,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(client) = parts.extensions.get::<crate::proxy::ClientAddr>() {
+            return Ok(ClientIp(client.0));
+        }
         Ok(ClientIp(
             parts
                 .extensions

@@ -291,3 +291,51 @@ pub async fn cross_site_pages_and_rebound_names_are_refused() {
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     server.stop().await;
 }
+
+/// Behind a reverse proxy every client shares the proxy's address: per-address limits then
+/// lump them together (898 of 1,000 clients reconnecting through one address got 429). With
+/// `TRUSTED_PROXIES` the limits key on the address the proxy forwarded; a client that is not
+/// a trusted proxy cannot pick its own address by sending the header.
+pub async fn per_address_limits_see_through_trusted_proxies() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let connect = |server: &TestServer, forwarded: &str| {
+        let url = format!("{}/yjs/{}", server.ws_base(), unique("proxied"));
+        let mut request = url.into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", forwarded.parse().expect("header"));
+        async move {
+            match tokio_tungstenite::connect_async(request).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+    };
+    for trusted in [false, true] {
+        let mut config = test_config(&db);
+        config.auth.limits.connect_burst = 3.0;
+        config.auth.limits.connect_per_sec = 0.01;
+        if trusted {
+            config.trusted_proxies =
+                concord_server::proxy::TrustedProxies::parse("127.0.0.1").expect("list");
+        }
+        let server = TestServer::start(config).await;
+        let mut first = Vec::new();
+        for _ in 0..4 {
+            first.push(connect(&server, "198.51.100.1, 203.0.113.1").await);
+        }
+        let other = connect(&server, "203.0.113.2").await;
+        println!("resources[proxy]: trusted={trusted}: one client x4 {first:?}, another {other}");
+        assert_eq!(
+            first,
+            [101, 101, 101, 429],
+            "the fourth attempt is over the burst"
+        );
+        // Trusted: another client behind the proxy has its own budget. Not trusted: the header
+        // is ignored and everyone is the proxy.
+        assert_eq!(other, if trusted { 101 } else { 429 });
+        server.stop().await;
+    }
+}
