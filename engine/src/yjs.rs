@@ -193,11 +193,33 @@ pub fn awareness_entry(p: &Presence, cursor: Option<&Value>) -> (ClientID, Aware
 
 /// The presence a Yjs client's awareness entry stands for, on connection `user` (the server's
 /// id for it). `None` for an entry whose JSON is not an object or `null`.
-pub fn presence_of(user: &str, client: u64, entry: &AwarenessUpdateEntry) -> Option<Presence> {
-    let state: Value = serde_json::from_str(&entry.json).ok()?;
+///
+/// `name` is the connection's authenticated name, if any: it replaces `user.name` in the state
+/// itself, which is relayed to Yjs clients as it came, so no one shows under a name that is
+/// not theirs.
+pub fn presence_of(
+    user: &str,
+    client: u64,
+    entry: &AwarenessUpdateEntry,
+    name: Option<&str>,
+) -> Option<Presence> {
+    let mut state: Value = serde_json::from_str(&entry.json).ok()?;
     let left = state.is_null();
     if !left && !state.is_object() {
         return None;
+    }
+    let mut json = None;
+    if let (Some(name), Some(fields)) = (name, state.as_object_mut()) {
+        let who = fields
+            .entry("user")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if !who.is_object() {
+            *who = Value::Object(serde_json::Map::new());
+        }
+        if let Some(who) = who.as_object_mut() {
+            who.insert("name".into(), Value::String(name.to_owned()));
+        }
+        json = Some(state.to_string());
     }
     let field = |key: &str| {
         state
@@ -218,7 +240,7 @@ pub fn presence_of(user: &str, client: u64, entry: &AwarenessUpdateEntry) -> Opt
             state: if left {
                 "null".to_owned()
             } else {
-                entry.json.to_string()
+                json.unwrap_or_else(|| entry.json.to_string())
             },
         }),
         ..Presence::default()
@@ -304,6 +326,35 @@ mod tests {
         }
     }
 
+    /// With auth on, the name in a Yjs client's own state is the authenticated one: the state
+    /// is relayed to Yjs clients as it came, so the claim must not survive in it.
+    #[test]
+    fn an_authenticated_name_replaces_the_claimed_one() {
+        let entry = AwarenessUpdateEntry {
+            clock: 2,
+            json: r##"{"user":{"name":"CEO (trust me)","color":"#f00"},"cursor":null}"##.into(),
+        };
+        let p = presence_of("y-1", 77, &entry, Some("Mallory")).unwrap();
+        assert_eq!(p.name.as_deref(), Some("Mallory"));
+        let state: Value = serde_json::from_str(&p.yjs.unwrap().state).unwrap();
+        assert_eq!(state["user"]["name"], "Mallory");
+        assert_eq!(state["user"]["color"], "#f00", "the rest is kept");
+        for json in [r#"{"user":"CEO"}"#, "{}"] {
+            let entry = AwarenessUpdateEntry {
+                clock: 1,
+                json: json.into(),
+            };
+            let p = presence_of("y-1", 77, &entry, Some("Mallory")).unwrap();
+            assert!(
+                p.yjs.unwrap().state.contains(r#""name":"Mallory""#),
+                "{json}"
+            );
+        }
+        // Auth off: relayed as it came.
+        let p = presence_of("y-1", 77, &entry, None).unwrap();
+        assert_eq!(p.yjs.unwrap().state, entry.json.to_string());
+    }
+
     #[test]
     fn presences_become_awareness_and_back() {
         let p = Presence {
@@ -320,7 +371,7 @@ mod tests {
         let (client, entry) = update.clients.iter().next().unwrap();
         assert_eq!(client.get(), presence_client_id("c-1"));
         assert_eq!(entry.clock, 3);
-        let back = presence_of("y-1", client.get(), entry).unwrap();
+        let back = presence_of("y-1", client.get(), entry, None).unwrap();
         assert_eq!(back.name.as_deref(), Some("Ada"));
         assert_eq!(back.color.as_deref(), Some("#123456"));
         // A Yjs client's own state is relayed verbatim; leaving bumps the clock.

@@ -1237,17 +1237,23 @@ impl Room {
                     }
                     Request::Yjs(YjsRequest::Awareness(update)) => {
                         let claimed = m.awareness_client;
-                        // A connection speaks for one awareness client: the first it names.
-                        let entry = update
-                            .clients
-                            .iter()
-                            .find(|(id, _)| claimed.is_none_or(|c| c == id.get()));
+                        // A connection speaks for one awareness client: the first it names
+                        // that no one else in the room speaks for (so no one can move, hide or
+                        // rename another's cursor by naming its id, which every member sees).
+                        let entry = update.clients.iter().find(|(id, _)| match claimed {
+                            Some(c) => c == id.get(),
+                            None => !self.awareness_id_taken(conn, id.get()),
+                        });
                         let Some((client, entry)) = entry else {
                             return;
                         };
                         let client = client.get();
+                        let Some(m) = self.members.get_mut(&conn) else {
+                            return;
+                        };
                         m.awareness_client = Some(client);
-                        let Some(p) = yjs::presence_of(&m.member.user, client, entry) else {
+                        let name = m.member.name.as_deref();
+                        let Some(p) = yjs::presence_of(&m.member.user, client, entry, name) else {
                             return;
                         };
                         if p.left {
@@ -1309,6 +1315,25 @@ impl Room {
 
     /// A member's presence (set by the server where it must be): relayed now, or held back
     /// until the member's presence rate allows (the latest wins).
+    /// Whether awareness client `id` already stands for someone else in this room: another
+    /// local connection's Yjs client, or any presence (local or from another instance) that
+    /// Yjs clients see under that id.
+    fn awareness_id_taken(&self, conn: ConnId, id: u64) -> bool {
+        let shown_as = |p: &Presence| {
+            p.yjs
+                .as_ref()
+                .map_or_else(|| yjs::presence_client_id(&p.user), |y| y.client)
+        };
+        self.members.iter().any(|(c, m)| {
+            *c != conn
+                && (m.awareness_client == Some(id)
+                    || m.presence.as_ref().is_some_and(|p| shown_as(p) == id))
+        }) || self
+            .remote_presence
+            .values()
+            .any(|(p, _)| !p.left && shown_as(p) == id)
+    }
+
     fn presence_from(&mut self, conn: ConnId, mut p: Presence, now: u64) {
         let Some(m) = self.members.get_mut(&conn) else {
             return;

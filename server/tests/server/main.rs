@@ -99,6 +99,10 @@ for_each_store!(
 
 mod abuse_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn awareness_ids_cannot_be_taken_over() {
+        crate::resources::awareness_ids_cannot_be_taken_over().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn per_address_limits_see_through_trusted_proxies() {
         crate::resources::per_address_limits_see_through_trusted_proxies().await
     }

@@ -339,3 +339,89 @@ pub async fn per_address_limits_see_through_trusted_proxies() {
         server.stop().await;
     }
 }
+
+/// M2: a y-websocket connection that names another client's awareness id (every member sees
+/// it) may not move, hide or rename that client's cursor: a connection speaks only for an
+/// awareness id no one else in the room holds. With auth on, the name inside a Yjs state is
+/// the authenticated one.
+pub async fn awareness_ids_cannot_be_taken_over() {
+    use concord_engine::yjs;
+    use yrs::block::ClientID;
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let server = TestServer::start(test_config(&db)).await;
+    let url = format!("{}/yjs/{}", server.ws_base(), unique("awareness"));
+    let open = || async {
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("connect");
+        ws
+    };
+    let say = |client: u64, clock: u32, json: &str| {
+        let entry = (
+            ClientID::new(client),
+            AwarenessUpdateEntry {
+                clock,
+                json: json.into(),
+            },
+        );
+        Message::Binary(yjs::awareness_message([&entry]).into())
+    };
+    let mut observer = open().await;
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut alice = open().await;
+    alice
+        .send(say(
+            1111,
+            1,
+            r#"{"user":{"name":"Alice"},"cursor":{"anchor":1}}"#,
+        ))
+        .await
+        .expect("send");
+    read_awareness_until(&mut observer, &mut seen, 1111).await;
+    let mut mallory = open().await;
+    for (clock, json) in [(5, "null"), (6, r#"{"user":{"name":"CEO (trust me)"}}"#)] {
+        mallory.send(say(1111, clock, json)).await.expect("send");
+    }
+    // Its own id afterwards: once the observer sees it, everything before it was handled.
+    mallory
+        .send(say(2222, 1, r#"{"user":{"name":"Mallory"}}"#))
+        .await
+        .expect("send");
+    read_awareness_until(&mut observer, &mut seen, 2222).await;
+    println!("resources[awareness]: the observer saw {seen:?}");
+    let alices: Vec<&String> = seen
+        .iter()
+        .filter(|(c, _)| *c == 1111)
+        .map(|(_, j)| j)
+        .collect();
+    assert!(!alices.is_empty(), "Alice's cursor was relayed");
+    assert!(
+        alices.iter().all(|j| j.contains("Alice")),
+        "someone else spoke for Alice's awareness id: {alices:?}"
+    );
+    drop((alice, mallory));
+    server.stop().await;
+}
+
+/// Reads awareness entries (client id, state) from a y-websocket socket into `seen` until one
+/// of client `id` has come.
+async fn read_awareness_until(observer: &mut Ws, seen: &mut Vec<(u64, String)>, id: u64) {
+    use concord_engine::yjs::{self, YjsRequest};
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !seen.iter().any(|(c, _)| *c == id) {
+        let frame = tokio::time::timeout_at(deadline, observer.next())
+            .await
+            .unwrap_or_else(|_| panic!("awareness of {id} never came; saw {seen:?}"))
+            .expect("open")
+            .expect("frame");
+        let Message::Binary(bytes) = frame else {
+            continue;
+        };
+        if let Ok(YjsRequest::Awareness(update)) = yjs::decode(&bytes, &Default::default()) {
+            for (client, entry) in update.clients.iter() {
+                seen.push((client.get(), entry.json.to_string()));
+            }
+        }
+    }
+}
