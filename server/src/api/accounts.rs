@@ -114,6 +114,10 @@ fn signed_in(app: &AppState, user: &User, status: StatusCode) -> Result<Response
     Ok((status, Json(json!({"token": token, "user": user}))).into_response())
 }
 
+/// Where accounts' documents live among room ids: integrators keep their tokens' rooms and
+/// patterns outside it.
+pub const DOC_PREFIX: &str = "d-";
+
 fn random_id(prefix: &str) -> String {
     format!("{prefix}{:016x}", rand::random::<u64>())
 }
@@ -258,9 +262,17 @@ async fn create_doc(
             concord_engine::wire::validate_room_id(&id).map_err(|_| {
                 ApiError::bad_request("a document id is 1-128 characters of A-Z a-z 0-9 _ - .")
             })?;
+            // Accounts own documents only in their own namespace: an account that could take
+            // any free id would own (read, share, delete) a room that integrators' tokens
+            // grant by name or pattern, such as `team-roadmap` under `team-*`.
+            if !id.starts_with(DOC_PREFIX) || id.len() == DOC_PREFIX.len() {
+                return Err(ApiError::bad_request(
+                    "an account's document id starts with d- (other ids belong to tokens' rooms)",
+                ));
+            }
             id
         }
-        None => random_id("d-"),
+        None => random_id(DOC_PREFIX),
     };
     let dir = app.auth.directory();
     // Integrators' users exist only in their tokens: documents need an account as owner.

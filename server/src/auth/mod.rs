@@ -473,6 +473,7 @@ impl Auth {
             sub: user.id.clone(),
             name: Some(user.name.clone()),
             exp: unix_now() + self.token_ttl.as_secs(),
+            nbf: None,
             rooms: Default::default(),
         };
         self.keys.mint(&claims)

@@ -32,6 +32,9 @@ pub struct Claims {
     pub name: Option<String>,
     /// Expiry, unix seconds.
     pub exp: u64,
+    /// Not before, unix seconds: the token is refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Room id (or a prefix ending in `*`) to `"read"` or `"write"`.
     #[serde(default)]
     pub rooms: BTreeMap<String, Role>,
@@ -129,6 +132,9 @@ impl Keys {
         if claims.exp <= now {
             return Err(Denied::Expired);
         }
+        if claims.nbf.is_some_and(|nbf| nbf > now) {
+            return Err(Denied::Unauthorized);
+        }
         Ok(claims)
     }
 
@@ -150,6 +156,7 @@ mod tests {
             sub: "u1".into(),
             name: Some("Ada".into()),
             exp,
+            nbf: None,
             rooms: [
                 ("team-*".to_owned(), Role::Write),
                 ("team-secret".to_owned(), Role::Read),
@@ -171,6 +178,21 @@ mod tests {
         let mut all = claims(10);
         all.rooms = [("*".to_owned(), Role::Read)].into_iter().collect();
         assert_eq!(all.role_in("anything"), Some(Role::Read));
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        let keys = Keys::new(Some(SECRET), None).unwrap();
+        let early = Claims {
+            nbf: Some(500),
+            ..claims(1_000)
+        };
+        let token = keys.mint(&early).unwrap();
+        assert!(matches!(
+            keys.verify(&token, 499),
+            Err(Denied::Unauthorized)
+        ));
+        assert_eq!(keys.verify(&token, 500).unwrap(), early);
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn token(sub: &str, rooms: &[(&str, Role)], ttl: i64) -> String {
         sub: sub.to_owned(),
         name: Some(format!("{sub} name")),
         exp: (now() as i64 + ttl) as u64,
+        nbf: None,
         rooms: rooms
             .iter()
             .map(|(r, role)| (r.to_string(), *role))
@@ -205,6 +206,7 @@ pub async fn token_matrix() {
             sub: "w".into(),
             name: None,
             exp: now() + 600,
+            nbf: None,
             rooms: [("*".to_owned(), Role::Write)].into_iter().collect(),
         })
         .expect("mint");
@@ -243,6 +245,7 @@ pub async fn token_matrix() {
             sub: "ed".into(),
             name: None,
             exp: now() + 600,
+            nbf: None,
             rooms: [(room.clone(), Role::Write)].into_iter().collect(),
         },
         &jsonwebtoken::EncodingKey::from_ed_pem(include_bytes!(
@@ -398,6 +401,7 @@ pub async fn accounts(backend: Backend) {
             sub: ada.id.clone(),
             name: None,
             exp: now() + 600,
+            nbf: None,
             rooms: Default::default(),
         })
         .expect("mint");
@@ -429,6 +433,14 @@ pub async fn accounts(backend: Backend) {
     assert_eq!(status, 201, "{body}");
     let doc = body["doc"]["id"].as_str().expect("doc id").to_owned();
     assert_eq!(body["doc"]["role"], "owner");
+    // A chosen id lives in the accounts' namespace: a room tokens grant by name or pattern
+    // (`team-*`) cannot be taken over by creating it first.
+    for (id, status_wanted) in [("team-roadmap", 400), ("d-", 400), ("d-roadmap", 201)] {
+        let chosen = json!({"title": "Mine", "id": id});
+        let (status, _, body) =
+            http(s.addr, "POST", "/api/docs", Some(&ada.token), Some(&chosen)).await;
+        assert_eq!(status, status_wanted, "{id}: {body}");
+    }
     let mut a = TestClient::new(&base, &doc, 1);
     a.token = Some(ada.token.clone());
     a.connect().await;
