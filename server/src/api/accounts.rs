@@ -182,9 +182,14 @@ async fn login(
     if c.password.len() > crate::auth::password::MAX_PASSWORD_BYTES {
         return Err(bad);
     }
+    // Failures back off per (name, address): guesses from one place slow down that place,
+    // and cannot lock the account's owner out from anywhere else (a name-wide backoff let five
+    // wrong guesses keep anyone's right password refused). Each address is also held to its
+    // login rate above.
+    let failure_key = format!("{key}\n{ip}");
     if let Ok(failures) = app.auth.limits.failures.lock() {
         failures
-            .check(&key, now)
+            .check(&failure_key, now)
             .map_err(|ms| ApiError::rate_limited(ms.div_ceil(1000)))?;
     }
     let account = app.auth.directory().account(&key).await?;
@@ -198,13 +203,13 @@ async fn login(
     match account {
         Some(account) if ok => {
             if let Ok(mut f) = app.auth.limits.failures.lock() {
-                f.succeeded(&key);
+                f.succeeded(&failure_key);
             }
             signed_in(&app, &account.user, StatusCode::OK)
         }
         _ => {
             if let Ok(mut f) = app.auth.limits.failures.lock() {
-                f.failed(&key, now_ms());
+                f.failed(&failure_key, now_ms());
             }
             Err(bad)
         }

@@ -435,7 +435,8 @@ pub async fn accounts(backend: Backend) {
     assert_eq!(body["doc"]["role"], "owner");
     // A chosen id lives in the accounts' namespace: a room tokens grant by name or pattern
     // (`team-*`) cannot be taken over by creating it first.
-    for (id, status_wanted) in [("team-roadmap", 400), ("d-", 400), ("d-roadmap", 201)] {
+    let own = format!("d-{}", unique("roadmap"));
+    for (id, status_wanted) in [("team-roadmap", 400), ("d-", 400), (own.as_str(), 201)] {
         let chosen = json!({"title": "Mine", "id": id});
         let (status, _, body) =
             http(s.addr, "POST", "/api/docs", Some(&ada.token), Some(&chosen)).await;
@@ -706,6 +707,19 @@ pub async fn rate_limits_hold_under_a_flood() {
         assert_eq!(status, 401);
     }
     assert!(backoff.is_some(), "failed logins never backed off");
+    // The backoff is the guessing address's: the owner's right password from elsewhere works.
+    let right = json!({"name": bob_name, "password": "correct horse"}).to_string();
+    let mut stream = connect_from("127.0.0.2", s.addr).await;
+    let request = format!(
+        "POST /api/login HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{right}",
+        s.addr,
+        right.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let carol = name("carol");
     signup(s.addr, &carol).await;
     let ok = json!({"name": carol, "password": "correct horse"});
