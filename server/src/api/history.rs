@@ -190,6 +190,9 @@ struct NewVersion {
     author: Option<String>,
 }
 
+/// Most named versions one room keeps (each a full copy of the document).
+pub const MAX_VERSIONS_PER_ROOM: usize = 100;
+
 async fn save_version(
     State(app): State<AppState>,
     token: Token,
@@ -212,6 +215,17 @@ async fn save_version(
     };
     if author.chars().count() > 100 {
         return Err(ApiError::bad_request("an author is at most 100 characters"));
+    }
+    // Each version is a full copy of the document, kept until deleted: a room holds a
+    // bounded number of them, or a loop of saves fills the disk (300 saves of a 1 MiB document
+    // were 584 MiB in 10 s).
+    let saved = app.rooms.ctx().store.versions(&room).await?.len();
+    if saved >= MAX_VERSIONS_PER_ROOM {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_versions",
+            "this room already keeps the most named versions it may (100)",
+        ));
     }
     let (_, head) = bounds(&app, &room).await?;
     let (past, _) = rebuild(&app, &room, head, None).await?;

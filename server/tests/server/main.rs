@@ -99,6 +99,10 @@ for_each_store!(
 
 mod abuse_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn versions_per_room_are_capped() {
+        crate::resources::versions_per_room_are_capped().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn awareness_ids_cannot_be_taken_over() {
         crate::resources::awareness_ids_cannot_be_taken_over().await
     }

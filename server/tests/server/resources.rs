@@ -425,3 +425,42 @@ async fn read_awareness_until(observer: &mut Ws, seen: &mut Vec<(u64, String)>, 
         }
     }
 }
+
+/// H6: named versions are full copies of the document: a room keeps at most 100, and the
+/// next save is refused (409 `too_many_versions`), nothing stored.
+pub async fn versions_per_room_are_capped() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let server = TestServer::start(test_config(&db)).await;
+    let room = unique("versions");
+    let edits = serde_json::json!({"base_seq": 0, "edits": [{"index": 0, "insert": "v"}]});
+    let (status, _, body) = crate::auth::http(
+        server.addr,
+        "POST",
+        &format!("/api/rooms/{room}/edits"),
+        None,
+        Some(&edits),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!("/rooms/{room}/versions");
+    let cap = concord_server::api::history::MAX_VERSIONS_PER_ROOM;
+    for i in 0..cap {
+        let label = serde_json::json!({"label": format!("v{i}")});
+        let (status, _, body) =
+            crate::auth::http(server.addr, "POST", &path, None, Some(&label)).await;
+        assert_eq!(status, 201, "save {i}: {body}");
+    }
+    let label = serde_json::json!({"label": "one too many"});
+    let (status, _, body) = crate::auth::http(server.addr, "POST", &path, None, Some(&label)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("too_many_versions"))
+    );
+    let (_, _, list) = crate::auth::http(server.addr, "GET", &path, None, None).await;
+    println!(
+        "resources[versions]: {cap} saved, the next refused; listed {}",
+        list.as_array().map_or(0, Vec::len)
+    );
+    assert_eq!(list.as_array().map(Vec::len), Some(cap));
+    server.stop().await;
+}
