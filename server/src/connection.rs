@@ -85,6 +85,18 @@ where
     }
 }
 
+/// The close code for a socket read that failed: 1009 for a frame over the size bound (the
+/// WebSocket layer refused to buffer it), else 1002. The layer's error type is not exported
+/// through axum, so its kind is told by its text, which names the bound it hit.
+fn read_error_close(e: &axum::Error) -> (u16, &'static str) {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") {
+        (1009, "frame too large")
+    } else {
+        (1002, "protocol error")
+    }
+}
+
 /// The next message from the peer; `None` once the socket ended, the connection was killed,
 /// or the peer was silent for `silence` while nothing could be written to it either.
 pub(crate) async fn next_message<S>(
@@ -111,7 +123,14 @@ where
                 crate::metrics::get().bytes_in.inc_by(len as u64);
                 return Some(msg);
             }
-            Ok(Some(Err(_))) | Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                // The reader is done; the writer still closes the socket with a code that says
+                // why, rather than dropping it (1006 on the client's side).
+                let (code, reason) = read_error_close(&e);
+                kill.kill(code, reason);
+                return None;
+            }
+            Ok(None) => return None,
             Err(_) => {
                 let wrote = wrote_at.load(Ordering::Relaxed);
                 if now_ms().saturating_sub(wrote) < silence.as_millis() as u64 {

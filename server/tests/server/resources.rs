@@ -464,3 +464,35 @@ pub async fn versions_per_room_are_capped() {
     assert_eq!(list.as_array().map(Vec::len), Some(cap));
     server.stop().await;
 }
+
+/// A frame over twice `MAX_FRAME_BYTES` is not buffered: the socket is closed with 1009 (too
+/// big), so the client knows why, instead of dropped (1006).
+pub async fn a_frame_over_the_hard_bound_closes_with_1009() {
+    let db = database(Backend::Sqlite).await.expect("sqlite");
+    let mut config = test_config(&db);
+    config.limits.max_frame_bytes = 64 * 1024;
+    let server = TestServer::start(config).await;
+    let url = format!("{}/rooms/{}/ws", server.ws_base(), unique("hard-bound"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("connect");
+    assert!(next_text(&mut ws).await.starts_with(r#"{"t":"sync""#));
+    let huge = format!(
+        r#"{{"t":"op","data":{{"update":"{}"}}}}"#,
+        "A".repeat(200 * 1024)
+    );
+    let _ = ws.send(Message::Text(huge.into())).await;
+    let mut close = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(DEADLINE, ws.next()).await {
+        match msg {
+            Ok(Message::Close(frame)) => {
+                close = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(close, Some(1009));
+    server.stop().await;
+}
