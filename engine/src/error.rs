@@ -44,6 +44,13 @@ pub enum EngineError {
     #[error("edit at {index}+{len} is outside the text of length {text_len} (UTF-16 units)")]
     OutOfBounds { index: u32, len: u32, text_len: u32 },
 
+    /// A positional edit's start or end fell between the two UTF-16 units of one character (a
+    /// surrogate pair): applied, it would have broken the character in two.
+    #[error(
+        "an edit starts or ends inside a character (between the UTF-16 units of a surrogate pair)"
+    )]
+    SplitsCharacter,
+
     /// Room ids are 1-128 characters of `A-Z a-z 0-9 _ - .` so they are safe in URLs, keys and logs.
     #[error("room id must be 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.'")]
     BadRoomId,
@@ -94,6 +101,7 @@ impl EngineError {
             EngineError::InvalidStateVector { .. } => "invalid_state_vector",
             EngineError::MissingDependencies => "missing_dependencies",
             EngineError::OutOfBounds { .. } => "out_of_bounds",
+            EngineError::SplitsCharacter => "splits_character",
             EngineError::BadRoomId => "bad_room_id",
             EngineError::BadOpId => "bad_op_id",
             EngineError::CorruptSavedState { .. } => "corrupt_saved_state",
@@ -124,6 +132,9 @@ impl EngineError {
                 "the update depends on changes the room has not seen; resend pending ops in order"
             }
             EngineError::OutOfBounds { .. } => "the edit is outside the text",
+            EngineError::SplitsCharacter => {
+                "an edit starts or ends inside a character (a surrogate pair); use offsets between characters"
+            }
             EngineError::BadRoomId => {
                 "room id must be 1-128 characters of A-Z, a-z, 0-9, '_', '-', '.'"
             }

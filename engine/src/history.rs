@@ -337,7 +337,8 @@ pub fn document_at<B: AsRef<[u8]>>(
 /// range someone else already deleted is simply deleted once. No transform functions: the
 /// rebase is the CRDT's own merge. `None` when the edits change nothing.
 ///
-/// Fails with [`EngineError::OutOfBounds`] if an edit addresses text outside the base version.
+/// Fails with [`EngineError::OutOfBounds`] if an edit addresses text outside the base version,
+/// and with [`EngineError::SplitsCharacter`] if one starts or ends inside a surrogate pair.
 pub fn rebase_edits(
     base: &mut crate::Document,
     edits: &[(u32, u32, &str)],
@@ -348,7 +349,21 @@ pub fn rebase_edits(
     {
         return Ok(None);
     }
-    base.replace_many(edits).map(Some)
+    // yrs splits a character whose surrogate pair an offset falls inside, leaving two U+FFFD
+    // in its place. The offsets move with every edit, so rather than track them, compare the
+    // replacement characters before and after: more after than were there or inserted means
+    // a split (the scratch `base` is the caller's to drop).
+    let replacements = |text: &str| text.matches('\u{FFFD}').count();
+    let allowed = replacements(&base.text())
+        + edits
+            .iter()
+            .map(|&(_, _, insert)| replacements(insert))
+            .sum::<usize>();
+    let update = base.replace_many(edits)?;
+    if replacements(&base.text()) > allowed {
+        return Err(EngineError::SplitsCharacter);
+    }
+    Ok(Some(update))
 }
 
 /// [`restore_update_by_text`] on a document already at the head (see [`document_at`]).
@@ -825,6 +840,36 @@ mod tests {
     /// the head. After the rebased update, every base character is kept unless one side
     /// deleted it, in base order; everything the others wrote is kept in their order; and
     /// the thin client's own text is exactly what it typed, in its order.
+    /// An offset inside a surrogate pair would break the character in two (yrs leaves two
+    /// U+FFFD): refused, whichever edit of the batch does it; replacement characters that were
+    /// there or are inserted are not mistaken for a split.
+    #[test]
+    fn rebased_edits_inside_a_character_are_refused() {
+        let base = || {
+            let mut d = crate::Document::new(1);
+            d.insert(0, "a😀b\u{FFFD}").unwrap();
+            d
+        };
+        for edits in [
+            vec![(2, 0, "X")],
+            vec![(2, 1, "")],
+            vec![(0, 0, "zz"), (4, 0, "X")],
+        ] {
+            let err = rebase_edits(&mut base(), &edits).unwrap_err();
+            assert_eq!(err.code(), "splits_character", "{edits:?}");
+        }
+        for edits in [
+            vec![(1, 2, "")],
+            vec![(3, 0, "\u{FFFD}")],
+            vec![(0, 0, "😀"), (5, 0, "X")],
+        ] {
+            assert!(
+                rebase_edits(&mut base(), &edits).unwrap().is_some(),
+                "{edits:?}"
+            );
+        }
+    }
+
     #[test]
     fn rebased_edits_keep_both_sides() {
         use rand::{rngs::SmallRng, Rng, SeedableRng};

@@ -286,6 +286,13 @@ async fn edits(
                 "an edit is outside the text at base_seq (UTF-16 units, each edit against the text the ones before it left)",
             ))
         }
+        Err(EngineError::SplitsCharacter) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "splits_character",
+                "an edit starts or ends inside a character (between the UTF-16 units of a surrogate pair)",
+            ))
+        }
         Err(e) => {
             tracing::error!(room = %room, error = %e, "document api: stored ops do not rebuild");
             return Err(ApiError::unavailable());
