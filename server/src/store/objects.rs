@@ -200,12 +200,13 @@ impl Objects {
 
     /// Whether the bucket answers: a HEAD of a key that need not exist (not found is fine).
     pub async fn ping(&self) -> Result<()> {
-        let path = Path::from(format!("{}concord-ping", self.prefix));
-        match self.bounded("ping", self.store.head(&path)).await {
-            Ok(_) => Ok(()),
-            Err(ServerError::Objects { reason, .. }) if reason == "not found" => Ok(()),
-            Err(e) => Err(e),
-        }
+        // A listing, not a HEAD of some key: S3 answers a HEAD in a missing bucket with the
+        // same bare 404 as a missing key, so a deleted or misspelled bucket looked ready while
+        // every compaction failed. Listing a missing bucket is an error; an empty one is not.
+        let prefix = Path::from(format!("{}concord-ping", self.prefix));
+        self.bounded("ping", self.store.list_with_delimiter(Some(&prefix)))
+            .await
+            .map(|_| ())
     }
 }
 

@@ -99,6 +99,10 @@ for_each_store!(
 
 mod abuse_suite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_bucket_is_not_ready() {
+        crate::object_store::a_missing_bucket_is_not_ready().await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_frame_over_the_hard_bound_closes_with_1009() {
         crate::resources::a_frame_over_the_hard_bound_closes_with_1009().await
     }

@@ -389,3 +389,24 @@ pub async fn snapshots_in_a_bucket(backend: Backend) {
     cy.disconnect();
     server.stop().await;
 }
+
+/// A bucket that does not exist is not ready (startup refuses it, `/readyz` reports it): S3
+/// answers a HEAD in a missing bucket like a missing key, so the check lists instead.
+pub async fn a_missing_bucket_is_not_ready() {
+    let moto = Moto::start().await;
+    let settings = |bucket: &str| ObjectSettings {
+        url: format!("s3://{bucket}/{}", unique("t")),
+        endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
+        region: "us-east-1".into(),
+        access_key: Some(Secret::new("test-key")),
+        secret_key: Some(Secret::new("test-secret")),
+        timeout: Duration::from_millis(1000),
+    };
+    let open = |bucket: &str| {
+        concord_server::store::objects::Objects::open(&settings(bucket)).expect("settings")
+    };
+    assert!(open(BUCKET).ping().await.is_ok(), "the bucket exists");
+    let missing = open("no-such-bucket-here").ping().await;
+    assert!(missing.is_err(), "a missing bucket looked ready");
+    println!("objects: a missing bucket -> {}", missing.unwrap_err());
+}
