@@ -1313,8 +1313,6 @@ impl Room {
         }
     }
 
-    /// A member's presence (set by the server where it must be): relayed now, or held back
-    /// until the member's presence rate allows (the latest wins).
     /// Whether awareness client `id` already stands for someone else in this room: another
     /// local connection's Yjs client, or any presence (local or from another instance) that
     /// Yjs clients see under that id.
@@ -1334,6 +1332,8 @@ impl Room {
             .any(|(p, _)| !p.left && shown_as(p) == id)
     }
 
+    /// A member's presence (set by the server where it must be): relayed now, or held back
+    /// until the member's presence rate allows (the latest wins).
     fn presence_from(&mut self, conn: ConnId, mut p: Presence, now: u64) {
         let Some(m) = self.members.get_mut(&conn) else {
             return;
