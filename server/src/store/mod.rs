@@ -328,6 +328,42 @@ impl Folds {
     }
 }
 
+/// What a compaction read in one transaction: the snapshot (inline bytes), its op seq, the
+/// ops after it (at most [`Folds::max_bytes`]) and the object key naming the snapshot, if any.
+pub(crate) type CompactionRead = (Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>, Option<String>);
+
+/// One compaction, the same for every store: a turn first (waiting for it is not the store
+/// being slow), then `read` within the store's bound, the fold on the CPU pool outside it (a
+/// fold bounded by it could never finish once a room's document takes longer than the bound to
+/// rebuild), then `write(snapshot_seq, op_seq, state)` within the bound, the turn held until
+/// the writes are done.
+pub(crate) async fn compact_in_turn<W, WF>(
+    timeouts: StoreTimeouts,
+    objects: Option<&Arc<objects::Objects>>,
+    folds: &Folds,
+    room: &str,
+    read: impl Future<Output = Result<CompactionRead>>,
+    write: W,
+) -> Result<Option<(Vec<u8>, u64)>>
+where
+    W: FnOnce(i64, i64, Vec<u8>) -> WF,
+    WF: Future<Output = Result<Option<(Vec<u8>, u64)>>>,
+{
+    let turn = folds.turn().await?;
+    let (snapshot, snapshot_seq, ops, key) = timeouts.bound("compact", read).await?;
+    let Some(&(op_seq, _)) = ops.last() else {
+        return Ok(None);
+    };
+    let snapshot = objects::resolve(objects, snapshot, key).await?;
+    let ops = ops.into_iter().map(|(_, u)| u).collect();
+    let (state, turn) = folds.fold(turn, room, snapshot, ops).await?;
+    let written = timeouts
+        .bound("compact", write(snapshot_seq, op_seq, state))
+        .await;
+    drop(turn);
+    written
+}
+
 /// Converts a stored seq (SQL BIGINT) to u64; negative values never occur.
 pub(crate) fn seq_from_db(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)

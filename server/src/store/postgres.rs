@@ -88,7 +88,7 @@ impl PgStore {
         tx: &mut sqlx::PgConnection,
         room: &str,
         max_bytes: usize,
-    ) -> Result<(Option<Vec<u8>>, i64, Vec<(i64, Vec<u8>)>, Option<String>)> {
+    ) -> Result<super::CompactionRead> {
         let snapshot =
             sqlx::query("SELECT state, op_seq, object_key FROM snapshots WHERE room_id = $1")
                 .bind(room)
@@ -210,11 +210,27 @@ impl Store for PgStore {
         history: &HistoryPolicy,
         folds: &Folds,
     ) -> Result<Option<(Vec<u8>, u64)>> {
-        // The turn is taken first, and the fold runs outside the store's bound: waiting for a
-        // turn or for the CPU is not the store being slow (a fold bounded by it could never
-        // finish once a room's document takes longer than the bound to rebuild).
-        let turn = folds.turn().await?;
-        self.compact_in_turn(room, history, folds, turn).await
+        // One consistent snapshot of both tables, with no lock: commits go on meanwhile.
+        let read = async {
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?;
+            let read = Self::read_room(&mut tx, room, folds.max_bytes()).await?;
+            tx.commit().await?;
+            Ok(read)
+        };
+        super::compact_in_turn(
+            self.timeouts,
+            self.objects.get(),
+            folds,
+            room,
+            read,
+            |snapshot_seq, op_seq, state| {
+                self.compact_write(room, history, snapshot_seq, op_seq, state)
+            },
+        )
+        .await
     }
 
     fn use_objects(&self, objects: std::sync::Arc<super::objects::Objects>) {
@@ -337,41 +353,6 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(firsts)
-    }
-
-    /// [`Store::compact`] once its turn came: the reads and the writes each within the
-    /// store's bound, the fold between them on the CPU pool.
-    async fn compact_in_turn(
-        &self,
-        room: &str,
-        history: &HistoryPolicy,
-        folds: &Folds,
-        turn: super::FoldTurn,
-    ) -> Result<Option<(Vec<u8>, u64)>> {
-        // One consistent snapshot of both tables, with no lock: commits go on meanwhile.
-        let read = async {
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await?;
-            let read = Self::read_room(&mut tx, room, folds.max_bytes()).await?;
-            tx.commit().await?;
-            Ok(read)
-        };
-        let (snapshot, snapshot_seq, ops, key) = self.timeouts.bound("compact", read).await?;
-        let Some(&(op_seq, _)) = ops.last() else {
-            return Ok(None);
-        };
-        let snapshot = super::objects::resolve(self.objects.get(), snapshot, key).await?;
-        let ops = ops.into_iter().map(|(_, u)| u).collect();
-        let (state, turn) = folds.fold(turn, room, snapshot, ops).await?;
-        // The turn is held until the writes are done.
-        let write = async move {
-            let _turn = turn;
-            self.compact_write(room, history, snapshot_seq, op_seq, state)
-                .await
-        };
-        self.timeouts.bound("compact", write).await
     }
 
     /// The end of a compaction: the new snapshot (object first), history kept, if the
