@@ -209,9 +209,11 @@ impl ChildServer {
         Self::start_env(database_url, &env, port).await
     }
 
-    /// The binary with extra environment variables (budgets, timeouts).
+    /// The binary with extra environment variables (budgets, timeouts), under an 8 GiB
+    /// address-space cap (an idle server maps about 1.6 GiB): an attack that got past the
+    /// budgets kills this server, not the machine.
     pub async fn start_env(database_url: &str, env: &[(&str, &str)], port: u16) -> ChildServer {
-        Self::start_capped(database_url, env, port, None).await
+        Self::start_capped(database_url, env, port, Some(8 << 30)).await
     }
 
     /// [`ChildServer::start_env`], with the process's address space capped at `max_bytes`
