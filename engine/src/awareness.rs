@@ -167,6 +167,11 @@ impl Coalescer {
         std::mem::take(&mut self.entries)
     }
 
+    /// The entries pending, oldest change first.
+    pub fn pending(&self) -> &[Pending] {
+        &self.entries
+    }
+
     /// Entries pending.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -7,6 +7,10 @@
 //!   queue and reconnection replay.
 //! - [`room`]: [`RoomState`], the server side's state machine for one room: validate, dedupe,
 //!   sequence, and the compaction fold.
+//! - [`host`]: [`host::RoomHost`], one room as the server runs it: members of every protocol
+//!   and in-process writers, frames rendered once per protocol, presence, timers, store and
+//!   hub commands.
+//! - [`rate`]: token buckets and the update pacer (time as an argument).
 //! - [`changes`]: [`TextChange`], what a remote update did to the text, for editor bindings.
 //! - [`yjs`]: the Yjs binary protocol (y-websocket): client frames to room requests, room
 //!   answers to frames, presence as awareness.
@@ -29,6 +33,8 @@ pub mod doc;
 pub mod error;
 pub mod history;
 pub mod hocuspocus;
+pub mod host;
+pub mod rate;
 pub mod room;
 pub mod wire;
 pub mod yjs;

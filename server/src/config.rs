@@ -51,7 +51,7 @@ pub struct Config {
     /// Threads that do CRDT work (`CPU_THREADS`; default: the machine's cores).
     pub cpu_threads: usize,
     /// Pool time each connection may spend (`CPU_BURST_MS`, `CPU_SHARE`).
-    pub cpu_budget: crate::room::CpuBudget,
+    pub cpu_budget: concord_engine::host::CpuBudget,
     /// Bytes queued for one connection before it is a slow consumer (`CONN_OUT_BYTES`).
     pub conn_out_bytes: usize,
     /// Bytes queued for all connections together (`OUT_BYTES`).
@@ -734,7 +734,7 @@ impl Default for Config {
             history: crate::store::history::HistoryPolicy::default(),
             shutdown_grace: Duration::from_secs(10),
             cpu_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            cpu_budget: crate::room::CpuBudget::default(),
+            cpu_budget: concord_engine::host::CpuBudget::default(),
             conn_out_bytes: 16 * 1024 * 1024,
             total_out_bytes: 1024 * 1024 * 1024,
             inbound_bytes: 256 * 1024 * 1024,
@@ -959,7 +959,7 @@ impl Config {
                 d.shutdown_grace.as_secs(),
             )?),
             cpu_threads: parse("CPU_THREADS", d.cpu_threads)?.max(1),
-            cpu_budget: crate::room::CpuBudget {
+            cpu_budget: concord_engine::host::CpuBudget {
                 burst_ms: parse("CPU_BURST_MS", d.cpu_budget.burst_ms)?.max(1.0),
                 share: parse("CPU_SHARE", d.cpu_budget.share)?.clamp(0.001, 1.0),
             },

@@ -15,16 +15,20 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use concord_engine::{ClientMessage, ConnId, ServerMessage};
+use concord_engine::ConnId;
 use futures_util::{Sink, SinkExt, StreamExt};
 
 use crate::auth::limits::Payer;
 use crate::auth::{AccessEvent, Admission, Denied, LiveRole, Principal, Role};
+use crate::clock::now_ms;
 use crate::error::ServerError;
+use crate::outbox::Kill;
 use crate::outbox::{self, Frame, Outbound};
-use crate::rate::{Pace, Pacer};
-use crate::room::{error_text, now_ms, Dialect, Kill, Member, Request, RoomCmd};
+use crate::room::{Member, RoomCmd};
 use crate::routes::AppState;
+use concord_engine::host::protocol::{self, Decoded, Inbound};
+use concord_engine::host::{Protocol, Request};
+use concord_engine::rate::{Pace, Pacer};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -61,14 +65,6 @@ where
         reason: reason.into(),
     }));
     within(limit, sink.send(frame)).await;
-}
-
-/// The WebSocket close code for a frame the engine refused to decode.
-pub(crate) fn close_code(e: &concord_engine::EngineError) -> u16 {
-    match e {
-        concord_engine::EngineError::TooLarge { .. } => 1009,
-        _ => 1002,
-    }
 }
 
 /// Runs a parser on this task for small frames, on the CPU pool for large ones (decoding
@@ -144,13 +140,14 @@ where
 }
 
 /// Holds an update back while the connection is over its rate (unread, so TCP pushes back);
-/// a flood that never pauses is told so (on `notice`, in JSON) and closed with 4429. `false`
-/// once the connection is closing.
+/// a flood that never pauses is told so (on `out`, where its protocol has words for it) and
+/// closed with 4429. `false` once the connection is closing.
 pub(crate) async fn pace(
     pacer: &mut Pacer,
     kill: &Kill,
     conn: ConnId,
-    notice: Option<&outbox::Outbox>,
+    out: &outbox::Outbox,
+    protocol: Protocol,
 ) -> bool {
     match pacer.next(now_ms()) {
         Pace::Go => true,
@@ -165,11 +162,9 @@ pub(crate) async fn pace(
                 conn = conn.0,
                 "connection over its update rate for too long; closing it"
             );
-            if let Some(out) = notice {
-                out.offer(error_text(
-                    "rate_limited",
-                    "too many updates for too long; batch them and reconnect later",
-                ));
+            if let Some(frame) = protocol::rate_limited(protocol) {
+                crate::metrics::get().error_frame("rate_limited");
+                out.offer(frame);
             }
             kill.kill(4429, "update rate exceeded: retry later");
             false
@@ -184,7 +179,7 @@ pub(crate) fn payer(app: &AppState, admission: &Admission, ip: std::net::IpAddr)
     app.rooms.ctx().cpu_ledger.payer(user, ip)
 }
 
-/// Serves one upgraded socket for `room` until either side closes, speaking `dialect` (the
+/// Serves one upgraded socket for `room` until either side closes, speaking `protocol` (the
 /// JSON protocol, or y-websocket's binary one: each frame goes through its adapter in the
 /// engine, and everything else, from limits to access, is the same). `admission` is what the
 /// access check decided at upgrade; while the socket is open, [`Watch`] keeps it true. `ip`
@@ -196,7 +191,7 @@ pub async fn serve(
     admission: Admission,
     ip: std::net::IpAddr,
     app: AppState,
-    dialect: Dialect,
+    protocol: Protocol,
 ) {
     let conn = new_conn();
     let config = app.config.clone();
@@ -205,7 +200,7 @@ pub async fn serve(
     let kill = Arc::new(Kill::default());
     let role = LiveRole::new(admission.role);
     let member = Member {
-        dialect,
+        protocol,
         out: out.clone(),
         kill: kill.clone(),
         user: presence_user(conn),
@@ -220,28 +215,16 @@ pub async fn serve(
     let link = match app.rooms.join(&room, conn, sv, member).await {
         Ok(link) => link,
         Err(e) => {
-            let (code, message, close_code, reason) = match e {
-                ServerError::Overloaded { .. } => (
-                    "overloaded",
-                    "the server is at capacity; retry shortly",
-                    1013,
-                    "server at capacity",
-                ),
-                _ => {
-                    tracing::warn!(room = %room, error = %e, "join failed");
-                    (
-                        "unavailable",
-                        "the room cannot be opened now; retry shortly",
-                        1011,
-                        "room unavailable",
-                    )
-                }
-            };
-            if dialect == Dialect::Json {
-                let frame = error_text(code, message);
-                within(write_timeout, sink.send(Message::Text(frame))).await;
+            let overloaded = matches!(e, ServerError::Overloaded { .. });
+            if !overloaded {
+                tracing::warn!(room = %room, error = %e, "join failed");
             }
-            close(&mut sink, write_timeout, close_code, reason).await;
+            let (frame, code, reason) = protocol::join_failed(protocol, overloaded);
+            if let Some(frame) = frame {
+                let frame = Frame::from(frame).into_message();
+                within(write_timeout, sink.send(frame)).await;
+            }
+            close(&mut sink, write_timeout, code, reason).await;
             return;
         }
     };
@@ -269,7 +252,6 @@ pub async fn serve(
         config.update_patience.as_millis() as u64,
         now_ms(),
     );
-    let flood_notice = (dialect == Dialect::Json).then_some(&out);
     let reader = async {
         let forward = |msg: Request| async {
             let sent = tokio::select! {
@@ -282,81 +264,49 @@ pub async fn serve(
             sent
         };
         while let Some(msg) = next_message(&mut stream, &kill, silence, &wrote_at).await {
+            let len = match &msg {
+                Message::Text(text) => text.len(),
+                Message::Binary(bytes) => bytes.len(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Close(_) => break,
+            };
             // Boxed, so the idle reader (waiting above) is not as large as the busiest path
             // through a frame: an idle connection's task is most of what it costs.
             let go = Box::pin(async {
-                match msg {
-                    Message::Text(_) if dialect == Dialect::Yjs => {
-                        kill.kill(1003, "y-websocket frames are binary");
-                        return false;
-                    }
-                    Message::Binary(bytes) if dialect == Dialect::Yjs => {
-                        let Ok(_parsing) = app.inbound.acquire(bytes.len()).await else {
-                            return false;
-                        };
-                        let parsed = parse(&app.cpu, bytes.len(), move || {
-                            concord_engine::yjs::decode(&bytes, &limits)
-                        });
-                        let req = match parsed.await {
-                            Some(Ok(req)) => req,
-                            Some(Err(e)) => {
-                                tracing::debug!(conn = conn.0, error = %e, "bad y-websocket frame");
-                                kill.kill(close_code(&e), "bad y-protocols message");
-                                return false;
-                            }
-                            None => return false,
-                        };
-                        if matches!(req, concord_engine::yjs::YjsRequest::Update(_))
-                            && !pace(&mut pacer, &kill, conn, flood_notice).await
+                // Parsing costs a few times the frame's size: the instance parses at most its
+                // inbound budget's worth at once, and a flood waits here.
+                let Ok(_parsing) = app.inbound.acquire(len).await else {
+                    return false;
+                };
+                let decoded = parse(&app.cpu, len, move || {
+                    let frame = match &msg {
+                        Message::Text(text) => Inbound::Text(text.as_str()),
+                        Message::Binary(bytes) => Inbound::Binary(bytes),
+                        _ => Inbound::Binary(&[]),
+                    };
+                    protocol::decode(protocol, frame, &limits)
+                });
+                match decoded.await {
+                    Some(Decoded::Request(request)) => {
+                        if protocol::is_update(&request)
+                            && !pace(&mut pacer, &kill, conn, &out, protocol).await
                         {
                             return false;
                         }
-                        if !forward(Request::Yjs(req)).await {
-                            return false;
-                        }
+                        forward(request).await
                     }
-                    Message::Text(text) => {
-                        // Parsing costs a few times the frame's size: the instance parses at most
-                        // its inbound budget's worth at once, and a flood waits here.
-                        let Ok(_parsing) = app.inbound.acquire(text.len()).await else {
-                            return false;
-                        };
-                        let parsed = parse(&app.cpu, text.len(), move || {
-                            ClientMessage::parse(text.as_str(), &limits)
-                        });
-                        match parsed.await {
-                            Some(Ok(Some(msg))) => {
-                                if !matches!(msg, ClientMessage::Presence(_))
-                                    && !pace(&mut pacer, &kill, conn, flood_notice).await
-                                {
-                                    return false;
-                                }
-                                if !forward(Request::Json(msg)).await {
-                                    return false;
-                                }
-                            }
-                            Some(Ok(None)) => {}
-                            Some(Err(e)) => {
-                                if !out.offer(crate::room::text(&ServerMessage::error(&e))) {
-                                    return false;
-                                }
-                            }
-                            None => return false,
-                        }
+                    Some(Decoded::Refused(frame, code)) => {
+                        crate::metrics::get().error_frame(code);
+                        out.offer(frame)
                     }
-                    Message::Binary(_) => {
-                        let frame = error_text(
-                            "unsupported_frame",
-                            "binary frames are not part of the protocol; send JSON text frames",
-                        );
-                        if !out.offer(frame) {
-                            return false;
-                        }
+                    Some(Decoded::Close(code, reason)) => {
+                        tracing::debug!(conn = conn.0, code, reason, "frame refused");
+                        kill.kill(code, reason);
+                        false
                     }
-                    Message::Ping(_) | Message::Pong(_) => {}
-                    Message::Close(_) => return false,
+                    Some(Decoded::Nothing) => true,
+                    None => false,
                 }
-                true
             })
             .await;
             if !go {
@@ -373,7 +323,7 @@ pub async fn serve(
     let watch = async {
         if let (Some(principal), Some(events)) = (admission.principal.clone(), events) {
             let access = Watch {
-                dialect,
+                protocol,
                 auth: app.auth.clone(),
                 principal,
                 room: room.clone(),
@@ -392,7 +342,7 @@ pub async fn serve(
 /// grant change that concerns it re-checks, downgrading or upgrading it in place (an `access`
 /// frame tells the client) or closing it if it lost the room (4403).
 pub(crate) struct Watch {
-    pub(crate) dialect: Dialect,
+    pub(crate) protocol: Protocol,
     pub(crate) auth: Arc<crate::auth::Auth>,
     pub(crate) principal: Principal,
     pub(crate) room: String,
@@ -450,19 +400,8 @@ impl Watch {
                     return;
                 }
                 // Told in the client's protocol (y-websocket has no word for it).
-                let frame: Option<Frame> = match self.dialect {
-                    Dialect::Json => Some(
-                        crate::room::text(&ServerMessage::Access {
-                            role: role.as_str().to_owned(),
-                        })
-                        .into(),
-                    ),
-                    Dialect::Hocuspocus => Some(Frame::binary(
-                        concord_engine::hocuspocus::authenticated(&self.room, role == Role::Read),
-                    )),
-                    Dialect::Yjs => None,
-                };
-                if frame.is_some_and(|frame| !self.out.offer(frame)) {
+                let frame = protocol::access(&self.room, self.protocol, role == Role::Read);
+                if frame.is_some_and(|frame| !self.out.offer(Frame::from(frame))) {
                     crate::metrics::get().slow_consumer_closes.inc();
                     self.kill.kill(1013, "too slow: reconnect to resync");
                 }

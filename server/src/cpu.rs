@@ -92,9 +92,36 @@ impl CpuPool {
     }
 }
 
+/// The CPU time this thread has spent: what a member's frames cost is measured with it (see
+/// [`concord_engine::host::HostConfig::cpu_clock`]). Zero where the thread clock is unavailable (no platform
+/// Concord runs on): the budget then never bites, which is the safe way for it to fail.
+pub fn thread_cpu_time() -> Duration {
+    cpu_time::ThreadTime::try_now()
+        .map(|t| t.as_duration())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A member is charged for the CPU its frames used, not for time the thread was off the
+    /// core: a loaded host must not cut off ordinary clients.
+    #[test]
+    fn the_cpu_clock_counts_work_not_waiting() {
+        let waited = thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(50));
+        let waiting = thread_cpu_time() - waited;
+        assert!(waiting < Duration::from_millis(10), "{waiting:?}");
+
+        let worked = thread_cpu_time();
+        let until = Instant::now() + Duration::from_millis(20);
+        let mut spins = 0u64;
+        while Instant::now() < until {
+            spins = std::hint::black_box(spins + 1);
+        }
+        assert!(thread_cpu_time() > worked, "{spins} spins cost nothing");
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_busy_pool_does_not_stall_the_runtime() {

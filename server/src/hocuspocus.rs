@@ -2,7 +2,7 @@
 //!
 //! The protocol's decisions are the engine's [`Session`] (which documents are open, what
 //! waits for an auth, when unauthenticated traffic is too much); this task moves bytes. Each
-//! document it opens joins its room as a [`Member`] of dialect [`Dialect::Hocuspocus`] with its
+//! document it opens joins its room as a [`Member`] speaking [`Protocol::Hocuspocus`] with its
 //! own connection id, sharing the socket's outbound queue and close, so limits, access checks,
 //! awareness and acks are the room's, exactly as for the other protocols. A document's auth
 //! goes through [`crate::auth::Auth::admit`] (the token from the auth message; none with auth
@@ -25,12 +25,15 @@ use concord_engine::ConnId;
 use futures_util::StreamExt;
 
 use crate::auth::{LiveRole, Role};
+use crate::clock::now_ms;
 use crate::connection::{self, next_message, pace, parse, Timing, Watch};
+use crate::outbox::Kill;
 use crate::outbox::{self, Frame, Outbox};
-use crate::rate::Pacer;
-use crate::room::{now_ms, Dialect, Kill, Member, Request, RoomCmd};
+use crate::room::{Member, RoomCmd};
 use crate::rooms::RoomLink;
 use crate::routes::AppState;
+use concord_engine::host::{protocol, Protocol, Request};
+use concord_engine::rate::Pacer;
 
 /// One open document of the socket.
 struct Doc {
@@ -76,7 +79,7 @@ impl Docs<'_> {
         let conn = connection::new_conn();
         let role = LiveRole::new(admission.role);
         let member = Member {
-            dialect: Dialect::Hocuspocus,
+            protocol: Protocol::Hocuspocus,
             out: self.out.clone(),
             kill: self.kill.clone(),
             user: connection::presence_user(conn),
@@ -114,7 +117,7 @@ impl Docs<'_> {
         };
         let watch = admission.principal.zip(events).map(|(principal, events)| {
             let watch = Watch {
-                dialect: Dialect::Hocuspocus,
+                protocol: Protocol::Hocuspocus,
                 auth: self.app.auth.clone(),
                 principal,
                 room: name.clone(),
@@ -239,7 +242,7 @@ pub async fn serve(socket: WebSocket, app: AppState, ip: std::net::IpAddr) {
                     Some(Ok(incoming)) => incoming,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "bad Hocuspocus frame");
-                        kill.kill(connection::close_code(&e), "bad Hocuspocus message");
+                        kill.kill(protocol::close_code(&e), "bad Hocuspocus message");
                         break;
                     }
                     None => break,
@@ -261,7 +264,9 @@ pub async fn serve(socket: WebSocket, app: AppState, ip: std::net::IpAddr) {
                 }
                 Action::Deliver { name, msg } => {
                     let update = matches!(msg, DocMessage::Yjs(YjsRequest::Update(_)));
-                    if update && !pace(&mut pacer, &kill, ConnId(0), None).await {
+                    if update
+                        && !pace(&mut pacer, &kill, ConnId(0), &out, Protocol::Hocuspocus).await
+                    {
                         break;
                     }
                     docs.deliver(&name, msg).await

@@ -29,6 +29,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod cpu;
@@ -39,11 +40,9 @@ pub mod hocuspocus;
 pub mod http;
 pub mod hub;
 pub mod inbound;
-pub mod local;
 pub mod metrics;
 pub mod outbox;
 pub mod proxy;
-pub mod rate;
 pub mod room;
 pub mod rooms;
 pub mod routes;
@@ -59,6 +58,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use concord_engine::rate;
 pub use config::Config;
 pub use error::{Result, ServerError};
 

@@ -22,8 +22,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::room::Dialect;
 use crate::routes::AppState;
+use concord_engine::host::Protocol;
 
 /// Every metric the server exports.
 pub struct Metrics {
@@ -115,8 +115,8 @@ impl Metrics {
         )?;
         registry.register(Box::new(refused.clone()))?;
         // Present from the start, at 0, so dashboards see every protocol.
-        for dialect in [Dialect::Json, Dialect::Yjs, Dialect::Hocuspocus] {
-            connections.with_label_values(&[protocol(dialect)]);
+        for p in [Protocol::Json, Protocol::Yjs, Protocol::Hocuspocus] {
+            connections.with_label_values(&[label(p)]);
         }
         Ok(Metrics {
             connections,
@@ -173,9 +173,9 @@ impl Metrics {
         self.refused.with_label_values(&[budget]).inc();
     }
 
-    /// One more open socket of `dialect`, until the guard is dropped.
-    pub fn connection(&self, dialect: Dialect) -> ConnectionGuard {
-        let gauge = self.connections.with_label_values(&[protocol(dialect)]);
+    /// One more open socket of `protocol`, until the guard is dropped.
+    pub fn connection(&self, protocol: Protocol) -> ConnectionGuard {
+        let gauge = self.connections.with_label_values(&[label(protocol)]);
         gauge.inc();
         ConnectionGuard(gauge)
     }
@@ -216,12 +216,12 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// The `protocol` label of a dialect.
-pub fn protocol(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::Json => "json",
-        Dialect::Yjs => "y-websocket",
-        Dialect::Hocuspocus => "hocuspocus",
+/// The `protocol` label of a protocol.
+pub fn label(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Json => "json",
+        Protocol::Yjs => "y-websocket",
+        Protocol::Hocuspocus => "hocuspocus",
     }
 }
 
@@ -296,7 +296,7 @@ mod tests {
         let m = Metrics::new().expect("valid definitions");
         m.ops_committed.inc_by(3);
         m.error_frame("bad_base64");
-        let _open = m.connection(Dialect::Yjs);
+        let _open = m.connection(Protocol::Yjs);
         m.commit_seconds.observe(0.002);
         let text = m.render();
         for name in [

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::ws::{Message, Utf8Bytes};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// One WebSocket data frame, shared between queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,64 @@ impl Frame {
 impl From<Utf8Bytes> for Frame {
     fn from(text: Utf8Bytes) -> Frame {
         Frame::Text(text)
+    }
+}
+
+/// A frame the engine rendered, shared as it is (a broadcast is converted once, then cloned
+/// per queue).
+impl From<concord_engine::host::Frame> for Frame {
+    fn from(frame: concord_engine::host::Frame) -> Frame {
+        match frame {
+            concord_engine::host::Frame::Binary(bytes) => Frame::Binary(bytes),
+            concord_engine::host::Frame::Text(bytes) => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => Frame::Text(text),
+                // The engine renders text from `String`s: unreachable.
+                Err(_) => Frame::Text(Utf8Bytes::from_static("")),
+            },
+        }
+    }
+}
+
+/// A JSON frame the server itself decides on (an `error` one is counted in metrics).
+pub fn json(msg: &concord_engine::ServerMessage) -> Frame {
+    if let concord_engine::ServerMessage::Error { code, .. } = msg {
+        crate::metrics::get().error_frame(code);
+    }
+    Frame::Text(Utf8Bytes::from(msg.to_json()))
+}
+
+/// An `error` frame the server itself decides on (not an engine error).
+pub fn error_frame(code: &str, message: &str) -> Frame {
+    json(&concord_engine::ServerMessage::Error {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    })
+}
+
+/// Why a connection is being closed from the server side.
+#[derive(Debug, Default)]
+pub struct Kill {
+    token: CancellationToken,
+    reason: Mutex<Option<(u16, &'static str)>>,
+}
+
+impl Kill {
+    /// Asks the connection to close with `code`; the first reason wins.
+    pub fn kill(&self, code: u16, reason: &'static str) {
+        if let Ok(mut slot) = self.reason.lock() {
+            slot.get_or_insert((code, reason));
+        }
+        self.token.cancel();
+    }
+
+    /// Resolves once the connection should close.
+    pub async fn killed(&self) {
+        self.token.cancelled().await
+    }
+
+    /// The close code and reason, if one was given.
+    pub fn reason(&self) -> Option<(u16, &'static str)> {
+        self.reason.lock().ok().and_then(|r| *r)
     }
 }
 

@@ -15,11 +15,14 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::error::{Result, ServerError};
 use crate::room::{Member, RoomCmd, RoomTask};
 use crate::store::committer::Committer;
 use crate::store::{Loaded, Store};
+use concord_engine::host::{HostConfig, RoomHost};
+use concord_engine::RoomState;
 
 /// What every room task shares.
 #[derive(Clone)]
@@ -87,16 +90,37 @@ impl Rooms {
         })
     }
 
-    /// Reads a room from the store once it is its turn (waiting at most [`LOAD_QUEUE_WAIT`]).
-    pub(crate) async fn load(&self, room: &str) -> Result<Loaded> {
-        let Ok(Ok(_turn)) = tokio::time::timeout(LOAD_QUEUE_WAIT, self.loads.acquire()).await
-        else {
+    /// Loads a room's host: reads the room from the store once it is its turn (waiting at
+    /// most [`LOAD_QUEUE_WAIT`]) and rebuilds its state on the CPU pool.
+    pub(crate) async fn load(&self, room: &str) -> Result<Box<RoomHost>> {
+        let Ok(Ok(turn)) = tokio::time::timeout(LOAD_QUEUE_WAIT, self.loads.acquire()).await else {
             return Err(ServerError::Timeout {
                 what: "room load queue",
                 after_ms: LOAD_QUEUE_WAIT.as_millis() as u64,
             });
         };
-        self.ctx.store.load(room).await
+        let loaded = self.ctx.store.load(room).await?;
+        drop(turn);
+        let (id, config) = (room.to_owned(), self.ctx.config.clone());
+        let state = self
+            .ctx
+            .cpu
+            .run(move || load_state(&id, loaded, &config))
+            .await?
+            .value?;
+        let config = &self.ctx.config;
+        let host = HostConfig {
+            max_update_bytes: config.limits.max_update_bytes,
+            max_presence_bytes: config.limits.max_presence_bytes,
+            idle_ms: config.room_idle.as_millis() as u64,
+            cpu_clock: crate::cpu::thread_cpu_time,
+        };
+        Ok(Box::new(RoomHost::new(
+            room.to_owned(),
+            state,
+            host,
+            now_ms(),
+        )))
     }
 
     pub(crate) fn ctx(&self) -> &RoomContext {
@@ -108,8 +132,8 @@ impl Rooms {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Joins `conn` to `room` (loading it if needed). The room sends the `sync` frame to the
-    /// member's queue before this returns.
+    /// Joins `conn` to `room` (loading it if needed). The room queues the member's first
+    /// frames before this returns.
     pub async fn join(
         self: &Arc<Self>,
         room: &str,
@@ -117,24 +141,61 @@ impl Rooms {
         sv: Option<Vec<u8>>,
         member: Member,
     ) -> Result<RoomLink> {
+        let (tx, ()) = self
+            .call(room, |reply| RoomCmd::Join {
+                conn,
+                sv: sv.clone(),
+                member: member.clone(),
+                reply,
+            })
+            .await?;
+        Ok(RoomLink { tx })
+    }
+
+    /// Writes `update` (v2) into `room` as `author`, through the same checks, group commit,
+    /// broadcast and hub as a keystroke, and returns the seq at which it is durable (the
+    /// room's seq if it changed nothing). [`ServerError::Rejected`] if the room refused it.
+    pub async fn write(
+        self: &Arc<Self>,
+        room: &str,
+        update: Vec<u8>,
+        author: Option<String>,
+    ) -> Result<u64> {
+        let call = self.call(room, |reply| RoomCmd::Write {
+            update: update.clone(),
+            author: author.clone(),
+            reply,
+        });
+        // The commit is bounded by COMMIT_TIMEOUT_MS; the room answers within it and a margin.
+        let bound = self.ctx.config.commit_timeout + Duration::from_secs(5);
+        match tokio::time::timeout(bound, call).await {
+            Ok(answer) => answer.map(|(_, seq)| seq),
+            Err(_) => Err(ServerError::Timeout {
+                what: "room write",
+                after_ms: bound.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Sends the command `ask` makes to `room` (loading it if needed) and waits for its
+    /// reply; a room that was closing is asked again, through a fresh task.
+    async fn call<T>(
+        self: &Arc<Self>,
+        room: &str,
+        ask: impl Fn(oneshot::Sender<Result<T>>) -> RoomCmd,
+    ) -> Result<(mpsc::Sender<RoomCmd>, T)> {
         for _ in 0..8 {
             if self.ctx.shutdown.is_cancelled() {
                 return Err(ServerError::RoomClosing);
             }
             let handle = self.handle(room)?;
             let (reply, rx) = oneshot::channel();
-            let cmd = RoomCmd::Join {
-                conn,
-                sv: sv.clone(),
-                member: member.clone(),
-                reply,
-            };
-            if handle.tx.send(cmd).await.is_err() {
+            if handle.tx.send(ask(reply)).await.is_err() {
                 self.unregister(room, handle.generation);
                 continue;
             }
             match rx.await {
-                Ok(Ok(())) => return Ok(RoomLink { tx: handle.tx }),
+                Ok(Ok(value)) => return Ok((handle.tx, value)),
                 Ok(Err(ServerError::RoomClosing)) | Err(_) => {
                     self.unregister(room, handle.generation);
                     continue;
@@ -255,4 +316,19 @@ impl Rooms {
         self.relieved(map.len());
         true
     }
+}
+
+fn load_state(id: &str, loaded: Loaded, config: &crate::config::Config) -> Result<RoomState> {
+    RoomState::load(
+        loaded.snapshot.as_deref(),
+        loaded.snapshot_seq,
+        &loaded.ops,
+        config.compaction,
+        now_ms(),
+    )
+    .map(|state| state.with_limits(config.room_limits))
+    .map_err(|source| ServerError::Corrupt {
+        room: id.to_owned(),
+        source,
+    })
 }

@@ -17,8 +17,8 @@ use tower_http::services::{ServeDir, ServeFile};
 
 use crate::api::{ApiError, ClientIp};
 use crate::config::Config;
-use crate::room::Dialect;
 use crate::rooms::Rooms;
+use concord_engine::host::Protocol;
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -108,7 +108,7 @@ async fn admit(
     token: Option<&str>,
     id: &str,
 ) -> Result<crate::auth::Admission, Response> {
-    if let Err(retry) = state.auth.limits.connect(ip, crate::room::now_ms()) {
+    if let Err(retry) = state.auth.limits.connect(ip, crate::clock::now_ms()) {
         return Err(ApiError::rate_limited(retry).into_response());
     }
     if validate_room_id(id).is_err() {
@@ -138,7 +138,7 @@ async fn yjs(
     let Ok(upgrade) = upgrade else {
         return bad_request("expected a WebSocket upgrade");
     };
-    upgrade_to(state, upgrade, id, None, admission, ip, Dialect::Yjs)
+    upgrade_to(state, upgrade, id, None, admission, ip, Protocol::Yjs)
 }
 
 /// The Hocuspocus protocol: `new HocuspocusProvider({url: 'ws://host/hocuspocus', name})`.
@@ -149,7 +149,7 @@ async fn hocuspocus(
     ClientIp(ip): ClientIp,
     upgrade: Upgrade,
 ) -> Response {
-    if let Err(retry) = state.auth.limits.connect(ip, crate::room::now_ms()) {
+    if let Err(retry) = state.auth.limits.connect(ip, crate::clock::now_ms()) {
         return ApiError::rate_limited(retry).into_response();
     }
     let Ok(upgrade) = upgrade else {
@@ -159,7 +159,7 @@ async fn hocuspocus(
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     upgrade.on_upgrade(move |socket| async move {
-        let _open = crate::metrics::get().connection(Dialect::Hocuspocus);
+        let _open = crate::metrics::get().connection(Protocol::Hocuspocus);
         crate::hocuspocus::serve(socket, state, ip).await;
         drop(permit);
     })
@@ -188,7 +188,7 @@ async fn ws(
     let Ok(upgrade) = upgrade else {
         return bad_request("expected a WebSocket upgrade");
     };
-    upgrade_to(state, upgrade, id, sv, admission, ip, Dialect::Json)
+    upgrade_to(state, upgrade, id, sv, admission, ip, Protocol::Json)
 }
 
 fn upgrade_to(
@@ -198,14 +198,14 @@ fn upgrade_to(
     sv: Option<Vec<u8>>,
     admission: crate::auth::Admission,
     ip: std::net::IpAddr,
-    dialect: Dialect,
+    protocol: Protocol,
 ) -> Response {
     let Some((upgrade, permit)) = prepare(&state, upgrade) else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     upgrade.on_upgrade(move |socket| async move {
-        let _open = crate::metrics::get().connection(dialect);
-        crate::connection::serve(socket, id, sv, admission, ip, state, dialect).await;
+        let _open = crate::metrics::get().connection(protocol);
+        crate::connection::serve(socket, id, sv, admission, ip, state, protocol).await;
         drop(permit);
     })
 }

@@ -364,7 +364,7 @@ async fn restore(
         return Ok(Json(json!({"applied": false, "seq": head})).into_response());
     };
     let author = who.map_or_else(|| "restore".to_owned(), |p| p.name);
-    match crate::local::apply(&app, &room, update, &author).await {
+    match app.rooms.write(&room, update, Some(author)).await {
         Ok(seq) => {
             Ok(Json(json!({"applied": true, "seq": seq, "restored_seq": target})).into_response())
         }

@@ -308,7 +308,7 @@ async fn edits(
 
 /// Writes a v2 update through the room; the seq at which it is durable.
 async fn write(app: &AppState, room: &str, update: Vec<u8>, author: &str) -> Result<u64, ApiError> {
-    match crate::local::apply(app, room, update, author).await {
+    match app.rooms.write(room, update, Some(author.to_owned())).await {
         Ok(seq) => Ok(seq),
         Err(ServerError::Rejected { code }) => {
             tracing::info!(room, code = %code, "document api: the room refused the update");

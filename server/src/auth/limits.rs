@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::rate::TokenBucket;
+use concord_engine::rate::TokenBucket;
 
 /// Settings of the limiters (`IP_CONNECT_BURST`, `IP_CONNECT_PER_SEC`, `LOGIN_BURST`,
 /// `LOGIN_PER_SEC`).
