@@ -90,7 +90,7 @@ pub async fn run(
     let committer = store::committer::Committer::start(store.clone(), &commit_tracker);
     let cpu = cpu::CpuPool::start(config.cpu_threads, 1024);
     let token = CancellationToken::new();
-    let rooms = rooms::Rooms::new(rooms::RoomContext {
+    let rooms = rooms::Rooms::new(room::RoomContext {
         store: store.clone(),
         hub: hub.clone(),
         committer,

@@ -12,40 +12,13 @@ use std::time::Duration;
 
 use concord_engine::ConnId;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::clock::now_ms;
-use crate::config::Config;
 use crate::error::{Result, ServerError};
-use crate::room::{Member, RoomCmd, RoomTask};
-use crate::store::committer::Committer;
-use crate::store::{Loaded, Store};
+use crate::room::{Member, Registry, RoomCmd, RoomContext, RoomTask};
+use crate::store::Loaded;
 use concord_engine::host::{HostConfig, RoomHost};
 use concord_engine::RoomState;
-
-/// What every room task shares.
-#[derive(Clone)]
-pub struct RoomContext {
-    /// Durable storage.
-    pub store: Arc<dyn Store>,
-    /// Fan-out across instances.
-    pub hub: Arc<dyn crate::hub::Hub>,
-    /// Group commit.
-    pub committer: Committer,
-    /// Where rooms do their CRDT work.
-    pub cpu: crate::cpu::CpuPool,
-    /// Where compactions fold, and how many at once.
-    pub folds: crate::store::Folds,
-    /// Connections' CPU budgets, kept past their close for the payer's next connection.
-    pub cpu_ledger: Arc<crate::auth::limits::CpuLedger>,
-    /// Settings.
-    pub config: Arc<Config>,
-    /// Cancelled when the server shuts down.
-    pub shutdown: CancellationToken,
-    /// Room tasks are tracked so shutdown can wait for them.
-    pub tracker: TaskTracker,
-}
 
 #[derive(Clone)]
 struct Handle {
@@ -68,7 +41,7 @@ pub struct Rooms {
     /// once and thousands of cold rooms load together; without a queue they all waited on
     /// the pool and those past its acquire timeout answered `unavailable`.
     loads: Semaphore,
-    /// Set when a room could not be loaded for [`Config::max_rooms`]: rooms with no members
+    /// Set when a room could not be loaded for [`crate::Config::max_rooms`]: rooms with no members
     /// unload at their next tick instead of after `ROOM_IDLE_SECS`. Cleared once a tenth of
     /// the cap is free again.
     shedding: AtomicBool,
@@ -206,11 +179,6 @@ impl Rooms {
         Err(ServerError::Unavailable)
     }
 
-    /// Rooms with no members should unload now: the instance is at [`Config::max_rooms`].
-    pub(crate) fn shedding(&self) -> bool {
-        self.shedding.load(Ordering::Relaxed)
-    }
-
     /// The room's task, started if it is not loaded and the instance has room for it.
     fn handle(self: &Arc<Self>, room: &str) -> Result<Handle> {
         let mut map = match self.map.lock() {
@@ -237,10 +205,14 @@ impl Rooms {
         let task = RoomTask {
             id: room.to_owned(),
             generation,
-            rooms: self.clone(),
+            registry: self.clone(),
+            ctx: self.ctx.clone(),
             rx,
         };
-        self.ctx.tracker.spawn(task.run());
+        let (rooms, id) = (self.clone(), room.to_owned());
+        self.ctx
+            .tracker
+            .spawn(async move { task.run(rooms.load(&id)).await });
         Ok(handle)
     }
 
@@ -277,8 +249,22 @@ impl Rooms {
         }
     }
 
+    /// Stops shedding once a tenth of [`crate::Config::max_rooms`] is free.
+    fn relieved(&self, loaded: usize) {
+        let max = self.ctx.config.max_rooms;
+        if loaded < max - max / 10 {
+            self.shedding.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Registry for Rooms {
+    fn shedding(&self) -> bool {
+        self.shedding.load(Ordering::Relaxed)
+    }
+
     /// Removes the room's entry if it is still this generation.
-    pub(crate) fn unregister(&self, room: &str, generation: u64) {
+    fn unregister(&self, room: &str, generation: u64) {
         let mut map = match self.map.lock() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
@@ -289,17 +275,9 @@ impl Rooms {
         }
     }
 
-    /// Stops shedding once a tenth of [`Config::max_rooms`] is free.
-    fn relieved(&self, loaded: usize) {
-        let max = self.ctx.config.max_rooms;
-        if loaded < max - max / 10 {
-            self.shedding.store(false, Ordering::Relaxed);
-        }
-    }
-
     /// Unregisters an idle room, but only if nothing is queued for it: checked under the map
     /// lock, so no new join can get this handle afterwards.
-    pub(crate) fn unregister_if_idle(
+    fn unregister_if_idle(
         &self,
         room: &str,
         generation: u64,

@@ -23,82 +23,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_engine::host::{self, Input, Joiner, Output, Protocol, Request, RoomHost, Written};
+use concord_engine::host::{self, Input, Joiner, Output, Protocol, RoomHost, Written};
 use concord_engine::ConnId;
 use tokio::sync::{mpsc, oneshot};
+
+mod command;
+
+pub use command::{Member, Registry, RoomCmd, RoomContext};
 
 use crate::clock::now_ms;
 use crate::error::{Result, ServerError};
 use crate::hub::HubEvent;
-use crate::outbox::{Frame, Kill, Outbox};
-use crate::rooms::{RoomContext, Rooms};
-
-/// How the room reaches one connection.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Its wire format.
-    pub protocol: Protocol,
-    /// The connection's outbound queue, bounded in bytes.
-    pub out: Outbox,
-    /// Closes the connection.
-    pub kill: Arc<Kill>,
-    /// Who this connection is in presence frames: set by the server, never by the client.
-    pub user: String,
-    /// The authenticated user's display name, which replaces any name the client claims in
-    /// presence (`None` with auth off).
-    pub name: Option<String>,
-    /// Read or write, now: read with every frame, as grants can change while it is open.
-    pub role: Arc<crate::auth::LiveRole>,
-    /// Whose CPU budget this connection spends (`None`: the server's own, never limited); a
-    /// reconnect of the same payer resumes what the last connection left.
-    pub payer: Option<crate::auth::limits::Payer>,
-}
-
-/// What connections and in-process writers ask of a room.
-#[derive(Debug)]
-pub enum RoomCmd {
-    /// A connection opened; `sv` is its `?sv=` state vector.
-    Join {
-        /// The connection.
-        conn: ConnId,
-        /// Its state vector (v1), if it resumes.
-        sv: Option<Vec<u8>>,
-        /// Its outbound side.
-        member: Member,
-        /// Answered once its first frames are queued. `Err(RoomClosing)` means: ask the
-        /// registry again.
-        reply: oneshot::Sender<Result<()>>,
-    },
-    /// A frame from a member, decoded by its protocol's adapter.
-    Frame {
-        /// The connection.
-        conn: ConnId,
-        /// The frame.
-        msg: Request,
-    },
-    /// The connection closed.
-    Leave {
-        /// The connection.
-        conn: ConnId,
-    },
-    /// An in-process write (the document API, a restore): one v2 update, through the same
-    /// checks, group commit, broadcast and hub as a keystroke. Answered with its seq once
-    /// durable, or the room's refusal.
-    Write {
-        /// v2 update bytes.
-        update: Vec<u8>,
-        /// Who history records as its author.
-        author: Option<String>,
-        /// `Err(RoomClosing)` means: ask the registry again.
-        reply: oneshot::Sender<Result<u64>>,
-    },
-    /// The room's stored data is being deleted: close every member (4404) and unload without
-    /// writing anything more. `done` is dropped once the room task has stopped.
-    Delete {
-        /// Dropped when the room has stopped.
-        done: Option<oneshot::Sender<()>>,
-    },
-}
+use crate::outbox::Frame;
 
 /// Commands drained from the queue into one burst.
 const BURST: usize = 1024;
@@ -132,11 +68,12 @@ struct Link {
     dead: bool,
 }
 
-/// A room's task. Created and registered by [`Rooms`].
+/// A room's task, started by the registry (which the task knows only as a [`Registry`]).
 pub(crate) struct RoomTask {
     pub(crate) id: String,
     pub(crate) generation: u64,
-    pub(crate) rooms: Arc<Rooms>,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) ctx: RoomContext,
     pub(crate) rx: mpsc::Receiver<RoomCmd>,
 }
 
@@ -144,7 +81,7 @@ pub(crate) struct RoomTask {
 struct Room {
     id: String,
     generation: u64,
-    rooms: Arc<Rooms>,
+    registry: Arc<dyn Registry>,
     ctx: RoomContext,
     rx: mpsc::Receiver<RoomCmd>,
     /// `None` only while a job runs on the pool (or after one failed).
@@ -165,15 +102,17 @@ struct Room {
 }
 
 impl RoomTask {
-    pub(crate) async fn run(self) {
-        let ctx = self.rooms.ctx().clone();
+    /// Runs the room until it unloads; `load` reads it from the store.
+    pub(crate) async fn run(self, load: impl Future<Output = Result<Box<RoomHost>>>) {
+        let ctx = self.ctx.clone();
         // Subscribe before reading the store, so nothing committed elsewhere falls between.
         let mut sub = ctx.hub.subscribe(&self.id).await;
-        let host = match self.rooms.load(&self.id).await {
+        let host = match load.await {
             Ok(host) => host,
             Err(e) => {
                 tracing::error!(room = %self.id, error = %e, "room load failed");
-                return fail_waiting(&self.rooms, &self.id, self.generation, self.rx).await;
+                let registry = self.registry.as_ref();
+                return fail_waiting(registry, &self.id, self.generation, self.rx).await;
             }
         };
         let seq = host.state().seq();
@@ -190,7 +129,7 @@ impl RoomTask {
         let mut room = Room {
             id: self.id,
             generation: self.generation,
-            rooms: self.rooms,
+            registry: self.registry,
             ctx: ctx.clone(),
             rx: self.rx,
             host: Some(host),
@@ -221,7 +160,7 @@ impl Room {
                 + Duration::from_millis(due.saturating_sub(now_ms()).min(60_000));
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {
-                    let shedding = self.rooms.shedding();
+                    let shedding = self.registry.shedding();
                     self.inputs.push(Input::Timeout { shedding });
                 }
                 _ = self.ctx.shutdown.cancelled(), if !self.closing => self.close_queue(),
@@ -512,7 +451,7 @@ impl Room {
             Output::Idle => {
                 if !self.closing
                     && self
-                        .rooms
+                        .registry
                         .unregister_if_idle(&self.id, self.generation, &self.rx)
                 {
                     self.close_queue();
@@ -558,7 +497,7 @@ impl Room {
     /// Stops at once: unregistered, and whatever is still queued is sent back.
     async fn stop_waiting(&mut self) {
         let rx = std::mem::replace(&mut self.rx, mpsc::channel(1).1);
-        fail_waiting(&self.rooms, &self.id, self.generation, rx).await;
+        fail_waiting(self.registry.as_ref(), &self.id, self.generation, rx).await;
     }
 
     /// Drained: everything accepted is durable and acked. Other instances hear of the last
@@ -595,7 +534,7 @@ impl Room {
                 }
             }
         }
-        self.rooms.unregister(&self.id, self.generation);
+        self.registry.unregister(&self.id, self.generation);
         // Joins and writes that raced the close are told to retry with a fresh room task.
         while let Ok(cmd) = self.rx.try_recv() {
             refuse(cmd, ServerError::RoomClosing);
@@ -625,8 +564,13 @@ fn refuse(cmd: RoomCmd, err: ServerError) {
 
 /// A room that cannot go on: unregistered, its queue closed, and everyone still waiting in it
 /// told to ask the registry again (a fresh task loads the room anew).
-async fn fail_waiting(rooms: &Rooms, id: &str, generation: u64, mut rx: mpsc::Receiver<RoomCmd>) {
-    rooms.unregister(id, generation);
+async fn fail_waiting(
+    registry: &dyn Registry,
+    id: &str,
+    generation: u64,
+    mut rx: mpsc::Receiver<RoomCmd>,
+) {
+    registry.unregister(id, generation);
     rx.close();
     while let Some(cmd) = rx.recv().await {
         refuse(cmd, ServerError::RoomClosing);
