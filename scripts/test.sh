@@ -34,6 +34,9 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "layers: no import cycle between modules (cargo-modules)"
+bash scripts/check-layers.sh
+
 step "cargo tests (release: the property, trace and load-bearing suites are CPU-heavy)"
 # Engine property/trace/bad-input suites, and the server suite against SQLite and the local
 # Postgres and Redis (with CI=true a missing service fails instead of skipping).

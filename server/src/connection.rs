@@ -11,7 +11,7 @@
 //! its pong is stuck behind a backlog, so write progress counts as a sign of life too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -24,29 +24,14 @@ use crate::clock::now_ms;
 use crate::error::ServerError;
 use crate::outbox::Kill;
 use crate::outbox::{self, Frame, Outbound};
-use crate::room::{Member, RoomCmd};
-use crate::routes::AppState;
+use crate::room::{new_conn, presence_user, Member, RoomCmd};
+use crate::state::AppState;
 use concord_engine::host::protocol::{self, Decoded, Inbound};
 use concord_engine::host::{Protocol, Request};
 use concord_engine::rate::{Pace, Pacer};
 
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh connection id (one per room membership: a Hocuspocus socket has one per document).
-pub(crate) fn new_conn() -> ConnId {
-    ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed))
-}
-
 /// Frames up to this size are parsed on the reader's task; larger ones on the CPU pool.
 const PARSE_INLINE_BYTES: usize = 64 * 1024;
-
-/// The presence id of a connection: unique across instances (a random tag per process), so
-/// presence relayed through the hub never collides, and never chosen by the client.
-pub(crate) fn presence_user(conn: ConnId) -> String {
-    static TAG: OnceLock<String> = OnceLock::new();
-    let tag = TAG.get_or_init(|| format!("{:08x}", rand::random::<u32>()));
-    format!("c-{tag}-{}", conn.0)
-}
 
 /// One socket operation, bounded in time: `false` if it failed or timed out.
 pub(crate) async fn within<F: std::future::Future<Output = Result<(), E>>, E>(

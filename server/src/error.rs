@@ -13,7 +13,7 @@ pub enum ServerError {
     Config {
         /// Environment variable.
         name: &'static str,
-        /// Its value, with any URL password replaced by `***` (`config::redact_url`): this
+        /// Its value, with any URL password replaced by `***` (`secret::redact_url`): this
         /// error is printed at startup, and logs must not carry credentials.
         value: String,
         /// Why it is rejected.
@@ -24,7 +24,7 @@ pub enum ServerError {
     #[error("store: {0}")]
     Store(#[from] sqlx::Error),
 
-    /// Opening the store failed. The target is redacted (`config::redact_url`) and the reason
+    /// Opening the store failed. The target is redacted (`secret::redact_url`) and the reason
     /// scrubbed of the URL and its password, since this is printed at startup.
     #[error(
         "cannot open the store at DATABASE_URL={target}: {reason}; expected a database this \
@@ -97,7 +97,7 @@ pub enum ServerError {
         after_ms: u64,
     },
 
-    /// The room refused an update written from inside the server (see [`crate::local`]):
+    /// The room refused an update written from inside the server (see [`crate::rooms::Rooms::write`]):
     /// the engine's stable error code (`invalid_update`, `overloaded`, ...).
     #[error("the room refused the update: {code}")]
     Rejected {

@@ -20,13 +20,14 @@
 //! origin check. `/healthz` and `/readyz` are never refused (load balancers probe them by any
 //! name).
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::ApiError;
-use crate::routes::AppState;
 
 /// Who may reach the server from a browser (`ALLOWED_ORIGINS`, `ALLOWED_HOSTS`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -192,10 +193,14 @@ fn simple_content_type(headers: &HeaderMap) -> bool {
     )
 }
 
-/// The middleware: refuses what [`WebGuard::check`] refuses, before any handler runs.
-pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let open = state.config.auth.mode == crate::auth::Mode::Off;
-    match state.config.web_guard.check(
+/// The middleware: refuses what [`WebGuard::check`] refuses, before any handler runs. Its
+/// state: the rules, and whether the server is open (auth off).
+pub async fn layer(
+    State((guard, open)): State<(Arc<WebGuard>, bool)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match guard.check(
         request.method(),
         request.uri().path(),
         request.headers(),

@@ -1,6 +1,7 @@
 //! Readiness: `/readyz` says whether this instance can serve rooms now, for a load balancer
-//! or an orchestrator to route around it when it cannot. `/healthz` (in [`crate::routes`])
-//! only says the process answers.
+//! or an orchestrator to route around it when it cannot; `/metrics` serves the Prometheus text
+//! and runs the same checks to set the health gauges. `/healthz` (in [`crate::routes`]) only
+//! says the process answers.
 //!
 //! Two checks, run together, each bounded by a short timeout so a hung database makes the
 //! probe fail promptly instead of hanging it: the store answers a trivial query, and the hub
@@ -11,12 +12,12 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use crate::routes::AppState;
+use crate::state::AppState;
 
 /// How long `/readyz` lets each check take.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -95,9 +96,67 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(readiness)).into_response()
 }
 
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let config = &state.config;
+    if !config.metrics {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if let Some(token) = &config.metrics_token {
+        if !bearer_matches(&headers, token.expose()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "metrics need Authorization: Bearer <METRICS_TOKEN>",
+            )
+                .into_response();
+        }
+    }
+    let m = crate::metrics::get();
+    m.rooms_loaded.set(state.rooms.loaded() as i64);
+    m.outbound_queued_bytes.set(state.outbound.used() as i64);
+    // Sets the health gauges.
+    check(&state, CHECK_TIMEOUT).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
+}
+
+/// Bound on each health check run by a scrape.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the request carries `Authorization: Bearer <token>`, compared in constant time.
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        let mut headers = HeaderMap::new();
+        assert!(!bearer_matches(&headers, "s3cret"));
+        headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(bearer_matches(&headers, "s3cret"));
+        assert!(!bearer_matches(&headers, "s3cret2"));
+        headers.insert(header::AUTHORIZATION, "Basic s3cret".parse().unwrap());
+        assert!(!bearer_matches(&headers, "s3cret"));
+    }
 
     #[test]
     fn the_body_names_each_check() {

@@ -31,7 +31,7 @@ use crate::outbox::Kill;
 use crate::outbox::{self, Frame, Outbox};
 use crate::room::{Member, RoomCmd};
 use crate::rooms::RoomLink;
-use crate::routes::AppState;
+use crate::state::AppState;
 use concord_engine::host::{protocol, Protocol, Request};
 use concord_engine::rate::Pacer;
 
@@ -76,13 +76,13 @@ impl Docs<'_> {
                 return Some(());
             }
         };
-        let conn = connection::new_conn();
+        let conn = crate::room::new_conn();
         let role = LiveRole::new(admission.role);
         let member = Member {
             protocol: Protocol::Hocuspocus,
             out: self.out.clone(),
             kill: self.kill.clone(),
-            user: connection::presence_user(conn),
+            user: crate::room::presence_user(conn),
             name: admission.principal.as_ref().map(|p| p.name.clone()),
             role: role.clone(),
             payer: Some(connection::payer(self.app, &admission, self.ip)),

@@ -1,29 +1,30 @@
 //! Concord's sync server.
 //!
 //! # Layout
-//! - [`config`]: settings from the environment, with embedded defaults.
-//! - [`guard`]: which page origins and host names may reach the server (CSRF, DNS rebinding).
-//! - [`http`]: the listener: HTTP/1.1 with header and idle timeouts and a connection cap.
-//! - [`routes`]: HTTP routes: `/healthz`, `/` (the demo), `/pkg/*`, `/rooms/{id}/ws`.
-//! - [`health`]: `/readyz`: the store and the hub answer, each within a short timeout.
-//! - [`metrics`]: Prometheus metrics on `/metrics` (connections, rooms, commits, fan-out, ...).
-//! - [`connection`]: one WebSocket: reader, writer with timeouts, heartbeats.
-//! - [`proxy`]: the client's address behind trusted reverse proxies.
-//! - [`outbox`], [`inbound`]: byte budgets for what is queued to clients and parsed from them.
-//! - [`rooms`]: the registry: lazy load, one task per room, idle unload.
-//! - [`room`]: a room's task: its engine `RoomState` on the CPU pool, commits, acks, broadcasts.
-//! - [`cpu`]: the pool of threads where all CRDT work runs, off the async workers.
-//! - [`rate`]: token buckets for per-connection budgets.
-//! - [`store`]: the `Store` trait, SQLite and Postgres, and group commit.
-//! - [`hub`]: the `Hub` trait: in-memory (one instance) or Redis fan-out and presence.
-//! - [`auth`]: tokens, accounts, grants: the one access check every transport and route runs.
-//! - [`api`]: the JSON REST API under `/api` (accounts, documents, grants).
-//! - [`webhooks`]: signed event delivery from the store's durable outbox.
-//! - [`error`]: the crate's error type, `ServerError`.
+//! Lower layers first; nothing imports a module above it (`scripts/check-layers.sh` checks it,
+//! in `npm test`).
+//! - Leaves: [`clock`] (monotonic ms), [`secret`] (secrets, URL redaction), [`error`]
+//!   (`ServerError`), [`metrics`] (Prometheus registry), [`cpu`] (the pool of threads where all
+//!   CRDT work runs), [`inbound`] (the byte budget of frames being parsed).
+//! - [`store`]: the `Store` trait, SQLite and Postgres, group commit, history rows, snapshots
+//!   in a bucket, the webhook outbox. [`hub`]: in-memory or Redis fan-out, presence, access
+//!   signals. [`auth`]: tokens, accounts, grants: the one access check every transport and
+//!   route runs. [`webhooks`]: signed delivery from the store's outbox.
+//! - [`config`]: every setting, from the environment, with embedded defaults.
+//! - [`outbox`]: a connection's outbound queue, bounded in bytes, and its [`outbox::Kill`].
+//! - [`room`]: a room's task, the thin actor around the engine's `RoomHost` (commands in,
+//!   frames, store commands and hub publishes out); [`rooms`]: the registry (lazy load, one
+//!   task per room, idle unload, the room cap, in-process writes).
+//! - [`state`]: what every handler is given. Above it: [`connection`] (a JSON or y-websocket
+//!   socket), [`hocuspocus`] (a Hocuspocus socket, many documents), [`api`] (the REST API),
+//!   [`health`] (`/readyz`, `/metrics`), [`guard`] (which page origins and host names may
+//!   reach the server), [`proxy`] (the client's address behind trusted proxies).
+//! - [`routes`]: the router; [`http`]: the listener (header and idle timeouts, a connection
+//!   cap); [`run`] wires them.
 //!
 //! The engine decides (what a frame means, whether an update is new, what to ack and
-//! broadcast, when to compact); this crate only moves bytes between sockets, tasks and the
-//! database.
+//! broadcast to whom in which protocol, when to commit, compact or unload); this crate only
+//! moves bytes between sockets, the CPU pool, the store and the hub.
 
 #![warn(missing_docs)]
 
@@ -46,6 +47,8 @@ pub mod proxy;
 pub mod room;
 pub mod rooms;
 pub mod routes;
+pub mod secret;
+pub mod state;
 pub mod store;
 pub mod webhooks;
 
@@ -108,7 +111,7 @@ pub async fn run(
             value: config.auth.mode.as_str().to_owned(),
             reason,
         })?;
-    let state = routes::AppState {
+    let state = state::AppState {
         rooms,
         config: config.clone(),
         connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -140,7 +143,7 @@ pub async fn run(
         store.enable_webhooks(settings.timing());
         tracing::info!(
             "webhooks on: events to {}",
-            config::redact_url(&settings.url)
+            secret::redact_url(&settings.url)
         );
         tokio::spawn(webhooks::run(store.clone(), settings, token.clone()))
     });

@@ -12,17 +12,12 @@
 //! `Authorization: Bearer <token>` and answers 401 without it).
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::routes::AppState;
 use concord_engine::host::Protocol;
 
 /// Every metric the server exports.
@@ -240,53 +235,6 @@ pub fn seconds(since: std::time::Instant) -> f64 {
     since.elapsed().as_secs_f64()
 }
 
-/// `GET /metrics`.
-pub async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let config = &state.config;
-    if !config.metrics {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    if let Some(token) = &config.metrics_token {
-        if !bearer_matches(&headers, token.expose()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "metrics need Authorization: Bearer <METRICS_TOKEN>",
-            )
-                .into_response();
-        }
-    }
-    let m = get();
-    m.rooms_loaded.set(state.rooms.loaded() as i64);
-    m.outbound_queued_bytes.set(state.outbound.used() as i64);
-    // Sets the health gauges.
-    crate::health::check(&state, CHECK_TIMEOUT).await;
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        m.render(),
-    )
-        .into_response()
-}
-
-/// Bound on each health check run by a scrape.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Whether the request carries `Authorization: Bearer <token>`, compared in constant time.
-fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,16 +269,5 @@ mod tests {
         assert!(m
             .render()
             .contains("concord_connections{protocol=\"y-websocket\"} 0"));
-    }
-
-    #[test]
-    fn bearer_token_must_match_exactly() {
-        let mut headers = HeaderMap::new();
-        assert!(!bearer_matches(&headers, "s3cret"));
-        headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
-        assert!(bearer_matches(&headers, "s3cret"));
-        assert!(!bearer_matches(&headers, "s3cret2"));
-        headers.insert(header::AUTHORIZATION, "Basic s3cret".parse().unwrap());
-        assert!(!bearer_matches(&headers, "s3cret"));
     }
 }

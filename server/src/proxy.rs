@@ -10,12 +10,12 @@
 
 use std::net::IpAddr;
 
+use std::sync::Arc;
+
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
-
-use crate::routes::AppState;
 
 /// One trusted network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,13 +157,17 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 pub struct ClientAddr(pub IpAddr);
 
 /// The middleware: works out the client's address once per request.
-pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn layer(
+    State(proxies): State<Arc<TrustedProxies>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
     if let Some(peer) = peer {
-        let client = state.config.trusted_proxies.client(peer, request.headers());
+        let client = proxies.client(peer, request.headers());
         request.extensions_mut().insert(ClientAddr(client));
     }
     next.run(request).await

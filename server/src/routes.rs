@@ -12,40 +12,21 @@ use axum::routing::get;
 use axum::Router;
 use concord_engine::wire::{decode_b64, validate_room_id};
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 use tower_http::services::{ServeDir, ServeFile};
 
 use crate::api::{ApiError, ClientIp};
-use crate::config::Config;
-use crate::rooms::Rooms;
+use crate::state::AppState;
 use concord_engine::host::Protocol;
-
-/// Shared by every handler.
-#[derive(Clone)]
-pub struct AppState {
-    /// Loaded rooms.
-    pub rooms: Arc<Rooms>,
-    /// Settings.
-    pub config: Arc<Config>,
-    /// One permit per open WebSocket.
-    pub connections: Arc<Semaphore>,
-    /// Byte budgets of the outbound queues.
-    pub outbound: Arc<crate::outbox::Budget>,
-    /// Byte budget of frames being parsed.
-    pub inbound: crate::inbound::Inbound,
-    /// Where large frames are parsed.
-    pub cpu: crate::cpu::CpuPool,
-    /// Who may read and write which room.
-    pub auth: Arc<crate::auth::Auth>,
-}
 
 /// The router of the whole server.
 pub fn router(state: AppState) -> Router {
-    let web = state.config.web_dir.clone();
+    let config = state.config.clone();
+    let web = config.web_dir.clone();
+    let open = config.auth.mode == crate::auth::Mode::Off;
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(crate::health::readyz))
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(crate::health::metrics))
         .route("/rooms/{id}/ws", get(ws))
         .route("/yjs/{room}", get(yjs))
         .route("/hocuspocus", get(hocuspocus))
@@ -59,11 +40,11 @@ pub fn router(state: AppState) -> Router {
         .nest_service("/pkg", ServeDir::new(web.join("pkg")))
         .nest_service("/src", ServeDir::new(web.join("src")))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            (Arc::new(config.web_guard.clone()), open),
             crate::guard::layer,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            Arc::new(config.trusted_proxies.clone()),
             crate::proxy::layer,
         ))
         .with_state(state)

@@ -25,7 +25,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::store::webhooks::{OutboxRow, Timing, CHANGED};
 use crate::store::{now_unix_ms, Store};
 

@@ -27,7 +27,7 @@ use serde_json::json;
 use super::{token_of, ApiError, Body, ClientIp};
 use crate::auth::{AccessChange, Mode, Principal, Role};
 use crate::clock::now_ms;
-use crate::routes::AppState;
+use crate::state::AppState;
 use crate::store::directory::{like_escape, DocInfo, DocRole, User};
 
 /// The `/api` routes.

@@ -1,7 +1,7 @@
 //! The history API under `/rooms/{id}/…`: versions, diff, restore, the document at a point
 //! (playback), the timeline and blame. Handlers read rows ([`crate::store::history`]) and hand
-//! them to `concord_engine::history` on the CPU pool; a restore is written through
-//! [`crate::local`], the keystroke's path.
+//! them to `concord_engine::history` on the CPU pool; a restore is one room write
+//! ([`crate::rooms::Rooms::write`]), the keystroke's path.
 //!
 //! Access: reading history needs read access to the room, saving a version or restoring needs
 //! write access (with auth off, everyone may do both).
@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use super::{ApiError, Body};
 use crate::auth::{Principal, Role};
-use crate::routes::AppState;
+use crate::state::AppState;
 use crate::store::history::{OpRow, PastRows};
 
 /// The routes of this module.

@@ -10,8 +10,8 @@
 //! - `DELETE /api/rooms/{id}`: delete the room's stored data and close its members (4404).
 //!
 //! Reads answer the durable document (snapshot and committed ops, never an op that could still
-//! be lost), with its seq in `Concord-Seq`. Writes join the room through [`crate::local`], the
-//! keystroke's path: the room's checks and limits, the group commit, the ack after it, the
+//! be lost), with its seq in `Concord-Seq`. Writes are one room write ([`crate::rooms::Rooms::write`]),
+//! the keystroke's path: the room's checks and limits, the group commit, the ack after it, the
 //! broadcast to every member on every instance. CRDT work runs on the CPU pool. Access: reads
 //! need read, writes and delete need write.
 
@@ -31,7 +31,7 @@ use super::history::{access, bounds, check_point, Token, GONE};
 use super::ApiError;
 use crate::auth::{Mode, Role};
 use crate::error::ServerError;
-use crate::routes::AppState;
+use crate::state::AppState;
 use crate::store::directory::DocRole;
 
 /// Positional edits one `POST …/edits` may carry.

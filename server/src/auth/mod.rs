@@ -13,50 +13,22 @@
 //! trusts only signed tokens and their `rooms` claim; `accounts` adds the built-in users and
 //! grants, and a token's `rooms` claim still counts.
 
+pub mod access;
 pub mod limits;
 pub mod password;
 pub mod token;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+pub use crate::hub::AccessChange;
 use crate::hub::{AccessSignal, Hub};
 use crate::store::directory::{Directory, DocRole};
+pub use access::{Denied, LiveRole, Role};
 pub use token::{Claims, Keys};
-
-/// What a connection may do in a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Receive everything; send presence and awareness, never an update.
-    Read,
-    /// Also send updates.
-    Write,
-}
-
-impl Role {
-    /// The name on the wire and in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Write => "write",
-        }
-    }
-
-    /// Parses `read` / `write`.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "read" => Some(Role::Read),
-            "write" => Some(Role::Write),
-            _ => None,
-        }
-    }
-}
 
 /// `CONCORD_AUTH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,56 +65,6 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// Why a request or connection is refused. Each has a stable code and a message safe to show;
-/// neither ever says more (which check failed, what the token held).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
-    /// No token, a malformed one, a bad signature, an algorithm not configured.
-    Unauthorized,
-    /// A valid token past its `exp`.
-    Expired,
-    /// Authenticated, but not granted this room (or this action).
-    Forbidden,
-    /// Too many attempts; retry after this many seconds.
-    RateLimited(u64),
-    /// The accounts store did not answer; retry.
-    Unavailable,
-}
-
-impl Denied {
-    /// Stable machine-readable code.
-    pub fn code(self) -> &'static str {
-        match self {
-            Denied::Unauthorized => "unauthorized",
-            Denied::Expired => "token_expired",
-            Denied::Forbidden => "forbidden",
-            Denied::RateLimited(_) => "rate_limited",
-            Denied::Unavailable => "unavailable",
-        }
-    }
-
-    /// Human-readable and safe to show.
-    pub fn message(self) -> &'static str {
-        match self {
-            Denied::Unauthorized => "a valid token is required",
-            Denied::Expired => "the token has expired; get a new one",
-            Denied::Forbidden => "you do not have access to this",
-            Denied::RateLimited(_) => "too many attempts; retry later",
-            Denied::Unavailable => "access cannot be checked now; retry shortly",
-        }
-    }
-
-    /// The HTTP status of this denial (also on a refused WebSocket upgrade).
-    pub fn status(self) -> u16 {
-        match self {
-            Denied::Unauthorized | Denied::Expired => 401,
-            Denied::Forbidden => 403,
-            Denied::RateLimited(_) => 429,
-            Denied::Unavailable => 503,
-        }
-    }
-}
-
 /// An authenticated user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -163,47 +85,6 @@ pub struct Admission {
     pub principal: Option<Principal>,
     /// What they may do.
     pub role: Role,
-}
-
-/// A connection's current role in its room, shared by the room (which refuses a reader's
-/// updates) and the connection (which changes it when a grant changes).
-#[derive(Debug)]
-pub struct LiveRole(AtomicU8);
-
-impl LiveRole {
-    /// Starting at `role`.
-    pub fn new(role: Role) -> Arc<LiveRole> {
-        Arc::new(LiveRole(AtomicU8::new(role as u8)))
-    }
-
-    /// The role now.
-    pub fn get(&self) -> Role {
-        if self.0.load(Ordering::Acquire) == Role::Write as u8 {
-            Role::Write
-        } else {
-            Role::Read
-        }
-    }
-
-    /// Changes it; returns whether it changed.
-    pub fn set(&self, role: Role) -> bool {
-        self.0.swap(role as u8, Ordering::AcqRel) != role as u8
-    }
-
-    /// Whether updates are allowed.
-    pub fn can_write(&self) -> bool {
-        self.get() == Role::Write
-    }
-}
-
-/// A grant changed: connections of `user` in `room` (of everyone, if `None`: the document was
-/// deleted) must check their access again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessChange {
-    /// The room (document id).
-    pub room: String,
-    /// The user whose grant changed, or `None` for everyone.
-    pub user: Option<String>,
 }
 
 /// What live connections hear.
@@ -273,7 +154,7 @@ pub struct AuthSettings {
     /// `CONCORD_AUTH`.
     pub mode: Mode,
     /// `CONCORD_AUTH_SECRET` (or `_FILE`).
-    pub secret: Option<crate::config::Secret>,
+    pub secret: Option<crate::secret::Secret>,
     /// Contents of the PEM file named by `CONCORD_AUTH_PUBLIC_KEY`.
     pub public_key: Option<Vec<u8>>,
     /// Lifetime of tokens the server mints at login (`CONCORD_TOKEN_TTL_SECS`).

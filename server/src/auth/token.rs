@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::{Denied, Role};
+use super::access::{Denied, Role};
 
 /// Longest token accepted, checked before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

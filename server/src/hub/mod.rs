@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use concord_engine::wire::Presence;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 /// Something another instance did in a room.
@@ -35,11 +36,21 @@ pub enum HubEvent {
     Resync,
 }
 
+/// A grant changed: connections of `user` in `room` (of everyone, if `None`: the document was
+/// deleted) must check their access again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessChange {
+    /// The room (document id).
+    pub room: String,
+    /// The user whose grant changed, or `None` for everyone.
+    pub user: Option<String>,
+}
+
 /// What the hub tells [`crate::auth::Auth`] about grants changed on other instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessSignal {
     /// A grant changed elsewhere.
-    Changed(crate::auth::AccessChange),
+    Changed(AccessChange),
     /// The feed was interrupted (Redis reconnected): changes may have been missed.
     Missed,
 }
@@ -109,7 +120,7 @@ pub trait Hub: Send + Sync + 'static {
     /// Tells other instances that a grant changed, so they forget it and re-check their live
     /// connections. Best effort; a missed message is covered by [`AccessSignal::Missed`] and
     /// the grant cache's expiry.
-    fn publish_access(&self, change: &crate::auth::AccessChange);
+    fn publish_access(&self, change: &AccessChange);
 
     /// Grant changes from other instances. Called once, at startup.
     fn access_feed(&self) -> mpsc::Receiver<AccessSignal>;

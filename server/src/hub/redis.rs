@@ -49,7 +49,7 @@ const ACCESS_CHANNEL: &str = "concord:access";
 #[derive(Debug, Serialize, Deserialize)]
 struct AccessWire {
     o: String,
-    change: crate::auth::AccessChange,
+    change: super::AccessChange,
 }
 
 enum PubCmd {
@@ -134,10 +134,10 @@ impl RedisHub {
         // Startup prints this error: the URL's password must not be in it.
         let bad = |e: redis::RedisError| ServerError::Config {
             name: "REDIS_URL",
-            value: crate::config::redact_url(url),
+            value: crate::secret::redact_url(url),
             reason: format!(
                 "{}; expected a reachable Redis at redis://[:password@]host:port",
-                crate::config::scrub(&e.to_string(), url)
+                crate::secret::scrub(&e.to_string(), url)
             ),
         };
         let client = redis::Client::open(url).map_err(bad)?;
@@ -263,7 +263,7 @@ impl Hub for RedisHub {
         });
     }
 
-    fn publish_access(&self, change: &crate::auth::AccessChange) {
+    fn publish_access(&self, change: &super::AccessChange) {
         let wire = AccessWire {
             o: self.instance.clone(),
             change: change.clone(),

@@ -1,7 +1,8 @@
 //! What a room task is asked, and what it shares with every other: the interface between
 //! the room tasks and everything above them (connections, the document API, the registry).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use concord_engine::host::{Protocol, Request};
 use concord_engine::ConnId;
@@ -116,4 +117,19 @@ pub trait Registry: Send + Sync + 'static {
     /// no new join can get this handle afterwards.
     fn unregister_if_idle(&self, room: &str, generation: u64, rx: &mpsc::Receiver<RoomCmd>)
         -> bool;
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh connection id (one per room membership: a Hocuspocus socket has one per document).
+pub fn new_conn() -> ConnId {
+    ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The presence id of a connection: unique across instances (a random tag per process), so
+/// presence relayed through the hub never collides, and never chosen by the client.
+pub fn presence_user(conn: ConnId) -> String {
+    static TAG: OnceLock<String> = OnceLock::new();
+    let tag = TAG.get_or_init(|| format!("{:08x}", rand::random::<u32>()));
+    format!("c-{tag}-{}", conn.0)
 }

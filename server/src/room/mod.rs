@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod command;
 
-pub use command::{Member, Registry, RoomCmd, RoomContext};
+pub use command::{new_conn, presence_user, Member, Registry, RoomCmd, RoomContext};
 
 use crate::clock::now_ms;
 use crate::error::{Result, ServerError};
@@ -304,7 +304,7 @@ impl Room {
                     let _ = reply.send(Err(ServerError::RoomClosing));
                     return;
                 }
-                let conn = crate::connection::new_conn();
+                let conn = new_conn();
                 self.writers.insert(conn, reply);
                 self.inputs.push(Input::Write {
                     conn,

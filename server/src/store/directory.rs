@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 
-use crate::auth::Role;
+use crate::auth::access::Role;
 use crate::error::Result;
 
 /// A user as others see them.
@@ -384,8 +384,9 @@ macro_rules! directory_impl {
             async fn grants(
                 &self,
                 doc: &str,
-            ) -> $crate::error::Result<Vec<($crate::store::directory::User, $crate::auth::Role)>>
-            {
+            ) -> $crate::error::Result<
+                Vec<($crate::store::directory::User, $crate::auth::access::Role)>,
+            > {
                 use sqlx::Row;
                 use $crate::store::directory as d;
                 self.timeouts
@@ -397,7 +398,7 @@ macro_rules! directory_impl {
                         let mut out = Vec::with_capacity(rows.len());
                         for row in rows {
                             let role: String = row.try_get(2)?;
-                            let Some(role) = $crate::auth::Role::parse(&role) else {
+                            let Some(role) = $crate::auth::access::Role::parse(&role) else {
                                 continue;
                             };
                             let user = d::User {
@@ -415,7 +416,7 @@ macro_rules! directory_impl {
                 &self,
                 doc: &str,
                 user: &str,
-                role: $crate::auth::Role,
+                role: $crate::auth::access::Role,
             ) -> $crate::error::Result<()> {
                 use $crate::store::directory as d;
                 self.timeouts

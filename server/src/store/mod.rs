@@ -23,9 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{redact_url, scrub};
 use crate::cpu::CpuPool;
 use crate::error::{Result, ServerError};
+use crate::secret::{redact_url, scrub};
 
 /// How long the store may take, so a stalled database turns into a prompt, typed error
 /// (`ServerError::Timeout` / `StatementTimeout`) instead of a hang that only ends when the

@@ -18,8 +18,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig};
 
-use crate::config::Secret;
 use crate::error::{Result, ServerError};
+use crate::secret::Secret;
 
 /// Where snapshots go (`OBJECT_STORE_*`).
 #[derive(Debug, Clone)]
@@ -129,7 +129,7 @@ impl Objects {
                 "s3://{bucket}/{prefix}{}",
                 s.endpoint
                     .as_deref()
-                    .map(|e| format!(" at {}", crate::config::redact_url(e)))
+                    .map(|e| format!(" at {}", crate::secret::redact_url(e)))
                     .unwrap_or_default()
             ),
             prefix,

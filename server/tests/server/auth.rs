@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use concord_server::auth::{AuthSettings, Claims, Keys, Mode, Role};
-use concord_server::config::Secret;
+use concord_server::secret::Secret;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

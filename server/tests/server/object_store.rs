@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use concord_server::config::Secret;
+use concord_server::secret::Secret;
 use concord_server::store::objects::{ObjectSettings, Objects};
 use concord_server::ServerError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
