@@ -25,6 +25,7 @@ use crate::error::ServerError;
 use crate::outbox::Kill;
 use crate::outbox::{self, Frame, Outbound};
 use crate::room::{new_conn, presence_user, Member, RoomCmd};
+use crate::rooms::RoomLink;
 use crate::state::AppState;
 use concord_engine::host::protocol::{self, Decoded, Inbound};
 use concord_engine::host::{Protocol, Request};
@@ -229,81 +230,21 @@ pub async fn serve(
         &|| None,
     );
 
-    let limits = config.limits;
-    let silence = heartbeat * 3;
-    let mut pacer = Pacer::new(
-        config.update_rate.0,
-        config.update_rate.1,
-        config.update_patience.as_millis() as u64,
-        now_ms(),
-    );
-    let reader = async {
-        let forward = |msg: Request| async {
-            let sent = tokio::select! {
-                sent = link.tx.send(RoomCmd::Frame { conn, msg }) => sent.is_ok(),
-                _ = kill.killed() => return false,
-            };
-            if !sent {
-                kill.kill(1012, "room restarting: reconnect");
-            }
-            sent
-        };
-        while let Some(msg) = next_message(&mut stream, &kill, silence, &wrote_at).await {
-            let len = match &msg {
-                Message::Text(text) => text.len(),
-                Message::Binary(bytes) => bytes.len(),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                Message::Close(_) => break,
-            };
-            // Boxed, so the idle reader (waiting above) is not as large as the busiest path
-            // through a frame: an idle connection's task is most of what it costs.
-            let go = Box::pin(async {
-                // Parsing costs a few times the frame's size: the instance parses at most its
-                // inbound budget's worth at once, and a flood waits here.
-                let Ok(_parsing) = app.inbound.acquire(len).await else {
-                    return false;
-                };
-                let decoded = parse(&app.cpu, len, move || {
-                    let frame = match &msg {
-                        Message::Text(text) => Inbound::Text(text.as_str()),
-                        Message::Binary(bytes) => Inbound::Binary(bytes),
-                        _ => Inbound::Binary(&[]),
-                    };
-                    protocol::decode(protocol, frame, &limits)
-                });
-                match decoded.await {
-                    Some(Decoded::Request(request)) => {
-                        if protocol::is_update(&request)
-                            && !pace(&mut pacer, &kill, conn, &out, protocol).await
-                        {
-                            return false;
-                        }
-                        forward(request).await
-                    }
-                    Some(Decoded::Refused(frame, code)) => {
-                        crate::metrics::get().error_frame(code);
-                        out.offer(frame)
-                    }
-                    Some(Decoded::Close(code, reason)) => {
-                        tracing::debug!(conn = conn.0, code, reason, "frame refused");
-                        kill.kill(code, reason);
-                        false
-                    }
-                    Some(Decoded::Nothing) => true,
-                    None => false,
-                }
-            })
-            .await;
-            if !go {
-                break;
-            }
-        }
-        // A room stuck on a long job must not hold this connection open; if the leave cannot
-        // be queued, the room finds the queue closed at its next send and drops the member.
-        let leave = link.tx.send(RoomCmd::Leave { conn });
-        let _ = tokio::time::timeout(write_timeout, leave).await;
-        kill.kill(1000, "closing");
+    let mut reader = Reader {
+        app: &app,
+        conn,
+        protocol,
+        link: &link,
+        kill: &kill,
+        out: &out,
+        pacer: Pacer::new(
+            config.update_rate.0,
+            config.update_rate.1,
+            config.update_patience.as_millis() as u64,
+            now_ms(),
+        ),
     };
+    let reader = reader.run(&mut stream, heartbeat * 3, &wrote_at);
 
     let watch = async {
         if let (Some(principal), Some(events)) = (admission.principal.clone(), events) {
@@ -321,6 +262,101 @@ pub async fn serve(
     };
 
     tokio::join!(reader, writer, watch);
+}
+
+/// The reading half of a JSON or y-websocket socket: each frame is decoded (on the CPU pool if
+/// it is large), paced if it is an update, and handed to the room.
+struct Reader<'a> {
+    app: &'a AppState,
+    conn: ConnId,
+    protocol: Protocol,
+    link: &'a RoomLink,
+    kill: &'a Kill,
+    out: &'a outbox::Outbox,
+    pacer: Pacer,
+}
+
+impl Reader<'_> {
+    /// Reads until the socket ends, the peer is silent for `silence` or the connection is
+    /// killed; then leaves the room.
+    async fn run<S>(&mut self, stream: &mut S, silence: Duration, wrote_at: &AtomicU64)
+    where
+        S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        while let Some(msg) = next_message(stream, self.kill, silence, wrote_at).await {
+            // Boxed, so the idle reader (waiting above) is not as large as the busiest path
+            // through a frame: an idle connection's task is most of what it costs.
+            if !Box::pin(self.frame(msg)).await {
+                break;
+            }
+        }
+        // A room stuck on a long job must not hold this connection open; if the leave cannot
+        // be queued, the room finds the queue closed at its next send and drops the member.
+        let leave = self.link.tx.send(RoomCmd::Leave { conn: self.conn });
+        let _ = tokio::time::timeout(self.app.config.write_timeout, leave).await;
+        self.kill.kill(1000, "closing");
+    }
+
+    /// One message from the peer; `false` once the connection is closing.
+    async fn frame(&mut self, msg: Message) -> bool {
+        let len = match &msg {
+            Message::Text(text) => text.len(),
+            Message::Binary(bytes) => bytes.len(),
+            Message::Ping(_) | Message::Pong(_) => return true,
+            Message::Close(_) => return false,
+        };
+        // Parsing costs a few times the frame's size: the instance parses at most its inbound
+        // budget's worth at once, and a flood waits here.
+        let Ok(_parsing) = self.app.inbound.acquire(len).await else {
+            return false;
+        };
+        let (protocol, limits) = (self.protocol, self.app.config.limits);
+        let decoded = parse(&self.app.cpu, len, move || {
+            let frame = match &msg {
+                Message::Text(text) => Inbound::Text(text.as_str()),
+                Message::Binary(bytes) => Inbound::Binary(bytes),
+                _ => Inbound::Binary(&[]),
+            };
+            protocol::decode(protocol, frame, &limits)
+        });
+        match decoded.await {
+            Some(Decoded::Request(request)) => {
+                if protocol::is_update(&request)
+                    && !pace(&mut self.pacer, self.kill, self.conn, self.out, protocol).await
+                {
+                    return false;
+                }
+                self.forward(request).await
+            }
+            Some(Decoded::Refused(frame, code)) => {
+                crate::metrics::get().error_frame(code);
+                self.out.offer(frame)
+            }
+            Some(Decoded::Close(code, reason)) => {
+                tracing::debug!(conn = self.conn.0, code, reason, "frame refused");
+                self.kill.kill(code, reason);
+                false
+            }
+            Some(Decoded::Nothing) => true,
+            None => false,
+        }
+    }
+
+    /// Hands a request to the room; `false` if the room is gone (the client reconnects).
+    async fn forward(&self, msg: Request) -> bool {
+        let cmd = RoomCmd::Frame {
+            conn: self.conn,
+            msg,
+        };
+        let sent = tokio::select! {
+            sent = self.link.tx.send(cmd) => sent.is_ok(),
+            _ = self.kill.killed() => return false,
+        };
+        if !sent {
+            self.kill.kill(1012, "room restarting: reconnect");
+        }
+        sent
+    }
 }
 
 /// Keeps a live connection's access true: closes it at its token's expiry (4401), and on every
