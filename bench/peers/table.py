@@ -41,14 +41,14 @@ for scenario in dict.fromkeys(r["scenario"] for r in rows):
         want = sum(l["deliveries_expected"] for l in loads)
         figs = " | ".join(fmt_range(values(loads, f)) for _, f in FIGURES)
         print(f"| {server} ({protocol}) | {figs} | {got}/{want} |")
-    peers = [k for k in keys if k[1] != "concord"]
+    peers = [k for k in keys if not k[1].startswith("concord")]
     if not peers:
         continue
     print(f"\nConcord / best peer (median of runs; < 1.0 is better):\n")
-    print("| Concord protocol | " + " | ".join(n for n, _ in FIGURES) + " |")
+    print("| Concord (protocol) | " + " | ".join(n for n, _ in FIGURES) + " |")
     print("|---|" + "---:|" * len(FIGURES))
     for _, server, protocol in keys:
-        if server != "concord":
+        if not server.startswith("concord"):
             continue
         ratios = []
         for _, f in FIGURES:
@@ -59,4 +59,4 @@ for scenario in dict.fromkeys(r["scenario"] for r in rows):
                 ratios.append("-")
                 continue
             ratios.append(f"{mine[len(mine) // 2] / min(best):.2f}")
-        print(f"| {protocol} | " + " | ".join(ratios) + " |")
+        print(f"| {server} ({protocol}) | " + " | ".join(ratios) + " |")

@@ -221,8 +221,10 @@ impl Room {
                     self.compaction.take(),
                     self.catch_up.take(),
                 ));
+                self.stop_waiting().await;
+                // The deleters go on once this room has stopped.
                 drop(waiting);
-                return self.stop_waiting().await;
+                return;
             }
             while !self.inputs.is_empty() {
                 if let Err(e) = self.step().await {
