@@ -13,6 +13,7 @@ pub mod directory;
 pub mod history;
 pub mod objects;
 pub mod postgres;
+pub(crate) mod sql;
 pub mod sqlite;
 pub mod webhooks;
 
@@ -362,6 +363,83 @@ where
         .await;
     drop(turn);
     written
+}
+
+/// A room as the store holds it, the same for every store: `read` (one consistent read of the
+/// snapshot and the ops after it, in the store's own transaction) and the snapshot's bytes from
+/// the bucket when it lives there. A compaction may replace that object between the read and
+/// the fetch: then the room is read again (twice at most).
+pub(crate) async fn load_resolving<R, RF>(
+    objects: Option<&Arc<objects::Objects>>,
+    mut read: R,
+) -> Result<Loaded>
+where
+    R: FnMut() -> RF,
+    RF: Future<Output = Result<CompactionRead>>,
+{
+    let mut attempt = 0;
+    loop {
+        let (snapshot, snapshot_seq, ops, key) = read().await?;
+        let snapshot = match objects::resolve(objects, snapshot, key).await {
+            Err(e) if objects::is_not_found(&e) && attempt < 2 => {
+                attempt += 1;
+                continue;
+            }
+            other => other?,
+        };
+        return Ok(Loaded {
+            snapshot,
+            snapshot_seq: seq_from_db(snapshot_seq),
+            ops: ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect(),
+        });
+    }
+}
+
+/// A compaction's new snapshot, put in the bucket (when snapshots live there) before any row
+/// names it: a row never names a missing object. Its key, if so.
+pub(crate) async fn put_snapshot(
+    objects: Option<&Arc<objects::Objects>>,
+    room: &str,
+    op_seq: i64,
+    state: &[u8],
+) -> Result<Option<String>> {
+    let Some(o) = objects else {
+        return Ok(None);
+    };
+    let key = o.new_snapshot_key(room, seq_from_db(op_seq));
+    o.put(&key, state.to_vec()).await?;
+    Ok(Some(key))
+}
+
+/// After a compaction's write transaction: the objects no row names any more go (`replaced`,
+/// from `replace_snapshot`), or, if another compaction had moved the snapshot (`None`: the
+/// transaction was rolled back), the object put for this one. The new snapshot and its seq.
+pub(crate) async fn compacted(
+    objects: Option<&Arc<objects::Objects>>,
+    replaced: Option<Vec<String>>,
+    new_key: Option<String>,
+    state: Vec<u8>,
+    op_seq: i64,
+) -> Result<Option<(Vec<u8>, u64)>> {
+    match replaced {
+        Some(unreferenced) => {
+            delete_objects(objects, unreferenced).await;
+            Ok(Some((state, seq_from_db(op_seq))))
+        }
+        None => {
+            delete_objects(objects, new_key.into_iter().collect()).await;
+            Ok(None)
+        }
+    }
+}
+
+/// After a room's rows are deleted, the bucket objects they named.
+pub(crate) async fn delete_objects(objects: Option<&Arc<objects::Objects>>, keys: Vec<String>) {
+    if let Some(o) = objects {
+        for key in keys {
+            o.delete(&key).await;
+        }
+    }
 }
 
 /// Converts a stored seq (SQL BIGINT) to u64; negative values never occur.

@@ -16,12 +16,10 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
-use super::history::HistoryPolicy;
-use super::{seq_from_db, seq_to_db, Append, Folds, Loaded, Store, StoreTimeouts};
+use super::{seq_from_db, seq_to_db, Append, StoreTimeouts};
 use crate::error::Result;
 
 /// Postgres-backed store.
@@ -34,14 +32,6 @@ pub struct PgStore {
     /// Set with `OBJECT_STORE_URL`: snapshots live in the bucket (see [`super::objects`]).
     objects: std::sync::OnceLock<std::sync::Arc<super::objects::Objects>>,
 }
-
-/// Deletes a room's rows from every table that holds its document or history.
-const DELETE_ROOM: [&str; 4] = [
-    "DELETE FROM ops WHERE room_id = $1",
-    "DELETE FROM snapshots WHERE room_id = $1",
-    "DELETE FROM checkpoints WHERE room_id = $1",
-    "DELETE FROM versions WHERE room_id = $1",
-];
 
 const LOCK_ROOM: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7217))";
 
@@ -82,199 +72,6 @@ impl PgStore {
             webhooks: std::sync::OnceLock::new(),
             objects: std::sync::OnceLock::new(),
         })
-    }
-
-    async fn read_room(
-        tx: &mut sqlx::PgConnection,
-        room: &str,
-        max_bytes: usize,
-    ) -> Result<super::CompactionRead> {
-        let snapshot =
-            sqlx::query("SELECT state, op_seq, object_key FROM snapshots WHERE room_id = $1")
-                .bind(room)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (snapshot, snapshot_seq, key) = match snapshot {
-            Some(row) => (
-                Some(row.try_get::<Vec<u8>, _>(0)?),
-                row.try_get::<i64, _>(1)?,
-                row.try_get::<Option<String>, _>(2)?,
-            ),
-            None => (None, 0, None),
-        };
-        // With a bound: the ops up to the first whose running total of bytes reaches it
-        // (`octet_length` reads a TOASTed value's size from its pointer, not its bytes).
-        let query = if max_bytes == usize::MAX {
-            sqlx::query("SELECT seq, op FROM ops WHERE room_id = $1 AND seq > $2 ORDER BY seq")
-        } else {
-            sqlx::query(
-                "SELECT seq, op FROM ops WHERE room_id = $2 AND seq > $3 AND seq <= COALESCE(( \
-                   SELECT seq FROM (SELECT seq, SUM(octet_length(op)) OVER (ORDER BY seq) AS run \
-                     FROM ops WHERE room_id = $2 AND seq > $3) AS running \
-                   WHERE run >= $1 ORDER BY seq LIMIT 1), 9223372036854775807) \
-                 ORDER BY seq",
-            )
-            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
-        };
-        let ops = query
-            .bind(room)
-            .bind(snapshot_seq)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok((snapshot, snapshot_seq, ops, key))
-    }
-}
-
-#[async_trait]
-impl Store for PgStore {
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-
-    fn parallel_commits(&self) -> usize {
-        4
-    }
-
-    /// A load is a few round trips: several at once keep the 16 connections busy, leaving
-    /// the rest to commits and the API.
-    fn parallel_loads(&self) -> usize {
-        8
-    }
-
-    fn timeouts(&self) -> StoreTimeouts {
-        self.timeouts
-    }
-
-    async fn load(&self, room: &str) -> Result<Loaded> {
-        self.timeouts
-            .bound("load", async {
-                // One consistent snapshot of both tables: a concurrent compaction must not be
-                // seen half-done (new snapshot missing, old ops already deleted).
-                let mut attempt = 0;
-                loop {
-                    let mut tx = self
-                        .pool
-                        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                        .await?;
-                    let (snapshot, snapshot_seq, ops, key) =
-                        Self::read_room(&mut tx, room, usize::MAX).await?;
-                    tx.commit().await?;
-                    // A compaction may replace the object between the read and the fetch.
-                    let snapshot =
-                        match super::objects::resolve(self.objects.get(), snapshot, key).await {
-                            Err(e) if super::objects::is_not_found(&e) && attempt < 2 => {
-                                attempt += 1;
-                                continue;
-                            }
-                            other => other?,
-                        };
-                    return Ok(Loaded {
-                        snapshot,
-                        snapshot_seq: seq_from_db(snapshot_seq),
-                        ops: ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect(),
-                    });
-                }
-            })
-            .await
-    }
-
-    async fn ops_after(&self, room: &str, after: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.timeouts
-            .bound("ops_after", async {
-                Ok(sqlx::query(
-                    "SELECT seq, op FROM ops WHERE room_id = $1 AND seq > $2 ORDER BY seq",
-                )
-                .bind(room)
-                .bind(seq_to_db(after))
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .map(|row| Ok((seq_from_db(row.try_get(0)?), row.try_get(1)?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?)
-            })
-            .await
-    }
-
-    async fn append(&self, batch: &[Append]) -> Result<Vec<u64>> {
-        self.append_unbounded(batch)
-            .await
-            .map_err(|e| self.timeouts.classify("commit", e))
-    }
-
-    async fn compact(
-        &self,
-        room: &str,
-        history: &HistoryPolicy,
-        folds: &Folds,
-    ) -> Result<Option<(Vec<u8>, u64)>> {
-        // One consistent snapshot of both tables, with no lock: commits go on meanwhile.
-        let read = async {
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await?;
-            let read = Self::read_room(&mut tx, room, folds.max_bytes()).await?;
-            tx.commit().await?;
-            Ok(read)
-        };
-        super::compact_in_turn(
-            self.timeouts,
-            self.objects.get(),
-            folds,
-            room,
-            read,
-            |snapshot_seq, op_seq, state| {
-                self.compact_write(room, history, snapshot_seq, op_seq, state)
-            },
-        )
-        .await
-    }
-
-    fn use_objects(&self, objects: std::sync::Arc<super::objects::Objects>) {
-        let _ = self.objects.set(objects);
-    }
-
-    async fn delete_room(&self, room: &str) -> Result<bool> {
-        self.timeouts
-            .bound("delete", async {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
-                let keys: Vec<String> = sqlx::query_scalar(
-                    "SELECT object_key FROM snapshots WHERE room_id = $1 AND object_key IS NOT NULL \
-                     UNION SELECT object_key FROM checkpoints WHERE room_id = $1 AND object_key IS NOT NULL",
-                )
-                .bind(room)
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut deleted = 0;
-                for statement in DELETE_ROOM {
-                    deleted += sqlx::query(statement)
-                        .bind(room)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                }
-                tx.commit().await?;
-                if let Some(o) = self.objects.get() {
-                    for key in keys {
-                        o.delete(&key).await;
-                    }
-                }
-                Ok(deleted > 0)
-            })
-            .await
-    }
-
-    /// The database, and the bucket when snapshots live there.
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        if let Some(o) = self.objects.get() {
-            o.ping().await?;
-        }
-        Ok(())
     }
 }
 
@@ -334,105 +131,15 @@ impl PgStore {
         .bind(&bases)
         .execute(&mut *tx)
         .await?;
-        if let Some(timing) = self.webhooks.get() {
-            let rooms: Vec<(&str, i64, i64)> = batch
-                .iter()
-                .zip(&firsts)
-                .filter(|(a, _)| !a.updates.is_empty())
-                .map(|(a, &first)| {
-                    let first = seq_to_db(first);
-                    (a.room.as_str(), first, first + a.updates.len() as i64 - 1)
-                })
-                .collect();
-            for chunk in rooms.chunks(1024) {
-                super::webhooks::changed_upsert(chunk, super::now_unix_ms(), *timing)
-                    .build()
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
+        record_changes(&mut tx, self.webhooks.get(), batch, &firsts).await?;
         tx.commit().await?;
         Ok(firsts)
-    }
-
-    /// The end of a compaction: the new snapshot (object first), history kept, if the
-    /// snapshot is still the one that was read at `snapshot_seq`.
-    async fn compact_write(
-        &self,
-        room: &str,
-        history: &HistoryPolicy,
-        snapshot_seq: i64,
-        op_seq: i64,
-        state: Vec<u8>,
-    ) -> Result<Option<(Vec<u8>, u64)>> {
-        // The object first, the row naming it after: a row never names a missing object.
-        let objects = self.objects.get();
-        let new_key = match objects {
-            Some(o) => {
-                let key = o.new_snapshot_key(room, seq_from_db(op_seq));
-                o.put(&key, state.clone()).await?;
-                Some(key)
-            }
-            None => None,
-        };
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
-        let current: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT op_seq, object_key FROM snapshots WHERE room_id = $1")
-                .bind(room)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (current_seq, old_key) = current.unwrap_or((0, None));
-        if current_seq != snapshot_seq {
-            // Another instance compacted the room since the read: keep its work.
-            drop(tx);
-            if let (Some(o), Some(k)) = (objects, &new_key) {
-                o.delete(k).await;
-            }
-            return Ok(None);
-        }
-        sqlx::query(
-            "INSERT INTO snapshots (room_id, state, op_seq, updated_at, object_key) \
-             VALUES ($1, $2, $3, now(), $4) \
-             ON CONFLICT (room_id) DO UPDATE SET state = EXCLUDED.state, \
-               op_seq = EXCLUDED.op_seq, updated_at = EXCLUDED.updated_at, \
-               object_key = EXCLUDED.object_key",
-        )
-        .bind(room)
-        .bind(if new_key.is_some() {
-            &[][..]
-        } else {
-            state.as_slice()
-        })
-        .bind(op_seq)
-        .bind(new_key.as_deref())
-        .execute(&mut *tx)
-        .await?;
-        let mut unreferenced =
-            keep_history(&mut tx, room, op_seq, &state, new_key.as_deref(), history).await?;
-        // The replaced snapshot's object goes, unless a checkpoint still names it.
-        if let Some(old) = old_key {
-            let named: i64 = sqlx::query_scalar(super::history::OBJECT_IN_HISTORY)
-                .bind(room)
-                .bind(&old)
-                .fetch_one(&mut *tx)
-                .await?;
-            if named == 0 {
-                unreferenced.push(old);
-            }
-        }
-        tx.commit().await?;
-        if let Some(o) = objects {
-            for key in unreferenced {
-                o.delete(&key).await;
-            }
-        }
-        Ok(Some((state, seq_from_db(op_seq))))
     }
 }
 
 super::history::history_impl!(PgStore);
 super::history::keep_history_impl!(sqlx::PgConnection);
+super::sql::op_log_impl!(sqlx::PgConnection, "now()");
 super::directory::directory_impl!(PgStore);
 
 super::webhooks::webhook_impl!(PgStore, super::webhooks::CLAIM_POSTGRES);
@@ -443,3 +150,33 @@ impl PgStore {
         &self.pool
     }
 }
+
+impl PgStore {
+    const PARALLEL_COMMITS: usize = 4;
+    /// A load is a few round trips: several at once keep the 16 connections busy, leaving
+    /// the rest to commits and the API.
+    const PARALLEL_LOADS: usize = 8;
+
+    fn description(&self) -> String {
+        self.describe.clone()
+    }
+
+    /// One consistent snapshot of both tables, with no lock: commits go on meanwhile, and a
+    /// concurrent compaction is never seen half-done (new snapshot missing, old ops deleted).
+    async fn read_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+        Ok(self.pool.begin_with(begin).await?)
+    }
+
+    /// A transaction holding the room's advisory lock (every writer of the room takes it).
+    async fn write_tx(
+        &self,
+        room: &str,
+    ) -> Result<((), sqlx::Transaction<'static, sqlx::Postgres>)> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LOCK_ROOM).bind(room).execute(&mut *tx).await?;
+        Ok(((), tx))
+    }
+}
+
+super::sql::store_impl!(PgStore);

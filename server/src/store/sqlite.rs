@@ -14,25 +14,15 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::history::HistoryPolicy;
-use super::{seq_from_db, seq_to_db, Append, Folds, Loaded, OpMeta, Store, StoreTimeouts};
+use super::{seq_from_db, seq_to_db, Append, OpMeta, StoreTimeouts};
 use crate::error::Result;
 
 /// Rows per multi-row INSERT (6 parameters each, far below SQLite's parameter limit), and
 /// rooms per seq lookup.
 const INSERT_CHUNK: usize = 256;
-
-/// Deletes a room's rows from every table that holds its document or history.
-const DELETE_ROOM: [&str; 4] = [
-    "DELETE FROM ops WHERE room_id = ?",
-    "DELETE FROM snapshots WHERE room_id = ?",
-    "DELETE FROM checkpoints WHERE room_id = ?",
-    "DELETE FROM versions WHERE room_id = ?",
-];
 
 /// SQLite-backed store.
 pub struct SqliteStore {
@@ -124,148 +114,6 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    fn describe(&self) -> String {
-        format!("sqlite {}", self.path)
-    }
-
-    fn parallel_commits(&self) -> usize {
-        1
-    }
-
-    /// Half the read pool: compaction and the API keep the other half.
-    fn parallel_loads(&self) -> usize {
-        2
-    }
-
-    fn timeouts(&self) -> StoreTimeouts {
-        self.timeouts
-    }
-
-    async fn load(&self, room: &str) -> Result<Loaded> {
-        self.timeouts
-            .bound("load", async {
-                let mut attempt = 0;
-                loop {
-                    let mut tx = self.pool.begin().await?;
-                    let (snapshot, snapshot_seq, ops, key) =
-                        read_room(&mut tx, room, usize::MAX).await?;
-                    tx.commit().await?;
-                    // A compaction may replace the object between the read and the fetch.
-                    let snapshot =
-                        match super::objects::resolve(self.objects.get(), snapshot, key).await {
-                            Err(e) if super::objects::is_not_found(&e) && attempt < 2 => {
-                                attempt += 1;
-                                continue;
-                            }
-                            other => other?,
-                        };
-                    return Ok(Loaded {
-                        snapshot,
-                        snapshot_seq: seq_from_db(snapshot_seq),
-                        ops: ops.into_iter().map(|(s, u)| (seq_from_db(s), u)).collect(),
-                    });
-                }
-            })
-            .await
-    }
-
-    async fn ops_after(&self, room: &str, after: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.timeouts
-            .bound("ops_after", async {
-                Ok(sqlx::query(
-                    "SELECT seq, op FROM ops WHERE room_id = ? AND seq > ? ORDER BY seq",
-                )
-                .bind(room)
-                .bind(seq_to_db(after))
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .map(|row| Ok((seq_from_db(row.try_get(0)?), row.try_get(1)?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?)
-            })
-            .await
-    }
-
-    async fn append(&self, batch: &[Append]) -> Result<Vec<u64>> {
-        self.append_unbounded(batch)
-            .await
-            .map_err(|e| self.timeouts.classify("commit", e))
-    }
-
-    async fn compact(
-        &self,
-        room: &str,
-        history: &HistoryPolicy,
-        folds: &Folds,
-    ) -> Result<Option<(Vec<u8>, u64)>> {
-        // A deferred (read) transaction: in WAL mode it sees one consistent snapshot of both
-        // tables and never blocks the committer.
-        let read = async {
-            let mut tx = self.pool.begin().await?;
-            let read = read_room(&mut tx, room, folds.max_bytes()).await?;
-            tx.commit().await?;
-            Ok(read)
-        };
-        super::compact_in_turn(
-            self.timeouts,
-            self.objects.get(),
-            folds,
-            room,
-            read,
-            |snapshot_seq, op_seq, state| {
-                self.compact_write(room, history, snapshot_seq, op_seq, state)
-            },
-        )
-        .await
-    }
-
-    fn use_objects(&self, objects: std::sync::Arc<super::objects::Objects>) {
-        let _ = self.objects.set(objects);
-    }
-
-    async fn delete_room(&self, room: &str) -> Result<bool> {
-        self.timeouts
-            .bound("delete", async {
-                let writer = self.writer.lock().await;
-                let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-                let keys: Vec<String> = sqlx::query_scalar(
-                    "SELECT object_key FROM snapshots WHERE room_id = ?1 AND object_key IS NOT NULL \
-                     UNION SELECT object_key FROM checkpoints WHERE room_id = ?1 AND object_key IS NOT NULL",
-                )
-                .bind(room)
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut deleted = 0;
-                for statement in DELETE_ROOM {
-                    deleted += sqlx::query(statement)
-                        .bind(room)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                }
-                tx.commit().await?;
-                if let Some(o) = self.objects.get() {
-                    for key in keys {
-                        o.delete(&key).await;
-                    }
-                }
-                Ok(deleted > 0)
-            })
-            .await
-    }
-
-    /// The database, and the bucket when snapshots live there.
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        if let Some(o) = self.objects.get() {
-            o.ping().await?;
-        }
-        Ok(())
-    }
-}
-
 impl SqliteStore {
     async fn append_unbounded(&self, batch: &[Append]) -> Result<Vec<u64>> {
         let writer = self.writer.lock().await;
@@ -323,150 +171,18 @@ impl SqliteStore {
             });
             insert.build().execute(&mut *tx).await?;
         }
-        if let Some(timing) = self.webhooks.get() {
-            let rooms: Vec<(&str, i64, i64)> = batch
-                .iter()
-                .zip(&firsts)
-                .filter(|(a, _)| !a.updates.is_empty())
-                .map(|(a, &first)| {
-                    let first = seq_to_db(first);
-                    (a.room.as_str(), first, first + a.updates.len() as i64 - 1)
-                })
-                .collect();
-            for chunk in rooms.chunks(INSERT_CHUNK) {
-                super::webhooks::changed_upsert(chunk, super::now_unix_ms(), *timing)
-                    .build()
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
+        record_changes(&mut tx, self.webhooks.get(), batch, &firsts).await?;
         tx.commit().await?;
         Ok(firsts)
     }
-
-    /// The end of a compaction: the new snapshot (object first), history kept, if the
-    /// snapshot is still the one that was read at `snapshot_seq`.
-    async fn compact_write(
-        &self,
-        room: &str,
-        history: &HistoryPolicy,
-        snapshot_seq: i64,
-        op_seq: i64,
-        state: Vec<u8>,
-    ) -> Result<Option<(Vec<u8>, u64)>> {
-        // The object first, the row naming it after: a row never names a missing object.
-        let objects = self.objects.get();
-        let new_key = match objects {
-            Some(o) => {
-                let key = o.new_snapshot_key(room, seq_from_db(op_seq));
-                o.put(&key, state.clone()).await?;
-                Some(key)
-            }
-            None => None,
-        };
-        let writer = self.writer.lock().await;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        let current: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT op_seq, object_key FROM snapshots WHERE room_id = ?")
-                .bind(room)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (current_seq, old_key) = current.unwrap_or((0, None));
-        if current_seq != snapshot_seq {
-            // Another compaction moved the snapshot since the read: keep its work.
-            drop(tx);
-            drop(writer);
-            if let (Some(o), Some(k)) = (objects, &new_key) {
-                o.delete(k).await;
-            }
-            return Ok(None);
-        }
-        sqlx::query(
-            "INSERT INTO snapshots (room_id, state, op_seq, updated_at, object_key) \
-             VALUES (?1, ?2, ?3, CAST(strftime('%s','now') AS INTEGER), ?4) \
-             ON CONFLICT(room_id) DO UPDATE SET state = excluded.state, \
-               op_seq = excluded.op_seq, updated_at = excluded.updated_at, \
-               object_key = excluded.object_key",
-        )
-        .bind(room)
-        .bind(if new_key.is_some() {
-            &[][..]
-        } else {
-            state.as_slice()
-        })
-        .bind(op_seq)
-        .bind(new_key.as_deref())
-        .execute(&mut *tx)
-        .await?;
-        let mut unreferenced =
-            keep_history(&mut tx, room, op_seq, &state, new_key.as_deref(), history).await?;
-        // The replaced snapshot's object goes, unless a checkpoint still names it.
-        if let Some(old) = old_key {
-            let named: i64 = sqlx::query_scalar(super::history::OBJECT_IN_HISTORY)
-                .bind(room)
-                .bind(&old)
-                .fetch_one(&mut *tx)
-                .await?;
-            if named == 0 {
-                unreferenced.push(old);
-            }
-        }
-        tx.commit().await?;
-        drop(writer);
-        if let Some(o) = objects {
-            for key in unreferenced {
-                o.delete(&key).await;
-            }
-        }
-        Ok(Some((state, seq_from_db(op_seq))))
-    }
-}
-
-/// The room's snapshot (state, op seq) and the ops after it, inside the caller's transaction.
-async fn read_room(
-    tx: &mut sqlx::SqliteConnection,
-    room: &str,
-    max_bytes: usize,
-) -> Result<super::CompactionRead> {
-    let snapshot = sqlx::query("SELECT state, op_seq, object_key FROM snapshots WHERE room_id = ?")
-        .bind(room)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let (snapshot, snapshot_seq, key) = match snapshot {
-        Some(row) => (
-            Some(row.try_get::<Vec<u8>, _>(0)?),
-            row.try_get::<i64, _>(1)?,
-            row.try_get::<Option<String>, _>(2)?,
-        ),
-        None => (None, 0, None),
-    };
-    // With a bound: the ops up to the first whose running total of bytes reaches it (SQLite
-    // reads a blob's length from its record header, so the bound costs no op's bytes).
-    let query = if max_bytes == usize::MAX {
-        sqlx::query("SELECT seq, op FROM ops WHERE room_id = ?1 AND seq > ?2 ORDER BY seq")
-    } else {
-        sqlx::query(
-            "SELECT seq, op FROM ops WHERE room_id = ?2 AND seq > ?3 AND seq <= COALESCE(( \
-               SELECT seq FROM (SELECT seq, SUM(length(op)) OVER (ORDER BY seq) AS run \
-                 FROM ops WHERE room_id = ?2 AND seq > ?3) \
-               WHERE run >= ?1 ORDER BY seq LIMIT 1), 9223372036854775807) \
-             ORDER BY seq",
-        )
-        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
-    };
-    let ops = query
-        .bind(room)
-        .bind(snapshot_seq)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok((snapshot, snapshot_seq, ops, key))
 }
 
 super::history::history_impl!(SqliteStore);
 super::history::keep_history_impl!(sqlx::SqliteConnection);
+super::sql::op_log_impl!(
+    sqlx::SqliteConnection,
+    "CAST(strftime('%s','now') AS INTEGER)"
+);
 super::directory::directory_impl!(SqliteStore);
 
 super::webhooks::webhook_impl!(SqliteStore, super::webhooks::CLAIM_SQLITE);
@@ -477,3 +193,35 @@ impl SqliteStore {
         self.writer.lock().await
     }
 }
+
+impl SqliteStore {
+    /// One committer at a time: SQLite has one writer.
+    const PARALLEL_COMMITS: usize = 1;
+    /// Half the read pool: compaction and the API keep the other half.
+    const PARALLEL_LOADS: usize = 2;
+
+    fn description(&self) -> String {
+        format!("sqlite {}", self.path)
+    }
+
+    /// A deferred (read) transaction: in WAL mode it sees one consistent snapshot of both
+    /// tables and never blocks the committer.
+    async fn read_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// The writer, behind its lock (see `SqliteStore::writer`), in an immediate transaction.
+    async fn write_tx(
+        &self,
+        _room: &str,
+    ) -> Result<(
+        tokio::sync::MutexGuard<'_, SqlitePool>,
+        sqlx::Transaction<'static, sqlx::Sqlite>,
+    )> {
+        let writer = self.writer.lock().await;
+        let tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((writer, tx))
+    }
+}
+
+super::sql::store_impl!(SqliteStore);
