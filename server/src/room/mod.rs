@@ -59,6 +59,14 @@ fn logged<T>(room: &str, what: &str, result: Result<T>) -> std::result::Result<T
     result.map_err(|e| tracing::warn!(room = %room, error = %e, "{what} failed"))
 }
 
+/// What a room still hears from.
+struct Open {
+    /// The hub subscription.
+    hub: bool,
+    /// The command queue (closed once unloading or shutting down, then drained).
+    queue: bool,
+}
+
 /// One connection as the room task knows it.
 struct Link {
     member: Member,
@@ -152,65 +160,12 @@ impl RoomTask {
 
 impl Room {
     async fn run(&mut self, sub: &mut crate::hub::Subscription) {
-        let mut hub_open = true;
-        let mut rx_done = false;
+        let mut open = Open {
+            hub: true,
+            queue: true,
+        };
         loop {
-            let due = self.host.as_ref().map_or(u64::MAX, |h| h.poll_timeout());
-            let due = tokio::time::Instant::now()
-                + Duration::from_millis(due.saturating_sub(now_ms()).min(60_000));
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {
-                    let shedding = self.registry.shedding();
-                    self.inputs.push(Input::Timeout { shedding });
-                }
-                _ = self.ctx.shutdown.cancelled(), if !self.closing => self.close_queue(),
-                result = poll_opt(&mut self.commit) => {
-                    self.commit = None;
-                    let result = logged(&self.id, "commit", result);
-                    self.inputs.push(Input::Committed(result));
-                }
-                result = poll_opt(&mut self.compaction) => {
-                    self.compaction = None;
-                    let result = logged(&self.id, "compaction", result);
-                    self.inputs.push(Input::Compacted(result));
-                }
-                result = poll_opt(&mut self.catch_up) => {
-                    self.catch_up = None;
-                    let result = logged(&self.id, "catch-up", result);
-                    self.inputs.push(Input::CaughtUp(result));
-                }
-                event = sub.recv(), if hub_open => {
-                    let mut next = event;
-                    for _ in 0..BURST {
-                        let Some(event) = next else {
-                            hub_open = false;
-                            break;
-                        };
-                        self.hub_event(event);
-                        next = sub.try_recv();
-                        if next.is_none() {
-                            break;
-                        }
-                    }
-                }
-                cmd = self.rx.recv(), if !rx_done => match cmd {
-                    Some(cmd) => {
-                        self.command(cmd);
-                        // Drain a burst: everything queued goes to the host as one step.
-                        for _ in 0..BURST {
-                            match self.rx.try_recv() {
-                                Ok(cmd) => self.command(cmd),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    // Closed (shutdown or unloading) and drained.
-                    None => {
-                        rx_done = true;
-                        self.closing = true;
-                    }
-                },
-            }
+            self.gather(sub, &mut open).await;
             if let Some(waiting) = self.deleted.take() {
                 // Whatever is in flight is dropped: a commit not yet done rolls back, and the
                 // deleter removes whatever did commit after this room has stopped.
@@ -235,11 +190,73 @@ impl Room {
                     return self.stop_waiting().await;
                 }
             }
-            if rx_done && self.host.as_ref().is_none_or(|h| h.is_drained()) {
+            if !open.queue && self.host.as_ref().is_none_or(|h| h.is_drained()) {
                 break;
             }
         }
         self.unload().await;
+    }
+
+    /// Waits for the next thing to happen to the room (the host's timer, shutdown, a store
+    /// answer, hub events, commands) and gathers it, with whatever else is already queued, as
+    /// inputs for the next step.
+    async fn gather(&mut self, sub: &mut crate::hub::Subscription, open: &mut Open) {
+        let due = self.host.as_ref().map_or(u64::MAX, |h| h.poll_timeout());
+        let due = tokio::time::Instant::now()
+            + Duration::from_millis(due.saturating_sub(now_ms()).min(60_000));
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {
+                let shedding = self.registry.shedding();
+                self.inputs.push(Input::Timeout { shedding });
+            }
+            _ = self.ctx.shutdown.cancelled(), if !self.closing => self.close_queue(),
+            result = poll_opt(&mut self.commit) => {
+                self.commit = None;
+                let result = logged(&self.id, "commit", result);
+                self.inputs.push(Input::Committed(result));
+            }
+            result = poll_opt(&mut self.compaction) => {
+                self.compaction = None;
+                let result = logged(&self.id, "compaction", result);
+                self.inputs.push(Input::Compacted(result));
+            }
+            result = poll_opt(&mut self.catch_up) => {
+                self.catch_up = None;
+                let result = logged(&self.id, "catch-up", result);
+                self.inputs.push(Input::CaughtUp(result));
+            }
+            event = sub.recv(), if open.hub => {
+                let mut next = event;
+                for _ in 0..BURST {
+                    let Some(event) = next else {
+                        open.hub = false;
+                        break;
+                    };
+                    self.hub_event(event);
+                    next = sub.try_recv();
+                    if next.is_none() {
+                        break;
+                    }
+                }
+            }
+            cmd = self.rx.recv(), if open.queue => match cmd {
+                Some(cmd) => {
+                    self.command(cmd);
+                    // Drain a burst: everything queued goes to the host as one step.
+                    for _ in 0..BURST {
+                        match self.rx.try_recv() {
+                            Ok(cmd) => self.command(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // Closed (shutdown or unloading) and drained.
+                None => {
+                    open.queue = false;
+                    self.closing = true;
+                }
+            },
+        }
     }
 
     /// Takes what is already queued, refuses what comes later.
