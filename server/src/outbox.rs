@@ -79,22 +79,6 @@ impl From<concord_engine::host::Frame> for Frame {
     }
 }
 
-/// A JSON frame the server itself decides on (an `error` one is counted in metrics).
-pub fn json(msg: &concord_engine::ServerMessage) -> Frame {
-    if let concord_engine::ServerMessage::Error { code, .. } = msg {
-        crate::metrics::get().error_frame(code);
-    }
-    Frame::Text(Utf8Bytes::from(msg.to_json()))
-}
-
-/// An `error` frame the server itself decides on (not an engine error).
-pub fn error_frame(code: &str, message: &str) -> Frame {
-    json(&concord_engine::ServerMessage::Error {
-        code: code.to_owned(),
-        message: message.to_owned(),
-    })
-}
-
 /// Why a connection is being closed from the server side.
 #[derive(Debug, Default)]
 pub struct Kill {

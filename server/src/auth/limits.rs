@@ -269,14 +269,6 @@ impl CpuLedger {
         }
     }
 
-    /// Charges `ms` to `payer` after its connection closed (an update it sent just before
-    /// closing was still being applied); `fresh` is a full bucket, for a payer with none here.
-    pub fn charge(&self, payer: Payer, ms: f64, now_ms: u64, fresh: impl FnOnce() -> TokenBucket) {
-        let mut bucket = self.resume(payer, now_ms).unwrap_or_else(fresh);
-        bucket.charge(ms, now_ms);
-        self.save(payer, bucket, now_ms);
-    }
-
     /// Payers remembered now.
     pub fn len(&self) -> usize {
         self.map.lock().map_or(0, |m| m.len())
@@ -404,19 +396,6 @@ mod tests {
         // Saved again and left alone until it refills: forgotten.
         ledger.save(alice, resumed, 1_000);
         assert!(ledger.resume(alice, 16_000).is_none());
-    }
-
-    #[test]
-    fn work_finished_after_a_close_is_charged_to_the_payer() {
-        let ledger = CpuLedger::new(100);
-        let who = ledger.payer(None, ip("10.0.0.7"));
-        let fresh = || TokenBucket::new(100.0, 10.0, 0);
-        // Nothing remembered yet: charged from a full bucket.
-        ledger.charge(who, 60.0, 0, fresh);
-        ledger.charge(who, 60.0, 0, fresh);
-        let mut left = ledger.resume(who, 0).expect("remembered");
-        assert_eq!(left.level(0), -20.0);
-        assert!(!left.available(0));
     }
 
     #[test]
