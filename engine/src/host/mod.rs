@@ -256,6 +256,9 @@ pub enum Output {
         frames: Frames,
         /// Members that are not sent it (the sender of an update, of a presence).
         except: Vec<ConnId>,
+        /// It carries a document update (not presence or a stateless string): its fan-out
+        /// latency is what the server measures.
+        update: bool,
     },
     /// A join's first frames are queued: answer the joiner.
     Joined(ConnId),
@@ -648,6 +651,7 @@ impl RoomHost {
                     self.out.push_back(Output::Broadcast {
                         frames: Frames::only(Protocol::Hocuspocus, frame),
                         except: vec![conn],
+                        update: false,
                     });
                 }
                 return;
@@ -850,7 +854,11 @@ impl RoomHost {
                 } => {
                     let frames = self.render_update(seq, update);
                     let except = origin.into_iter().collect();
-                    self.out.push_back(Output::Broadcast { frames, except });
+                    self.out.push_back(Output::Broadcast {
+                        frames,
+                        except,
+                        update: true,
+                    });
                 }
                 // Committed here (and already broadcast here): other instances learn it from
                 // the hub.

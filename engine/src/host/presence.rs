@@ -316,6 +316,7 @@ fn presence_frames(
             out.push(Output::Broadcast {
                 frames: Frames::only(Protocol::Json, protocol::json(&msg)),
                 except: e.origin.into_iter().collect(),
+                update: false,
             });
         }
     }
@@ -365,7 +366,11 @@ fn presence_frames(
         if yjs_present {
             frames.yjs = Some(Frame::binary(all));
         }
-        out.push(Output::Broadcast { frames, except });
+        out.push(Output::Broadcast {
+            frames,
+            except,
+            update: false,
+        });
         out.extend(own);
     }
     out

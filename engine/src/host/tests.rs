@@ -61,7 +61,7 @@ fn sent_to(outs: &[Output], conn: u64) -> Vec<&Frame> {
 fn broadcasts(outs: &[Output]) -> Vec<(&Frames, &Vec<ConnId>)> {
     outs.iter()
         .filter_map(|o| match o {
-            Output::Broadcast { frames, except } => Some((frames, except)),
+            Output::Broadcast { frames, except, .. } => Some((frames, except)),
             _ => None,
         })
         .collect()
@@ -659,4 +659,26 @@ fn light_inputs_need_no_pool() {
         request: update,
         writable: true
     }));
+}
+
+#[test]
+fn only_update_broadcasts_are_marked_as_updates() {
+    let mut host = host();
+    join(&mut host, 1, Protocol::Json, true);
+    join(&mut host, 2, Protocol::Json, true);
+    let marks = |outs: &[Output]| -> Vec<bool> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Broadcast { update, .. } => Some(*update),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut doc = Document::new(7);
+    let outs = frame(&mut host, 1, json_op(&mut doc, "x", "a"), true, 0);
+    assert_eq!(marks(&outs), vec![true]);
+    let p = Request::Json(ClientMessage::Presence(Presence::default()));
+    frame(&mut host, 1, p, true, 0);
+    host.handle(Input::Timeout { shedding: false }, FLUSH_MS);
+    assert_eq!(marks(&outputs(&mut host)), vec![false]);
 }

@@ -83,6 +83,21 @@ pub enum RoomCmd {
     },
 }
 
+impl RoomCmd {
+    /// Answers a command that will not be served with `err` (the ones that wait for a reply).
+    pub fn refuse(self, err: crate::error::ServerError) {
+        match self {
+            RoomCmd::Join { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            RoomCmd::Write { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            _ => {}
+        }
+    }
+}
+
 /// What every room task shares.
 #[derive(Clone)]
 pub struct RoomContext {

@@ -387,7 +387,11 @@ impl Room {
                 let frame = Frame::from(frame);
                 self.offer(to, |_| Some(frame.clone()));
             }
-            Output::Broadcast { frames, except } => {
+            Output::Broadcast {
+                frames,
+                except,
+                update,
+            } => {
                 let frames = Protocol::ALL.map(|p| frames.get(p).cloned().map(Frame::from));
                 let recipients: Vec<ConnId> = self
                     .links
@@ -398,9 +402,13 @@ impl Room {
                 for conn in recipients {
                     self.offer(conn, |p| frames[p.slot()].clone());
                 }
-                crate::metrics::get()
-                    .fanout_seconds
-                    .observe(crate::metrics::seconds(received));
+                // Fan-out latency is an update's, as before the host: presence flushes and
+                // stateless strings are not edits.
+                if update {
+                    crate::metrics::get()
+                        .fanout_seconds
+                        .observe(crate::metrics::seconds(received));
+                }
             }
             Output::Joined(conn) => {
                 if let Some(link) = self.links.get_mut(&conn) {
@@ -556,7 +564,7 @@ impl Room {
         self.registry.unregister(&self.id, self.generation);
         // Joins and writes that raced the close are told to retry with a fresh room task.
         while let Ok(cmd) = self.rx.try_recv() {
-            refuse(cmd, ServerError::RoomClosing);
+            cmd.refuse(ServerError::RoomClosing);
         }
         if config.webhooks.is_some() {
             let event = crate::store::webhooks::UNLOADED;
@@ -565,19 +573,6 @@ impl Room {
             }
         }
         tracing::debug!(room = %self.id, "room unloaded");
-    }
-}
-
-/// Answers a command that will not be served with `err`.
-fn refuse(cmd: RoomCmd, err: ServerError) {
-    match cmd {
-        RoomCmd::Join { reply, .. } => {
-            let _ = reply.send(Err(err));
-        }
-        RoomCmd::Write { reply, .. } => {
-            let _ = reply.send(Err(err));
-        }
-        _ => {}
     }
 }
 
@@ -592,6 +587,6 @@ async fn fail_waiting(
     registry.unregister(id, generation);
     rx.close();
     while let Some(cmd) = rx.recv().await {
-        refuse(cmd, ServerError::RoomClosing);
+        cmd.refuse(ServerError::RoomClosing);
     }
 }
